@@ -1,0 +1,66 @@
+"""The one exception hierarchy of netmorph.
+
+The library raises these; only ``cli.py`` turns them into an ``Error: …`` line and an exit
+code. ``exit_code`` follows the CLI contract: 2 for bad input or usage, 1 for a failed check
+or a runtime failure.
+"""
+
+from __future__ import annotations
+
+
+class NetmorphError(Exception):
+    """Base class of every error netmorph raises on purpose."""
+
+    exit_code = 1
+
+
+class SpecError(NetmorphError):
+    """A module spec that cannot be parsed or is not a valid module."""
+
+    exit_code = 2
+
+
+class SolverError(NetmorphError):
+    """The morphism equation could not be solved to the requested tolerance."""
+
+    exit_code = 1
+
+
+class InfeasibleError(SolverError):
+    """The requested shapes cannot satisfy the morphism equation; says what to widen."""
+
+
+class NetworkError(NetmorphError):
+    """An invalid network description or an unknown layer."""
+
+    exit_code = 2
+
+
+class CheckpointError(NetmorphError):
+    """A checkpoint that is missing, corrupt, foreign or unsafe."""
+
+    exit_code = 2
+
+
+class MorphError(NetmorphError):
+    """A morph that cannot be applied where it was asked for."""
+
+    exit_code = 2
+
+
+class VerificationError(NetmorphError):
+    """Parent and child cannot be compared (not a parent/child pair)."""
+
+    exit_code = 2
+
+
+class DataError(NetmorphError):
+    """A data set that cannot be found or read."""
+
+    exit_code = 2
+
+
+class TrainingError(NetmorphError):
+    """Training failed at run time (for example a non-finite loss)."""
+
+    exit_code = 1

@@ -1,0 +1,62 @@
+"""Rich renderables for the CLI's human-readable reports (built here, printed by cli.py)."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .graph import Kernel
+from .reduce import ReductionPlan
+
+
+def kernel_text(k: Kernel | list[int]) -> str:
+    return f"{k[0]}×{k[1]}"
+
+
+def reduction_report(plan: ReductionPlan) -> Group:
+    m = plan.module
+    title = f"module {m.name!r}" if m.name else "module"
+    head = Text.assemble(
+        (f"{title}: ", "bold"), f"{len(m.blobs)} blobs, {len(m.edges)} edges — ",
+        ("simple morphable" if plan.simple else "complex",
+         "bold green" if plan.simple else "bold yellow"),
+    )
+    parts: list = [head]
+    if plan.steps:
+        start = "M0 (G: s→t)" if plan.simple else "the irreducible module"
+        parts.append(Text(f"morphing sequence from {start}:", style="bold"))
+        table = Table()
+        for col in ("#", "type", "edge", "becomes", "kernels"):
+            table.add_column(col)
+        for i, st in enumerate(plan.steps, 1):
+            a, b = st.into
+            if st.type == "I":
+                how = f"{a.name} ({a.src}→{st.blob}) then {b.name} ({st.blob}→{b.dst})"
+                ks = f"{kernel_text(st.edge.kernel)} = {kernel_text(b.kernel)} ⊛ " \
+                     f"{kernel_text(a.kernel)}"
+            else:
+                how = f"{a.name} + {b.name} ({a.src}→{a.dst})"
+                ks = f"{kernel_text(st.edge.kernel)} = {kernel_text(a.kernel)} + " \
+                     f"{kernel_text(b.kernel)}"
+            table.add_row(str(i), st.type, f"{st.edge.name} ({st.edge.src}→{st.edge.dst})",
+                          how, ks)
+        parts.append(table)
+    else:
+        parts.append(Text("no atomic morph applies: the module is irreducible as it stands"
+                          if not plan.simple else "the module is M0 itself"))
+    if not plan.simple:
+        rem = plan.remainder
+        parts.append(Text(f"irreducible remainder: {len(rem.blobs)} blobs, "
+                          f"{len(rem.edges)} edges (solved by Algorithm 2):", style="bold"))
+        table = Table()
+        for col in ("edge", "from", "to", "kernel"):
+            table.add_column(col)
+        for e in rem.edges:
+            table.add_row(e.name, e.src, e.dst, kernel_text(e.kernel))
+        parts.append(table)
+    parts.append(Text.assemble(("paths s→t: ", "bold"), f"{m.path_count()}"))
+    parts.append(Text.assemble(("effective kernel: ", "bold"),
+                               kernel_text(m.effective_kernel())))
+    parts.append(Text.assemble(("module equation:\n", "bold"), plan.equation()))
+    return Group(*parts)
