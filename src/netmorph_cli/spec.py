@@ -58,7 +58,9 @@ def spec_from_dict(data: Any) -> ModuleGraph:
         raise SpecError(f"'edges' must be a list, got {_kind(raw_edges)}")
     if not raw_edges:
         raise SpecError("module is empty: 'edges' lists no edge")
-    edges = tuple(_parse_edge(i, raw) for i, raw in enumerate(raw_edges))
+    named = {raw["name"] for raw in raw_edges if isinstance(raw, dict) and "name" in raw
+             and isinstance(raw["name"], str)}
+    edges = tuple(_parse_edge(i, raw, named) for i, raw in enumerate(raw_edges))
     channels = _parse_channels(data.get("channels", {}))
     name = data.get("name", "")
     if not isinstance(name, str):
@@ -72,7 +74,7 @@ def spec_from_dict(data: Any) -> ModuleGraph:
     return ModuleGraph(source, sink, edges, channels, name).check()
 
 
-def _parse_edge(i: int, raw: Any) -> Edge:
+def _parse_edge(i: int, raw: Any, named: set[str]) -> Edge:
     where = f"edge #{i + 1}"
     if not isinstance(raw, dict):
         raise SpecError(f"{where} must be a JSON object, got {_kind(raw)}")
@@ -91,8 +93,17 @@ def _parse_edge(i: int, raw: Any) -> Edge:
         if not isinstance(raw[key], str) or not raw[key]:
             raise SpecError(f"{where}: {key!r} must be a blob name (non-empty string), "
                             f"got {raw[key]!r}")
-    name = raw.get("name", f"e{i + 1}")
+    name = raw["name"] if "name" in raw else _default_name(i, named)
     return Edge(name, raw["from"], raw["to"], _parse_kernel(where, raw["kernel"]))
+
+
+def _default_name(i: int, named: set[str]) -> str:
+    """``e<i+1>`` for the i-th edge, unless an explicitly named edge already has it."""
+    name, k = f"e{i + 1}", 0
+    while name in named:
+        k += 1
+        name = f"e{i + 1}_{k}"
+    return name
 
 
 def _parse_kernel(where: str, k: Any) -> Kernel:
