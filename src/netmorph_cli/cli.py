@@ -43,30 +43,66 @@ def _console():
     return Console(highlight=False)
 
 
+_JSON = click.option("--json", "as_json", is_flag=True,
+                     help="Print one JSON object on stdout instead of the report.")
+
+
 @cli.command()
 @click.argument("spec", metavar="SPEC.json")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
-def reduce(spec: str, as_json: bool) -> None:
+@_JSON
+@click.option("--solve", is_flag=True,
+              help="Also morph a random C→C K×K filter into the module and report the residual.")
+@click.option("--channels", type=click.IntRange(min=1), default=16, show_default=True,
+              help="--solve: width C of the morphed layer (s and t).")
+@click.option("--kernel", type=click.IntRange(min=1), default=3, show_default=True,
+              help="--solve: kernel K of the morphed layer (odd).")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
+              show_default=True, help="--solve: precision of the solve.")
+@click.option("--device", default="cpu", show_default=True, help="--solve: cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="--solve: random seed.")
+def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dtype: str,
+           device: str, seed: int) -> None:
     """Classify a module and find its morphing sequence (Algorithm 1).
 
     Reduces SPEC.json by inverse TYPE-I/TYPE-II morphs, then prints the morphing sequence in
     morph order (from M0 outward), the irreducible remainder of a complex module, the number
-    of source→sink paths, the effective kernel and the module equation.
+    of source→sink paths, the effective kernel and the module equation. With --solve it also
+    morphs a random filter into the module (Algorithm 2 for the irreducible part) and reports
+    the relative residual ‖module(F) − G̃‖ / ‖G̃‖; a module too narrow to be exact fails with
+    exit 1 and says which inner widths to raise.
 
     \b
-    Example:
+    Examples:
       netmorph reduce examples/modules/D.json --json
+      netmorph reduce examples/modules/D.json --solve --channels 16 --dtype float64
     """
     from .reduce import reduce_module
     from .spec import load_spec
 
     plan = reduce_module(load_spec(spec))
-    if as_json:
-        _emit_json(plan.to_json())
-        return
-    from .report import reduction_report
+    result = None
+    if solve:
+        from .runtime import resolve_device, resolve_dtype
+        from .solve import solve_random
 
-    _console().print(reduction_report(plan))
+        if kernel % 2 == 0:
+            raise click.BadParameter(f"kernel must be odd, got {kernel}", param_hint="--kernel")
+        result = solve_random(plan.module, channels=channels, kernel=kernel,
+                              dtype=resolve_dtype(dtype), device=resolve_device(device),
+                              seed=seed)
+    if as_json:
+        out = plan.to_json()
+        if result is not None:
+            out["solve"] = {"channels": channels, "kernel": kernel, "dtype": dtype,
+                            "device": device, "seed": seed, **result.to_json()}
+        _emit_json(out)
+        return
+    from .report import reduction_report, solve_report
+
+    console = _console()
+    console.print(reduction_report(plan))
+    if result is not None:
+        console.print(solve_report(result, channels, kernel, dtype, device))
 
 
 def main(argv: list[str] | None = None) -> None:

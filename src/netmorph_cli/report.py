@@ -8,6 +8,7 @@ from rich.text import Text
 
 from .graph import Kernel
 from .reduce import ReductionPlan
+from .solve import SolveResult
 
 
 def kernel_text(k: Kernel | list[int]) -> str:
@@ -60,3 +61,21 @@ def reduction_report(plan: ReductionPlan) -> Group:
                                kernel_text(m.effective_kernel())))
     parts.append(Text.assemble(("module equation:\n", "bold"), plan.equation()))
     return Group(*parts)
+
+
+def solve_report(result: SolveResult, channels: int, kernel: int, dtype: str,
+                 device: str) -> Group:
+    sweeps = f"{result.sweeps} Algorithm 2 sweep{'s' if result.sweeps != 1 else ''}"
+    head = Text.assemble(
+        ("solve: ", "bold"),
+        f"{channels}→{channels} {kernel}×{kernel} filter, {dtype} on {device}: relative "
+        f"residual ", (f"{result.residual:.2e}", "bold green"),
+        f" in {result.seconds:.2f} s ({sweeps})")
+    table = Table()
+    for col in ("edge", "shape", "method", "cond"):
+        table.add_column(col)
+    for name, f in result.filters.items():
+        cond = result.conditioning[name]
+        table.add_row(name, "×".join(map(str, f.shape)), result.methods[name],
+                      f"{cond:.3g}" if cond != float("inf") else "rank-deficient")
+    return Group(head, table)

@@ -171,7 +171,7 @@ def test_reduce_help_shows_an_example(capsys):
     code, out, err = run_main(capsys, "reduce", "--help")
     assert code == 0
     assert err == ""
-    assert "Example:" in out
+    assert "Examples:" in out
     assert "netmorph reduce examples/modules/D.json" in out
 
 
