@@ -1,0 +1,583 @@
+"""Checkpoints: netmorph's safetensors and ``.pt`` files, atomic writes, safe loading, importers.
+
+A netmorph checkpoint is a network description plus its tensors, the morph history and free
+metadata (normalization, parent sha256, …). Two containers hold the same content:
+
+- safetensors (the default; any suffix but ``.pt``/``.pth``): tensors as they are, and
+  string metadata ``{"format": "netmorph", "netmorph": "1", "version", "description",
+  "history", "meta"}`` where the last three are JSON;
+- ``.pt`` (or ``.pth``): ``torch.save`` of a plain dict ``{"netmorph": 1, "version",
+  "description", "history", "meta", "state_dict"}`` that loads with
+  ``torch.load(weights_only=True)``.
+
+Reading detects the container by content, never by suffix, and never runs pickled code:
+``.pt`` files are always read with ``torch.load(weights_only=True)``. Every failure is one
+``CheckpointError`` that names the file and says what to do. Writes are atomic (a temp file in
+the same directory, fsync, ``os.replace``), never overwrite an input, and need ``force`` to
+replace an existing output. ``import_state_dict`` brings in plain PyTorch state_dicts of the
+common CIFAR ResNet layout and of torchvision's resnet18/34.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import pickle
+import pickletools
+import re
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors import torch as st
+
+from . import __version__, zoo
+from .errors import CheckpointError, NetmorphError, NetworkError
+from .network import FORMAT as DESCRIPTION_FORMAT
+from .network import Network, expected_tensors
+
+FORMAT = 1  # checkpoint container format this netmorph writes and reads
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not one
+_WRAPPERS = ("state_dict", "model", "model_state_dict")
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+_LIST = 8  # keys shown in an error before "… and N more"
+TORCH_SUFFIXES = (".pt", ".pth")  # written with torch.save; every other suffix is safetensors
+
+
+# --------------------------------------------------------------------------------------------
+# hashing and writing
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file's bytes (what ``meta['parent_sha256']`` refers to)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(net: Network, path: str | Path, *, force: bool = False,
+         protect: Iterable[str | Path] = ()) -> str:
+    """Write ``net`` to ``path`` atomically; return the sha256 of the written file.
+
+    ``.pt``/``.pth`` write a torch.save dict, anything else safetensors. Refuses
+    (``CheckpointError``) an existing output without ``force``, an output that is one of
+    ``protect`` (the inputs) even with ``force``, and a missing output directory.
+    ``meta['sha256']`` is not written: a file cannot hold its own digest (see ``file_sha256``).
+    """
+    net.check()
+    path = Path(path)
+    _check_output(path, force, protect)
+    tensors = _plain_tensors(net.tensors)
+    fields = {
+        "description": _dumps(net.description, "description"),
+        "history": _dumps(net.history, "history"),
+        "meta": _dumps({k: v for k, v in net.meta.items() if k != "sha256"}, "meta"),
+    }
+    writer: Callable[[IO[bytes]], Any]
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        payload = {"netmorph": FORMAT, "version": __version__, **fields, "state_dict": tensors}
+        writer = lambda f: torch.save(payload, f)  # noqa: E731
+    else:
+        metadata = {"format": "netmorph", "netmorph": str(FORMAT), "version": __version__,
+                    **fields}
+        writer = lambda f: f.write(st.save(tensors, metadata=metadata))  # noqa: E731
+    try:
+        return _atomic_write(path, writer)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    except (SafetensorError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"cannot write '{path}': {_first_line(exc)}") from None
+
+
+def _check_output(path: Path, force: bool, protect: Iterable[str | Path]) -> None:
+    for p in protect:
+        if p is not None and _same_file(path, Path(p)):
+            raise CheckpointError(f"refusing to overwrite the input '{p}'; "
+                                  f"choose another output path")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CheckpointError(f"output directory '{parent}' does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"output '{path}' is a directory")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise CheckpointError(f"'{path}' exists; pass --force to overwrite")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> str:
+    """Write through a temp file beside ``path``; the temp file never outlives a failure."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        digest = file_sha256(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return digest
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; done once per process
+    os.umask(mask)
+    return mask
+
+
+def _plain_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU tensors that each own compact, unshared storage (safetensors refuses shared or
+    strided tensors; torch.save would write a view's whole storage). Copies keep every bit."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, t in tensors.items():
+        t = t.detach().cpu()
+        storage = t.untyped_storage()
+        if (not t.is_contiguous() or t.storage_offset() != 0
+                or storage.nbytes() != t.numel() * t.element_size()
+                or storage.data_ptr() in seen):
+            t = t.clone(memory_format=torch.contiguous_format)
+        if t.numel():
+            seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
+def _dumps(value: Any, what: str) -> str:
+    def default(o: Any) -> Any:
+        if hasattr(o, "item") and callable(o.item):  # numpy / torch scalars
+            return o.item()
+        if hasattr(o, "tolist") and callable(o.tolist):
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} is not JSON-serializable")
+
+    try:
+        return json.dumps(value, default=default)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"the network's {what} cannot be stored: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+def load(path: str | Path) -> Network:
+    """Read a netmorph checkpoint (safetensors or ``.pt``, detected by content).
+
+    Raises one ``CheckpointError`` for a missing, empty, truncated, corrupt, foreign, unsafe
+    or newer file, or one whose tensors do not match its description.
+    """
+    path = Path(path)
+    kind = _sniff(path)
+    if kind == "safetensors":
+        metadata, tensors = _read_safetensors(path)
+        if not metadata or metadata.get("format") != "netmorph":
+            raise CheckpointError(
+                f"'{path}' is a safetensors file without netmorph metadata, not a netmorph "
+                f"checkpoint; if it holds a plain state_dict of a known layout, bring it in "
+                f"with `netmorph import {path} -o OUT.safetensors`")
+        _check_format(path, metadata.get("netmorph", "1"), metadata.get("version"))
+        return _network(path, metadata, tensors)
+    obj = _torch_load(path)
+    if not isinstance(obj, dict) or "netmorph" not in obj:
+        if _find_state_dict(obj) is not None:
+            raise CheckpointError(
+                f"'{path}' is a plain PyTorch state_dict, not a netmorph checkpoint; bring it "
+                f"in with `netmorph import {path} -o OUT.safetensors`")
+        what = (f"a dict with keys {_names(list(obj))}" if isinstance(obj, dict)
+                else f"a {type(obj).__name__}")
+        raise CheckpointError(f"'{path}' is a PyTorch file holding {what}, "
+                              f"not a netmorph checkpoint")
+    _check_format(path, obj["netmorph"], obj.get("version"))
+    sd = obj.get("state_dict")
+    if not isinstance(sd, dict) or not all(isinstance(t, torch.Tensor) for t in sd.values()):
+        raise CheckpointError(f"'{path}' is a damaged netmorph checkpoint: "
+                              f"its 'state_dict' is not a dict of tensors")
+    return _network(path, obj, {k: t.detach() for k, t in sd.items()})
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors' or 'torch' from the first bytes; errors for anything unreadable."""
+    if not path.exists():
+        raise CheckpointError(f"'{path}' does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"'{path}' is a directory, not a checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    if not head:
+        raise CheckpointError(f"'{path}' is empty (0 bytes); it is not a checkpoint")
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip / legacy pickle
+        return "torch"
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    if head[8:9] == b"{" or (len(head) == 8 and 0 < n <= _MAX_HEADER):
+        return "safetensors"  # 8-byte little-endian header length, then a JSON header
+    raise CheckpointError(f"'{path}' is not a checkpoint: neither safetensors nor a PyTorch "
+                          f"file (it starts with {head[:8]!r})")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    if n > _MAX_HEADER:
+        raise CheckpointError(f"'{path}' is not a valid safetensors file "
+                              f"(header length {n} bytes)")
+    if 8 + n > len(data):
+        raise CheckpointError(f"'{path}' is truncated: its safetensors header needs {8 + n} "
+                              f"bytes, the file has {len(data)}")
+    try:
+        header = json.loads(data[8:8 + n])
+        metadata = header.get("__metadata__") or {}
+        tensors = st.load(data)
+    except (ValueError, AttributeError, SafetensorError) as exc:
+        raise CheckpointError(f"'{path}' is a corrupt or truncated safetensors file "
+                              f"({_first_line(exc)})") from None
+    if not isinstance(metadata, dict):
+        metadata = {}
+    return metadata, tensors
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into one CheckpointError."""
+    try:
+        # an open file, not the path: recent torch.load dispatches "*.safetensors" paths to
+        # safetensors by suffix, and netmorph goes by content
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        bad = _unsafe_globals(path)
+        if bad:
+            raise CheckpointError(
+                f"refusing to load '{path}': it contains pickled objects other than tensors "
+                f"({', '.join(bad[:_LIST])}); netmorph only reads weights") from None
+        raise CheckpointError(f"refusing to load '{path}': it cannot be read as weights only "
+                              f"({_torch_reason(exc)}); netmorph only reads weights") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile,
+            AttributeError, KeyError, IndexError, TypeError) as exc:
+        raise CheckpointError(f"'{path}' is a corrupt or truncated PyTorch file "
+                              f"({_torch_reason(exc)})") from None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals a pickle would import, other than torch's own and OrderedDict.
+
+    Parses opcodes only (``pickletools``); nothing is executed."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if n.endswith("data.pkl")]
+                blobs = [z.read(n) for n in names]
+        else:
+            blobs = [path.read_bytes()]
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return []
+    found = [g for blob in blobs for g in _pickle_globals(blob)]
+    safe = re.compile(r"^(torch\.|collections\.OrderedDict$|_codecs\.encode$)")
+    return list(dict.fromkeys(g for g in found if not safe.match(g)))
+
+
+def _pickle_globals(blob: bytes) -> list[str]:
+    """``module.name`` of every global a pickle stream imports (several pickles in a row, as
+    in legacy torch files). Tracks pushed and memoized strings for protocol-4 STACK_GLOBAL."""
+    found: list[str] = []
+    pos = 0
+    while pos < len(blob):
+        strings: list[str] = []
+        memo: dict[int, str | None] = {}
+        last: str | None = None
+        try:
+            for op, arg, at in pickletools.genops(blob[pos:]):
+                name = op.name
+                if name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = last
+                elif name in ("BINPUT", "LONG_BINPUT", "PUT") and arg is not None:
+                    memo[int(arg)] = last
+                elif name in ("BINGET", "LONG_BINGET", "GET") and arg is not None:
+                    got = memo.get(int(arg))
+                    if got is not None:
+                        strings.append(got)
+                last = arg if isinstance(arg, str) and "UNICODE" in name else None
+                if last is not None:
+                    strings.append(last)
+                if name == "STOP":
+                    pos += (at or 0) + 1
+                    break
+            else:
+                break
+        except (ValueError, EOFError, IndexError, KeyError):
+            break  # the raw storage bytes after the pickles, or a damaged stream
+    return found
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """The informative sentence of torch's (long, advisory) error text."""
+    for line in str(exc).splitlines():
+        if re.search(r"GLOBAL|[Uu]nsupported|zip archive|EOF|magic", line):
+            return _sentence(line)
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+    return _sentence(lines[0]) if lines else type(exc).__name__
+
+
+def _sentence(text: str) -> str:
+    return text.strip().split(". ")[0].rstrip(".")[:200]
+
+
+def _check_format(path: Path, fmt: Any, version: Any) -> None:
+    try:
+        fmt = int(fmt)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"'{path}' has an unreadable netmorph format {fmt!r}") from None
+    if fmt > FORMAT:
+        raise CheckpointError(
+            f"'{path}' was written by a newer netmorph ({version or 'unknown version'}, "
+            f"checkpoint format {fmt}); this netmorph {__version__} reads format {FORMAT}: "
+            f"upgrade netmorph")
+    if fmt < 1:
+        raise CheckpointError(f"'{path}' has an unknown netmorph format {fmt}")
+
+
+def _network(path: Path, fields: Mapping[str, Any], tensors: dict[str, torch.Tensor]
+             ) -> Network:
+    decoded: dict[str, Any] = {}
+    for key, kind in (("description", dict), ("history", list), ("meta", dict)):
+        raw = fields.get(key)
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            value = None
+        if not isinstance(value, kind):
+            raise CheckpointError(f"'{path}' is a damaged netmorph checkpoint: "
+                                  f"its {key} is missing or not valid JSON")
+        decoded[key] = value
+    fmt = decoded["description"].get("format")
+    if isinstance(fmt, int) and fmt > DESCRIPTION_FORMAT:
+        raise CheckpointError(
+            f"'{path}' holds a network description of format {fmt}, written by a newer "
+            f"netmorph ({fields.get('version') or 'unknown version'}); this netmorph "
+            f"{__version__} reads format {DESCRIPTION_FORMAT}: upgrade netmorph")
+    net = Network(decoded["description"], tensors, decoded["history"], decoded["meta"])
+    try:
+        net.check()
+    except NetworkError as exc:
+        raise CheckpointError(f"'{path}' does not hold a valid network: {exc}") from None
+    # safetensors stores tensors in its own order; give them the description's (state_dict) order
+    net.tensors = {k: tensors[k] for k in expected_tensors(net.description)}
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# importing plain state_dicts
+
+def import_state_dict(path: str | Path, arch: str | None = None) -> Network:
+    """A netmorph ``Network`` from a plain PyTorch state_dict of a known layout.
+
+    Layouts: the common CIFAR ResNet (``conv1``, ``layerL.I.conv1/bn1/conv2/bn2``, option-A
+    shortcuts without tensors or option-B ``shortcut.0/.1``, ``linear``) and torchvision's
+    resnet18/34 (``downsample.0/.1``, ``fc``); ``module.`` prefixes and a ``state_dict`` /
+    ``model`` wrapper are accepted. Depth, shortcut type and classes come from the tensors;
+    ``arch`` (e.g. ``"resnet20"``) asserts the depth. Missing ``num_batches_tracked`` become 0;
+    half/bfloat16 tensors become float32.
+    """
+    path = Path(path)
+    kind = _sniff(path)
+    if kind == "safetensors":
+        metadata, obj = _read_safetensors(path)
+        if metadata.get("format") == "netmorph":
+            raise _already(path)
+    else:
+        obj = _torch_load(path)
+        if isinstance(obj, dict) and "netmorph" in obj:
+            raise _already(path)
+    sd = _find_state_dict(obj)
+    if sd is None:
+        what = (f"a dict with keys {_names(list(obj))}" if isinstance(obj, dict)
+                else f"a {type(obj).__name__}")
+        raise CheckpointError(f"'{path}' holds {what}, not a state_dict of tensors")
+    sd = _strip_prefixes(sd)
+    layout, detected, shortcut, reason = _detect(sd)
+    if arch is not None:
+        if arch not in zoo.ARCHS:
+            raise CheckpointError(f"unknown architecture {arch!r} "
+                                  f"(choose from {', '.join(zoo.ARCHS)})")
+        want = "torchvision-resnet" if int(arch[6:]) in zoo.IMAGENET_DEPTHS else "cifar-resnet"
+        if layout is not None and layout != want:
+            raise CheckpointError(f"'{path}' has the {layout} layout; {arch} is a {want}")
+        if detected is not None and detected != arch:
+            raise CheckpointError(f"'{path}' holds a {detected} ({reason}), not a {arch}")
+        detected, layout = arch, want
+    if detected is None or layout is None:
+        raise CheckpointError(f"'{path}': {reason}")
+    head = "fc.weight" if layout == "torchvision-resnet" else "linear.weight"
+    num_classes = int(sd[head].shape[0]) if head in sd and sd[head].dim() == 2 else None
+    try:
+        desc = zoo.describe(detected, num_classes, shortcut)
+    except NetmorphError as exc:
+        raise CheckpointError(f"'{path}': {exc}") from None
+    what = (f"{layout}, option-{shortcut} shortcuts" if layout == "cifar-resnet" else layout)
+    tensors = _map_tensors(path, desc, sd, what)
+    extra = {k: v for k, v in obj.items() if k not in _WRAPPERS
+             and isinstance(v, (int, float, str, bool))} if isinstance(obj, dict) else {}
+    imported: dict[str, Any] = {"file": path.name, "layout": layout,
+                                "sha256": file_sha256(path)}
+    if extra:
+        imported["extra"] = extra  # e.g. best_prec1 of the originating training run
+    meta = {"normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "imported": imported}
+    net = Network(desc, tensors, [], meta)
+    try:
+        return net.check()
+    except NetworkError as exc:  # pragma: no cover - _map_tensors already checked
+        raise CheckpointError(f"'{path}': {exc}") from None
+
+
+def _already(path: Path) -> CheckpointError:
+    return CheckpointError(f"'{path}' is already a netmorph checkpoint; "
+                           f"use it directly, no import needed")
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (isinstance(obj, Mapping) and len(obj) > 0
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+
+
+def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    if _is_state_dict(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in _WRAPPERS:
+            if _is_state_dict(obj.get(key)):
+                return dict(obj[key])
+    return None
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if all(k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def _blocks(keys: Iterable[str], stage: int) -> int:
+    pat = re.compile(rf"^layer{stage}\.(\d+)\.")
+    found = {int(m.group(1)) for k in keys if (m := pat.match(k))}
+    return len(found)
+
+
+def _detect(sd: Mapping[str, torch.Tensor]) -> tuple[str | None, str | None, str, str]:
+    """(layout, arch, shortcut, reason): what the tensors are, or None and why not."""
+    keys = set(sd)
+    conv1 = sd.get("conv1.weight")
+    if "fc.weight" in keys or (conv1 is not None and tuple(conv1.shape[-2:]) == (7, 7)):
+        layout = "torchvision-resnet"
+        if any(".conv3." in k for k in keys):
+            return layout, None, "B", ("a bottleneck ResNet (resnet50 and deeper), which "
+                                       "netmorph does not support; resnet18/34 only")
+        counts = tuple(_blocks(keys, s) for s in (1, 2, 3, 4))
+        for depth, blocks in zoo.IMAGENET_DEPTHS.items():
+            if counts == blocks:
+                return layout, f"resnet{depth}", "B", f"blocks per stage {counts}"
+        known = "; ".join(f"resnet{d}: {b}" for d, b in zoo.IMAGENET_DEPTHS.items())
+        return layout, None, "B", (f"a torchvision-layout ResNet with blocks per stage "
+                                   f"{counts}, which matches none netmorph knows ({known})")
+    if "linear.weight" in keys or conv1 is not None:
+        layout = "cifar-resnet"
+        shortcut = "B" if any(".shortcut." in k for k in keys) else "A"
+        counts = tuple(_blocks(keys, s) for s in (1, 2, 3))
+        n = counts[0]
+        depth = 6 * n + 2
+        if len(set(counts)) != 1 or n == 0:
+            return layout, None, shortcut, (f"a CIFAR-layout ResNet with blocks per stage "
+                                            f"{counts}; a CIFAR ResNet has the same number "
+                                            f"in each of its three stages")
+        reason = f"{n} blocks per stage, option-{shortcut} shortcuts"
+        if f"resnet{depth}" not in zoo.ARCHS:
+            cifar = ", ".join(f"resnet{d}" for d in zoo.CIFAR_DEPTHS)
+            return layout, None, shortcut, (f"a CIFAR ResNet-{depth} ({reason}), not in "
+                                            f"netmorph's zoo ({cifar})")
+        return layout, f"resnet{depth}", shortcut, reason
+    return None, None, "B", ("not a ResNet state_dict of a known layout (expected CIFAR keys "
+                             "conv1.weight, layer1.0.conv1.weight, linear.weight or torchvision "
+                             f"keys conv1.weight, layer1.0.conv1.weight, fc.weight; it has "
+                             f"{_names(sorted(keys))})")
+
+
+def _map_tensors(path: Path, desc: Mapping[str, Any], sd: Mapping[str, torch.Tensor],
+                 what: str) -> dict[str, torch.Tensor]:
+    expected = expected_tensors(desc)
+    arch = desc["arch"]
+    fill = {k for k in expected if k.endswith(".num_batches_tracked") and k not in sd}
+    missing = [k for k in expected if k not in sd and k not in fill]
+    unknown = [k for k in sd if k not in expected]
+    if missing or unknown:
+        parts = []
+        if unknown:
+            parts.append(f"unknown keys {_names(unknown)}")
+        if missing:
+            parts.append(f"missing keys {_names(missing)}")
+        raise CheckpointError(f"'{path}' does not match {arch} ({what}): " + "; ".join(parts))
+    wrong = [f"'{k}' is {tuple(sd[k].shape)} in the file, {arch} needs {shape}"
+             for k, shape in expected.items() if k in sd and tuple(sd[k].shape) != shape]
+    if wrong:
+        more = f" (and {len(wrong) - _LIST} more)" if len(wrong) > _LIST else ""
+        raise CheckpointError(f"'{path}': shape mismatch: {'; '.join(wrong[:_LIST])}{more}")
+    out: dict[str, torch.Tensor] = {}
+    for k in expected:
+        if k in fill:
+            out[k] = torch.zeros((), dtype=torch.long)
+            continue
+        t = sd[k].detach()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        elif k.endswith(".num_batches_tracked"):
+            t = t.long()
+        out[k] = t.contiguous()
+    return out
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(repr(k) for k in keys[:_LIST])
+    rest = len(keys) - _LIST
+    return f"{shown} … and {rest} more ({len(keys)} in all)" if rest > 0 else shown
