@@ -100,18 +100,32 @@ def dense_matrix(op: LinearMap, like: torch.Tensor, chunk: int = 256) -> torch.T
 
 
 def dense_min_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm least-squares solution of a X = b for every column of b.
+    """Minimum-norm least-squares solution of a X = b for every column of b, in float64.
 
-    Solved in float64 whatever the inputs' dtype (SVD-based: ``gelsd`` on the CPU, the
-    pseudo-inverse elsewhere). Singular values below max(m, n)·eps of the *input* dtype are
-    treated as zero: morphing systems often have exact null spaces (gauge freedoms of the
-    module), which a float32 matrix only resolves to ~1e-7, and inverting that noise would
-    blow the solution up.
+    Wide systems (m ≤ n, the usual morphing case) go through the Cholesky factor of a aᵀ
+    (x = aᵀ (a aᵀ)⁻¹ b) with one step of iterative refinement: a GEMM and an m×m
+    factorization, much faster than an SVD. When that factorization fails or leaves a
+    residual (rank-deficient or inconsistent systems), a rank-revealing solve takes over
+    (``gelsy`` on the CPU, the pseudo-inverse elsewhere). Singular values below
+    max(m, n)·eps of the *input* dtype count as zero there: morphing systems often have
+    exact null spaces (gauge freedoms of the module), which a float32 matrix resolves only
+    to ~1e-7, and inverting that noise would blow the solution up.
     """
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
-    rcond = max(a.shape) * torch.finfo(a.dtype).eps
+    m, n = a64.shape
+    if m <= n:
+        chol, info = torch.linalg.cholesky_ex(a64 @ a64.T)
+        if int(info) == 0:
+            x = a64.T @ torch.cholesky_solve(b64, chol)
+            x = x + a64.T @ torch.cholesky_solve(b64 - a64 @ x, chol)  # refinement
+            res = torch.linalg.vector_norm(a64 @ x - b64)
+            if res <= 1e-9 * max(float(torch.linalg.vector_norm(b64)), 1e-300):
+                return x
+    rcond = max(m, n) * torch.finfo(a.dtype).eps
     if a.device.type == "cpu":
-        return torch.linalg.lstsq(a64, b64, rcond=rcond, driver="gelsd").solution
+        # gelsy: complete orthogonal factorization, minimum norm; on this kind of CPU
+        # MKL's SVD-based gelsd is 10-50× slower for the same answer.
+        return torch.linalg.lstsq(a64, b64, rcond=rcond, driver="gelsy").solution
     return torch.linalg.pinv(a64, rtol=rcond) @ b64
 
 

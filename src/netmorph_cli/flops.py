@@ -1,0 +1,64 @@
+"""FLOP and parameter counting in the paper's convention.
+
+FLOPs are multiply-accumulates of conv and linear layers at the data set's input size; BN,
+activations, additions, padding and pooling are not counted. Spatial sizes are *logical*:
+a conv of a module realized with one input padding (stride 1, no padding of its own) is
+counted at its input's size, as if it had "same" padding — which is the size it
+contributes to the module's output. With that rule the paper's Tables 1–3 follow exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .network import param_shapes, validate_description
+
+
+def logical_sizes(desc: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """(H, W) of every spatial node under the same-size convention above."""
+    validate_description(desc)
+    sizes: dict[str, tuple[int, int]] = {"input": tuple(desc["input"][1:])}  # type: ignore
+    for n in desc["nodes"]:
+        if not n["inputs"] or n["inputs"][0] not in sizes:
+            continue  # flat tensors (after pooling)
+        h, w = sizes[n["inputs"][0]]
+        op = n["op"]
+        if op == "conv":
+            sh, sw = n["stride"]
+            sizes[n["name"]] = ((h - 1) // sh + 1, (w - 1) // sw + 1)
+        elif op == "shortcut_a":
+            s = n["stride"]
+            sizes[n["name"]] = (-(-h // s), -(-w // s))
+        elif op == "maxpool":
+            k, s, p = n["kernel"], n["stride"], n["padding"]
+            sizes[n["name"]] = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
+        elif op != "gap" and op != "linear":
+            sizes[n["name"]] = (h, w)
+    return sizes
+
+
+def count_flops(desc: Mapping[str, Any]) -> int:
+    """Multiply-accumulates of all conv and linear layers for one input image."""
+    sizes = logical_sizes(desc)
+    total = 0
+    for n in desc["nodes"]:
+        if n["op"] == "conv":
+            h, w = sizes[n["name"]]
+            total += math.prod(param_shapes(n)["weight"]) * h * w
+        elif n["op"] == "linear":
+            total += n["in"] * n["out"]
+    return total
+
+
+def count_params(desc: Mapping[str, Any]) -> int:
+    """Learnable parameters (BN running statistics are buffers, not counted)."""
+    buffers = {"running_mean", "running_var", "num_batches_tracked"}
+    return sum(math.prod(shape) for n in desc["nodes"]
+               for p, shape in param_shapes(n).items() if p not in buffers)
+
+
+def format_flops(flops: int) -> str:
+    """The paper's notation: millions below a billion (40.8M), else billions (1.814G)."""
+    return f"{flops / 1e9:.3f}G" if flops >= 1e9 else f"{flops / 1e6:.1f}M"

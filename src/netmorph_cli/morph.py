@@ -1,0 +1,373 @@
+"""Network-level morphs: the paper's ResNet presets and any layer into any module.
+
+Every morph edits a copy of the parent's description, inserts the solved filters, checks
+the result (``Network.check()``) and appends a history entry with its seed, residual and
+the node pairs (parent, child) whose outputs must agree, which ``verify`` compares.
+
+Exactness at image borders: a module replaces a "same"-padded conv by one zero padding of
+the module's margin at its input, unpadded convs inside, and joins that centre-crop every
+path to the common size. Each path then computes its composed filter over the same padded
+input, so the module equals the layer at every pixel (per-layer padding would not; see
+``naive_module_output`` in the tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .algebra import compose, pad_to
+from .errors import MorphError
+from .graph import ModuleGraph
+from .network import Network, node, validate_description
+from .solve import _Rng, decompose_type1, morph_filter
+
+PRESET_RE = re.compile(r"^(\d+)c(\d+)(_2branch)?(_half)?$")
+
+
+@dataclass(frozen=True)
+class Preset:
+    k1: int  # kernel of the first new conv
+    k2: int  # kernel of the second
+    branches: int  # 1, or 2 with _2branch
+    half: bool  # only odd-indexed blocks
+
+    @classmethod
+    def parse(cls, name: str) -> Preset:
+        m = PRESET_RE.match(name)
+        if not m or int(m[1]) % 2 == 0 or int(m[2]) % 2 == 0 or int(m[1]) < 1 or int(m[2]) < 1:
+            raise MorphError(f"unknown preset {name!r}: use KcJ[_2branch][_half] with odd K "
+                             "and J, e.g. 1c1, 3c1, 3c3, 1c1_half, 1c1_2branch")
+        return cls(int(m[1]), int(m[2]), 2 if m[3] else 1, bool(m[4]))
+
+
+# -- small description helpers --------------------------------------------------------------
+
+def _index(desc: dict[str, Any]) -> dict[str, int]:
+    return {n["name"]: i for i, n in enumerate(desc["nodes"])}
+
+
+def identity_bn(channels: int, eps: float, exact: bool = True) -> dict[str, torch.Tensor]:
+    """BN tensors that are the identity in eval mode: mean 0, var 1, gamma = sqrt(1 + eps)
+    (exact), or the paper's gamma = 1 (off by a factor 1/sqrt(1 + eps) ≈ 1 − eps/2)."""
+    gamma = math.sqrt(1.0 + eps) if exact else 1.0
+    return {"weight": torch.full((channels,), gamma, dtype=torch.float64),
+            "bias": torch.zeros(channels, dtype=torch.float64),
+            "running_mean": torch.zeros(channels, dtype=torch.float64),
+            "running_var": torch.ones(channels, dtype=torch.float64),
+            "num_batches_tracked": torch.zeros((), dtype=torch.long)}
+
+
+def _put(tensors: dict[str, torch.Tensor], name: str, values: dict[str, torch.Tensor],
+         dtype: torch.dtype) -> None:
+    for k, v in values.items():
+        tensors[f"{name}.{k}"] = v if v.dtype == torch.long else v.to(dtype).contiguous()
+
+
+def _float_dtype(net: Network) -> torch.dtype:
+    for k, v in net.tensors.items():
+        if k.endswith(".weight") and v.is_floating_point():
+            return v.dtype
+    return torch.float32
+
+
+def _finish(net: Network, desc: dict[str, Any], tensors: dict[str, torch.Tensor],
+            entry: dict[str, Any]) -> Network:
+    validate_description(desc)
+    child = Network(desc, tensors, [*net.history, entry], dict(net.meta))
+    return child.check()
+
+
+# -- presets ---------------------------------------------------------------------------
+
+def resnet_blocks(desc: dict[str, Any]) -> list[tuple[int, int]]:
+    """(stage, index) of every residual block, from its ``layerL.I.add`` join."""
+    blocks = []
+    for n in desc["nodes"]:
+        m = re.fullmatch(r"layer(\d+)\.(\d+)\.add", n["name"])
+        if m and n["op"] == "add":
+            blocks.append((int(m[1]), int(m[2])))
+    return blocks
+
+
+def morph_preset(net: Network, preset: str, *, seed: int = 0, exact_bn: bool = True
+                 ) -> Network:
+    """The paper's KcJ morphs over a ResNet: in every block but the first of each stage
+    (odd-indexed blocks only with ``_half``), split the identity shortcut into 0.5·I + 0.5·I
+    and turn one half (both with ``_2branch``) into conv K×K → BN → PReLU → conv J×J → BN.
+    Blocks already morphed grow their kernels by zero padding (1c1 → 3c1 → 3c3) or gain the
+    second branch; nothing is ever shrunk."""
+    p = Preset.parse(preset)
+    desc = copy.deepcopy(net.description)
+    tensors = dict(net.tensors)
+    dtype = _float_dtype(net)
+    blocks = [(s, i) for s, i in resnet_blocks(desc) if i >= 1 and (not p.half or i % 2 == 1)]
+    if not blocks:
+        raise MorphError("no residual block to morph: the network has no layerL.I.add joins "
+                         "beyond the first block of each stage")
+    rng = _Rng(seed, torch.float64, "cpu")
+    worst = 0.0
+    compare = []
+    for stage, i in blocks:
+        prefix = f"layer{stage}.{i}."
+        worst = max(worst, _morph_block(desc, tensors, prefix, p, rng, dtype, exact_bn))
+        compare.append([f"{prefix}add", f"{prefix}add"])
+    entry = {"op": "preset", "preset": preset, "seed": seed, "residual": worst,
+             "blocks": [f"layer{s}.{i}" for s, i in blocks], "compare": compare,
+             "exact_bn": exact_bn}
+    desc["arch"] = _arch_name(desc["arch"], preset)
+    return _finish(net, desc, tensors, entry)
+
+
+def _arch_name(arch: str, preset: str) -> str:
+    base = arch.split("+")[0]
+    return f"{base}+{preset}"
+
+
+def _morph_block(desc: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str,
+                 p: Preset, rng: _Rng, dtype: torch.dtype, exact_bn: bool) -> float:
+    idx = _index(desc)
+    add = desc["nodes"][idx[f"{prefix}add"]]
+    existing = [b for b in (1, 2) if f"{prefix}morph{b}.conv1" in idx]
+    for b in existing[:p.branches]:
+        _grow_branch(desc, tensors, f"{prefix}morph{b}.", p.k1, p.k2)
+    new = [b for b in range(1, p.branches + 1) if b not in existing]
+    if not new:
+        return 0.0
+    sc = add.get("shortcut")
+    if sc is None:
+        raise MorphError(f"block {prefix[:-1]!r} has no identity shortcut left to morph")
+    x = add["inputs"][sc]
+    src = desc["nodes"][idx[x]] if x in idx else None
+    if src is not None and src["op"] in ("conv", "bn", "shortcut_a"):
+        raise MorphError(f"block {prefix[:-1]!r} has a projection shortcut, not an identity")
+    c = add["coeffs"][sc]
+    keep_identity = p.branches == 1
+    share = c / 2 if keep_identity else c / len(new)
+    width = desc["nodes"][idx[f"{prefix}bn2"]]["channels"]
+    worst = 0.0
+    pos = idx[f"{prefix}add"]
+    for b in new:
+        g = share * torch.eye(width, dtype=torch.float64).reshape(width, width, 1, 1)
+        f1, f2, _ = decompose_type1(g, (p.k1, p.k1), (p.k2, p.k2), width, rng, tol=1e-12)
+        kk = p.k1 + p.k2 - 1
+        err = float(torch.linalg.vector_norm(compose(f2, f1) - pad_to(g, (kk, kk))))
+        worst = max(worst, err / float(torch.linalg.vector_norm(g)))
+        bp = f"{prefix}morph{b}."
+        margin = (p.k1 - 1) // 2 + (p.k2 - 1) // 2
+        nodes = [
+            node(f"{bp}pad", "pad", [x], pad=[margin, margin]),
+            node(f"{bp}conv1", "conv", [f"{bp}pad"], **{"in": width, "out": width},
+                 kernel=[p.k1, p.k1]),
+            node(f"{bp}bn1", "bn", [f"{bp}conv1"], channels=width),
+            node(f"{bp}prelu", "prelu", [f"{bp}bn1"], channels=width),
+            node(f"{bp}conv2", "conv", [f"{bp}prelu"], **{"in": width, "out": width},
+                 kernel=[p.k2, p.k2]),
+            node(f"{bp}bn2", "bn", [f"{bp}conv2"], channels=width),
+        ]
+        desc["nodes"][pos:pos] = nodes
+        pos += len(nodes)
+        _put(tensors, f"{bp}conv1", {"weight": f1}, dtype)
+        _put(tensors, f"{bp}conv2", {"weight": f2}, dtype)
+        eps = nodes[2]["eps"]
+        _put(tensors, f"{bp}bn1", identity_bn(width, eps, exact_bn), dtype)
+        _put(tensors, f"{bp}bn2", identity_bn(width, eps, exact_bn), dtype)
+        _put(tensors, f"{bp}prelu", {"weight": torch.ones(width)}, dtype)
+        add["inputs"].append(f"{bp}bn2")
+        add["coeffs"].append(1.0)
+    if keep_identity:
+        add["coeffs"][sc] = c / 2
+    else:
+        del add["inputs"][sc], add["coeffs"][sc]
+        add["shortcut"] = None
+    return worst
+
+
+def _grow_branch(desc: dict[str, Any], tensors: dict[str, torch.Tensor], bp: str, k1: int,
+                 k2: int) -> None:
+    """Grow a branch's kernels to k1/k2 by zero padding and widen its input padding: exact."""
+    idx = _index(desc)
+    for conv, k in (("conv1", k1), ("conv2", k2)):
+        n = desc["nodes"][idx[f"{bp}{conv}"]]
+        old = n["kernel"][0]
+        if k < old:
+            raise MorphError(f"{bp}{conv} is already {old}×{old}: presets only grow kernels "
+                             f"(asked for {k}×{k})")
+        n["kernel"] = [k, k]
+        key = f"{bp}{conv}.weight"
+        tensors[key] = pad_to(tensors[key], (k, k)).contiguous()
+    margin = (k1 - 1) // 2 + (k2 - 1) // 2
+    desc["nodes"][idx[f"{bp}pad"]]["pad"] = [margin, margin]
+
+
+# -- ReLU → PReLU ------------------------------------------------------------------------
+
+def prelu_all(net: Network) -> Network:
+    """Replace every ReLU by a PReLU with slope 0, which computes the same function."""
+    desc = copy.deepcopy(net.description)
+    shapes = validate_description(desc)
+    tensors = dict(net.tensors)
+    dtype = _float_dtype(net)
+    replaced = []
+    for i, n in enumerate(desc["nodes"]):
+        if n["op"] == "relu":
+            c = shapes[n["inputs"][0]][0]
+            desc["nodes"][i] = node(n["name"], "prelu", n["inputs"], channels=c)
+            _put(tensors, n["name"], {"weight": torch.zeros(c)}, dtype)
+            replaced.append(n["name"])
+    if not replaced:
+        raise MorphError("the network has no ReLU to replace")
+    entry = {"op": "prelu_all", "replaced": len(replaced), "residual": 0.0,
+             "compare": [[desc["output"], desc["output"]]]}
+    return _finish(net, desc, tensors, entry)
+
+
+# -- any layer into any module ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Site:
+    """What a morph replaces: a conv node, or the identity input of a block's join."""
+
+    layer: str
+    source: str  # node feeding the layer
+    weight: torch.Tensor  # G: (C_out, C_in, k, k)
+    bias: torch.Tensor | None
+    conv_index: int | None  # position of the conv node (None for a shortcut)
+    add_name: str | None  # the join whose identity input is replaced
+
+
+def _site(net: Network, layer: str) -> _Site:
+    nodes = net.nodes
+    if layer in nodes and nodes[layer]["op"] == "conv":
+        n = nodes[layer]
+        k, s, p, d = n["kernel"], n["stride"], n["padding"], n["dilation"]
+        if s != [1, 1]:
+            raise MorphError(f"{layer!r} is a strided conv (stride {s}); only stride-1 convs "
+                             "can be morphed in this version")
+        if d != [1, 1]:
+            raise MorphError(f"{layer!r} is a dilated conv (dilation {d}); not supported")
+        if n["groups"] != 1:
+            raise MorphError(f"{layer!r} is a grouped conv ({n['groups']} groups); "
+                             "not supported")
+        if p != [k[0] // 2, k[1] // 2]:
+            raise MorphError(f"{layer!r} has padding {p}, not 'same' padding for its "
+                             f"{k[0]}×{k[1]} kernel; not supported")
+        bias = net.tensors.get(f"{layer}.bias")
+        return _Site(layer, n["inputs"][0], net.tensors[f"{layer}.weight"], bias,
+                     _index(net.description)[layer], None)
+    m = re.fullmatch(r"(.+)\.shortcut", layer)
+    if m and f"{m[1]}.add" in nodes:
+        add = nodes[f"{m[1]}.add"]
+        sc = add.get("shortcut")
+        src_op = nodes.get(add["inputs"][sc], {}).get("op") if sc is not None else None
+        if sc is None or src_op in ("conv", "bn", "shortcut_a"):
+            proj = [k for k in nodes if k.startswith(f"{layer}.") or k == layer]
+            what = f"a projection ({', '.join(proj)})" if proj else "no identity edge left"
+            raise MorphError(f"{layer!r} is not an identity shortcut: it has {what}; "
+                             "projection shortcuts are strided and cannot be morphed")
+        shapes = validate_description(net.description)
+        c = shapes[add["inputs"][sc]][0]
+        g = add["coeffs"][sc] * torch.eye(c, dtype=torch.float64).reshape(c, c, 1, 1)
+        return _Site(layer, add["inputs"][sc], g, None, None, f"{m[1]}.add")
+    if layer in nodes:
+        raise MorphError(f"layer {layer!r} is a {nodes[layer]['op']}, not a conv or an "
+                         "identity shortcut")
+    convs = [k for k, n in nodes.items() if n["op"] == "conv"]
+    raise MorphError(f"no layer {layer!r} in the network (convs: {', '.join(convs[:6])}"
+                     f"{', …' if len(convs) > 6 else ''})")
+
+
+def morph_at(net: Network, spec: ModuleGraph, layer: str, *, seed: int = 0, bn: bool = True,
+             act: str = "prelu", inner_width: int | None = None, exact_bn: bool = True,
+             tol: float = 1e-10) -> Network:
+    """Replace the stride-1 conv (or identity shortcut) ``layer`` by the module ``spec``.
+
+    The filters are solved in float64 (``solve.morph_filter``) and stored in the network's
+    dtype. Each inner blob gets BN → PReLU (identity at insertion) unless ``bn=False`` /
+    ``act="none"``.
+    """
+    if act not in ("prelu", "none"):
+        raise MorphError(f"unknown activation {act!r} (prelu or none)")
+    site = _site(net, layer)
+    for name in [*(e.name for e in spec.edges), *spec.blobs]:
+        if "." in name:
+            raise MorphError(f"spec name {name!r} contains '.', which layer names reserve")
+    g = site.weight.detach().to(torch.float64)
+    result = morph_filter(g, spec, inner_width=inner_width, seed=seed, tol=tol)
+    desc = copy.deepcopy(net.description)
+    tensors = {k: v for k, v in net.tensors.items() if not k.startswith(f"{layer}.")}
+    dtype = _float_dtype(net)
+    new_nodes, out = _module_nodes(spec, result.filters, site, layer, bn, act, tensors, dtype,
+                                   exact_bn)
+    taken = _index(desc)
+    clash = [n["name"] for n in new_nodes if n["name"] in taken and n["name"] != layer]
+    if clash:
+        raise MorphError(f"module node {clash[0]!r} already exists in the network")
+    if site.conv_index is not None:
+        desc["nodes"][site.conv_index:site.conv_index + 1] = new_nodes
+        for n in desc["nodes"]:
+            n["inputs"] = [out if i == layer else i for i in n["inputs"]]
+        if desc["output"] == layer:
+            desc["output"] = out
+        compare = [[layer, out]]
+    else:
+        assert site.add_name is not None
+        pos = _index(desc)[site.add_name]
+        desc["nodes"][pos:pos] = new_nodes
+        add = desc["nodes"][pos + len(new_nodes)]
+        sc = add["shortcut"]
+        add["inputs"][sc], add["coeffs"][sc], add["shortcut"] = out, 1.0, None
+        compare = [[site.add_name, site.add_name]]
+    entry = {"op": "module", "module": spec.name or "module", "spec": spec.to_spec(),
+             "at": layer, "seed": seed, "residual": result.residual, "sweeps": result.sweeps,
+             "methods": result.methods, "output": out, "compare": compare,
+             "exact_bn": exact_bn, "bn": bn, "act": act}
+    desc["arch"] = desc["arch"] if "+" in desc["arch"] else desc["arch"] + "+module"
+    return _finish(net, desc, tensors, entry)
+
+
+def _module_nodes(spec: ModuleGraph, filters: dict[str, torch.Tensor], site: _Site, layer: str,
+                  bn: bool, act: str, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
+                  exact_bn: bool) -> tuple[list[dict[str, Any]], str]:
+    """Nodes realizing ``spec`` with one input padding and centre-cropping joins."""
+    k_eff = spec.effective_kernel()
+    pre = f"{layer}."
+    nodes = [node(f"{pre}input_pad", "pad", [site.source],
+                  pad=[(k_eff[0] - 1) // 2, (k_eff[1] - 1) // 2])]
+    blob_out = {spec.source: f"{pre}input_pad"}
+    sink_edges = spec.in_edges[spec.sink]
+    for b in spec.blobs[1:]:
+        ins = []
+        for e in spec.in_edges[b]:
+            f = filters[e.name]
+            has_bias = site.bias is not None and e is sink_edges[0]
+            nodes.append(node(f"{pre}{e.name}", "conv", [blob_out[e.src]],
+                              **{"in": f.shape[1], "out": f.shape[0]}, kernel=list(e.kernel),
+                              bias=has_bias))
+            _put(tensors, f"{pre}{e.name}", {"weight": f}, dtype)
+            if has_bias:
+                assert site.bias is not None
+                _put(tensors, f"{pre}{e.name}", {"bias": site.bias}, dtype)
+            ins.append(f"{pre}{e.name}")
+        name = ins[0]
+        if len(ins) > 1:
+            name = f"{pre}output" if b == spec.sink else f"{pre}{b}_sum"
+            nodes.append(node(name, "add", ins, coeffs=[1.0] * len(ins)))
+        if b != spec.sink:
+            width = filters[spec.in_edges[b][0].name].shape[0]
+            if bn:
+                nodes.append(node(f"{pre}{b}_bn", "bn", [name], channels=width))
+                _put(tensors, f"{pre}{b}_bn", identity_bn(width, nodes[-1]["eps"], exact_bn),
+                     dtype)
+                name = f"{pre}{b}_bn"
+            if act == "prelu":
+                nodes.append(node(f"{pre}{b}_act", "prelu", [name], channels=width))
+                _put(tensors, f"{pre}{b}_act", {"weight": torch.ones(width)}, dtype)
+                name = f"{pre}{b}_act"
+        blob_out[b] = name
+    return nodes, blob_out[spec.sink]

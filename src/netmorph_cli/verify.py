@@ -1,0 +1,115 @@
+"""Parent-versus-child comparison: does the child compute the parent's function?
+
+Both networks run in eval mode in one dtype on the same inputs (seeded random images by
+default, or real ones); the report gives the logits' max absolute and max relative error
+(‖Δ‖∞ / ‖parent logits‖∞, normwise so that near-zero logits do not inflate it), top-1
+agreement, and the same errors at every morphed module's output, from the node pairs the
+child's history records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import VerificationError
+from .network import Network
+
+DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+@dataclass(frozen=True)
+class SiteError:
+    parent_node: str
+    child_node: str
+    max_abs_err: float
+    max_rel_err: float
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    passed: bool
+    max_abs_err: float
+    max_rel_err: float
+    top1_agreement: float
+    dtype: str
+    samples: int
+    tolerance: float
+    inputs: str  # "random" or a data-set name
+    sites: tuple[SiteError, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "max_abs_err": self.max_abs_err,
+                "max_rel_err": self.max_rel_err, "top1_agreement": self.top1_agreement,
+                "dtype": self.dtype, "samples": self.samples, "tolerance": self.tolerance,
+                "inputs": self.inputs,
+                "modules": [{"parent": s.parent_node, "child": s.child_node,
+                             "max_abs_err": s.max_abs_err, "max_rel_err": s.max_rel_err}
+                            for s in self.sites]}
+
+
+def check_pair(parent: Network, child: Network) -> None:
+    """Refuse pairs that cannot be parent and child."""
+    pd, cd = parent.description, child.description
+    if list(pd["input"]) != list(cd["input"]):
+        raise VerificationError(f"not a parent/child pair: inputs differ ({pd['input']} vs "
+                                f"{cd['input']})")
+    if pd["num_classes"] != cd["num_classes"]:
+        raise VerificationError(f"not a parent/child pair: {pd['num_classes']} vs "
+                                f"{cd['num_classes']} classes")
+
+
+def compare_pairs(parent: Network, child: Network) -> list[tuple[str, str]]:
+    """Node pairs recorded by the morphs the child has beyond the parent."""
+    p_nodes, c_nodes = parent.nodes, child.nodes
+    n = len(parent.history) if child.history[:len(parent.history)] == parent.history else 0
+    pairs: list[tuple[str, str]] = []
+    for entry in child.history[n:]:
+        for a, b in entry.get("compare", []):
+            if a in p_nodes and b in c_nodes and (a, b) not in pairs:
+                pairs.append((a, b))
+    return pairs
+
+
+def verify(parent: Network, child: Network, *, dtype: torch.dtype = torch.float64,
+           samples: int = 64, seed: int = 0, inputs: torch.Tensor | None = None,
+           inputs_name: str = "random", tol: float | None = None,
+           device: torch.device | str = "cpu", batch_size: int = 64) -> VerifyReport:
+    """Compare ``child`` with ``parent`` on ``samples`` inputs (or on ``inputs``)."""
+    check_pair(parent, child)
+    tol = DEFAULT_TOL.get(dtype, 1e-5) if tol is None else tol
+    if inputs is None:
+        gen = torch.Generator().manual_seed(seed)
+        inputs = torch.randn(samples, *parent.description["input"], generator=gen,
+                             dtype=torch.float64)
+    pairs = compare_pairs(parent, child)
+    pnet, cnet = parent.module(dtype, device), child.module(dtype, device)
+    max_abs = scale = 0.0
+    agree = 0
+    site_abs = [0.0] * len(pairs)
+    site_scale = [0.0] * len(pairs)
+    with torch.inference_mode():
+        for x in inputs.split(batch_size):
+            x = x.to(device=device, dtype=dtype)
+            py, pv = pnet(x, capture=[a for a, _ in pairs] or ["input"])
+            cy, cv = cnet(x, capture=[b for _, b in pairs] or ["input"])
+            max_abs = max(max_abs, float((cy - py).abs().max()))
+            scale = max(scale, float(py.abs().max()))
+            agree += int((cy.argmax(1) == py.argmax(1)).sum())
+            for i, (a, b) in enumerate(pairs):
+                if pv[a].shape != cv[b].shape:
+                    raise VerificationError(f"module output {b!r} has shape "
+                                            f"{tuple(cv[b].shape)}, parent's {a!r} "
+                                            f"{tuple(pv[a].shape)}")
+                site_abs[i] = max(site_abs[i], float((cv[b] - pv[a]).abs().max()))
+                site_scale[i] = max(site_scale[i], float(pv[a].abs().max()))
+    n = inputs.shape[0]
+    rel = max_abs / scale if scale > 0 else max_abs
+    sites = tuple(SiteError(a, b, site_abs[i], site_abs[i] / site_scale[i]
+                            if site_scale[i] > 0 else site_abs[i])
+                  for i, (a, b) in enumerate(pairs))
+    finite = all(v == v for v in (max_abs, rel))  # NaN never passes
+    return VerifyReport(finite and rel <= tol, max_abs, rel, agree / n if n else 1.0,
+                        str(dtype).removeprefix("torch."), n, tol, inputs_name, sites)
