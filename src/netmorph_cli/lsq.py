@@ -106,7 +106,7 @@ def dense_min_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (x = aᵀ (a aᵀ)⁻¹ b) with one step of iterative refinement: a GEMM and an m×m
     factorization, much faster than an SVD. When that factorization fails or leaves a
     residual (rank-deficient or inconsistent systems), a rank-revealing solve takes over
-    (``gelsy`` on the CPU, the pseudo-inverse elsewhere). Singular values below
+    (``gelsd`` on the CPU, the pseudo-inverse elsewhere). Singular values below
     max(m, n)·eps of the *input* dtype count as zero there: morphing systems often have
     exact null spaces (gauge freedoms of the module), which a float32 matrix resolves only
     to ~1e-7, and inverting that noise would blow the solution up.
@@ -123,9 +123,11 @@ def dense_min_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                 return x
     rcond = max(m, n) * torch.finfo(a.dtype).eps
     if a.device.type == "cpu":
-        # gelsy: complete orthogonal factorization, minimum norm; on this kind of CPU
-        # MKL's SVD-based gelsd is 10-50× slower for the same answer.
-        return torch.linalg.lstsq(a64, b64, rcond=rcond, driver="gelsy").solution
+        # gelsd (SVD): the rank decision must be reliable. gelsy's pivoted-QR estimate
+        # is not: on module D's sink cut (rank 720 of 784, gap 1e-2 → 1e-15) MKL's gelsy
+        # returned rank 710 or 716 on some runs (it depends on memory alignment), leaving
+        # a 1e-3 residual, so the same seed gave different filters.
+        return torch.linalg.lstsq(a64, b64, rcond=rcond, driver="gelsd").solution
     return torch.linalg.pinv(a64, rtol=rcond) @ b64
 
 
