@@ -53,7 +53,10 @@ def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def crop_to(f: torch.Tensor, kernel: Kernel) -> torch.Tensor:
     """The centred ``kernel`` window of ``f`` (the inverse of ``pad_to``)."""
     kh, kw = kernel_of(f)
-    oh, ow = (kh - kernel[0]) // 2, (kw - kernel[1]) // 2
+    dh, dw = kh - kernel[0], kw - kernel[1]
+    if dh < 0 or dw < 0 or dh % 2 or dw % 2 or min(kernel) < 1:
+        raise ValueError(f"cannot crop a {kh}×{kw} filter to {kernel[0]}×{kernel[1]}")
+    oh, ow = dh // 2, dw // 2
     return f[..., oh:oh + kernel[0], ow:ow + kernel[1]]
 
 

@@ -104,6 +104,204 @@ def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dt
     if result is not None:
         console.print(solve_report(result, channels, kernel, dtype, device))
 
+_FORCE = click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+_OUT = click.option("-o", "--output", "out", required=True, metavar="OUT",
+                    help="Checkpoint to write (.safetensors, or .pt).")
+
+
+def _wrote(path: str, sha: str, what: str) -> None:
+    click.echo(f"wrote {path} ({what}; sha256 {sha[:16]}…)")
+
+
+@cli.command()
+@click.argument("arch", metavar="ARCH")
+@_OUT
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+              help="Classes of the classifier [default: 10 CIFAR, 1000 ImageNet].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Initialization seed.")
+@click.option("--shortcut", type=click.Choice(["A", "B"]), default="B", show_default=True,
+              help="CIFAR downsampling shortcuts: A parameter-free, B 1×1 conv + BN.")
+@_FORCE
+def init(arch: str, out: str, num_classes: int | None, seed: int, shortcut: str,
+         force: bool) -> None:
+    """Create a randomly initialized network of a zoo architecture.
+
+    ARCH: resnet20, resnet32, resnet44, resnet56, resnet110 (CIFAR, 32×32) or resnet18,
+    resnet34 (ImageNet, 224×224, torchvision layout).
+
+    \b
+    Example:
+      netmorph init resnet20 -o resnet20.safetensors
+    """
+    from .checkpoint import save
+    from .flops import count_flops, format_flops
+    from .zoo import create
+
+    net = create(arch, num_classes, seed, shortcut)
+    sha = save(net, out, force=force)
+    _wrote(out, sha, f"{arch}, {format_flops(count_flops(net.description))} FLOPs")
+
+
+@cli.command(name="import")
+@click.argument("file", metavar="FILE")
+@_OUT
+@click.option("--arch", default=None, help="Expected architecture (checked against the file).")
+@_FORCE
+def import_(file: str, out: str, arch: str | None, force: bool) -> None:
+    """Import a plain PyTorch state_dict of a known ResNet layout.
+
+    Reads the common CIFAR ResNet layout (module. prefixes, linear.*, option-A or option-B
+    shortcuts) and torchvision resnet18/34, always with torch.load(weights_only=True).
+
+    \b
+    Example:
+      netmorph import resnet20-12fca82f.th -o resnet20.safetensors
+    """
+    from .checkpoint import import_state_dict, save
+
+    net = import_state_dict(file, arch)
+    sha = save(net, out, force=force, protect=[file])
+    _wrote(out, sha, f"{net.description['arch']}, {net.description['num_classes']} classes")
+
+
+@cli.command()
+@click.argument("parent", metavar="PARENT")
+@click.option("--module", "module", required=True,
+              help="A preset (1c1, 3c1, 3c3, with _2branch and/or _half) or a SPEC.json.")
+@click.option("--at", "at", default=None, metavar="LAYER",
+              help="With a SPEC.json: the stride-1 conv or identity shortcut to replace "
+                   "(e.g. layer2.1.conv1, layer2.1.shortcut).")
+@_OUT
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the new filters.")
+@click.option("--prelu-all", is_flag=True, help="Also replace every ReLU by PReLU(a=0) (exact).")
+@click.option("--no-bn", is_flag=True, help="SPEC.json: no BN at the module's inner blobs.")
+@click.option("--act", type=click.Choice(["prelu", "none"]), default="prelu", show_default=True,
+              help="SPEC.json: activation at the inner blobs (PReLU starts at a=1).")
+@click.option("--paper-bn", is_flag=True,
+              help="New BN with gamma=1, beta=0 as in the paper (approximate, not exact).")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
+              help="Store the child in this dtype [default: the parent's].")
+@click.option("--no-check", is_flag=True, help="Skip the quick verification before writing.")
+@_JSON
+@_FORCE
+def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_all: bool,
+          no_bn: bool, act: str, paper_bn: bool, dtype: str | None, no_check: bool,
+          as_json: bool, force: bool) -> None:
+    """Morph a checkpoint into a larger one that computes the same function.
+
+    \b
+    Examples:
+      netmorph morph resnet20.safetensors --module 1c1 -o morph20_1c1.safetensors
+      netmorph morph resnet20.safetensors --module examples/modules/D.json \\
+          --at layer2.1.conv1 -o morph20_D.safetensors
+    """
+    from .checkpoint import file_sha256, load, save
+    from .flops import count_flops, format_flops
+    from .morph import morph_network
+    from .runtime import resolve_dtype
+    from .verify import verify
+
+    net = load(parent)
+    child = morph_network(net, module, at=at, seed=seed, prelu=prelu_all, bn=not no_bn, act=act,
+                          exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
+                          parent_sha256=file_sha256(parent))
+    report = None
+    if not no_check and not paper_bn:
+        report = verify(net, child, dtype=child.dtype, samples=4)
+        if not report.passed:
+            raise _check_failed(report)
+    sha = save(child, out, force=force, protect=[parent])
+    entry = child.history[-1]
+    f0, f1 = count_flops(net.description), count_flops(child.description)
+    if as_json:
+        _emit_json({"output": out, "sha256": sha, "arch": child.description["arch"],
+                    "flops": f1, "parent_flops": f0, "morph": entry,
+                    "check": report.to_json() if report else None})
+        return
+    where = entry.get("at") or f"{len(entry.get('blocks', []))} blocks"
+    click.echo(f"morphed {net.description['arch']} → {child.description['arch']} at {where}: "
+               f"solver residual {entry['residual']:.2e}, FLOPs {format_flops(f0)} → "
+               f"{format_flops(f1)} ({f1 / f0:.2f}×)")
+    if report:
+        click.echo(f"check: {report.samples} random inputs in {report.dtype}, max relative "
+                   f"error {report.max_rel_err:.2e}")
+    _wrote(out, sha, child.description["arch"])
+
+
+def _check_failed(report: Any) -> NetmorphError:
+    from .errors import VerificationError
+
+    err = VerificationError(f"the morphed network does not reproduce the parent (max relative "
+                            f"error {report.max_rel_err:.3g} > {report.tolerance:g}); "
+                            "nothing written")
+    err.exit_code = 1
+    return err
+
+
+@cli.command(name="verify")
+@click.argument("parent", metavar="PARENT")
+@click.argument("child", metavar="CHILD")
+@_JSON
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
+              show_default=True, help="Precision both networks run in.")
+@click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Number of inputs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
+@click.option("--tol", type=float, default=None,
+              help="Max relative error of the logits [default: 1e-5 float32, 1e-10 float64].")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+def verify_cmd(parent: str, child: str, as_json: bool, dtype: str, samples: int, seed: int,
+               tol: float | None, device: str) -> None:
+    """Check that CHILD computes PARENT's function (eval mode).
+
+    Runs both on the same random inputs and compares the logits (max absolute error, max
+    relative error ‖Δ‖∞/‖logits‖∞, top-1 agreement) and every morphed module's output.
+    Exit 0 within tolerance, 1 outside it.
+
+    \b
+    Example:
+      netmorph verify resnet20.safetensors morph20_1c1.safetensors --dtype float64
+    """
+    from .checkpoint import load
+    from .runtime import resolve_device, resolve_dtype
+    from .verify import verify
+
+    report = verify(load(parent), load(child), dtype=resolve_dtype(dtype), samples=samples,
+                    seed=seed, tol=tol, device=resolve_device(device))
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        from .report import verify_report
+
+        _console().print(verify_report(report))
+    if not report.passed:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("ckpt", metavar="CKPT")
+@_JSON
+def info(ckpt: str, as_json: bool) -> None:
+    """Summarize a checkpoint: architecture, parameters, FLOPs, morph history.
+
+    FLOPs are multiply-accumulates of conv and linear layers (the paper's convention).
+
+    \b
+    Example:
+      netmorph info morph20_1c1.safetensors
+    """
+    from .checkpoint import load
+    from .flops import summary
+
+    s = summary(load(ckpt))
+    if as_json:
+        _emit_json(s)
+        return
+    from .report import info_report
+
+    _console().print(info_report(s))
+
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: maps every failure to one ``Error:`` line."""

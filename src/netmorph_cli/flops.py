@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .network import param_shapes, validate_description
+from .network import Network, param_shapes, validate_description
 
 
 def logical_sizes(desc: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
@@ -62,3 +62,24 @@ def count_params(desc: Mapping[str, Any]) -> int:
 def format_flops(flops: int) -> str:
     """The paper's notation: millions below a billion (40.8M), else billions (1.814G)."""
     return f"{flops / 1e9:.3f}G" if flops >= 1e9 else f"{flops / 1e6:.1f}M"
+
+
+def summary(net: Network) -> dict[str, Any]:
+    """What ``netmorph info`` shows: architecture, size, cost and lineage of a network."""
+    desc = net.description
+    flops = count_flops(desc)
+    out: dict[str, Any] = {
+        "arch": desc.get("arch", "?"), "input": list(desc["input"]),
+        "num_classes": desc["num_classes"], "params": count_params(desc), "flops": flops,
+        "flops_text": format_flops(flops), "dtype": str(net.dtype).removeprefix("torch."),
+        "layers": sum(1 for n in desc["nodes"] if n["op"] in ("conv", "linear")),
+    }
+    for key in ("parent", "root"):
+        ref = net.meta.get(key)
+        if isinstance(ref, dict) and ref.get("flops"):
+            out[f"flops_vs_{key}"] = flops / ref["flops"]
+    for key in ("parent", "root", "normalization", "imported", "created"):
+        if key in net.meta:
+            out[key] = net.meta[key]
+    out["history"] = net.history
+    return out

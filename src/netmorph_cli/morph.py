@@ -69,13 +69,6 @@ def _put(tensors: dict[str, torch.Tensor], name: str, values: dict[str, torch.Te
         tensors[f"{name}.{k}"] = v if v.dtype == torch.long else v.to(dtype).contiguous()
 
 
-def _float_dtype(net: Network) -> torch.dtype:
-    for k, v in net.tensors.items():
-        if k.endswith(".weight") and v.is_floating_point():
-            return v.dtype
-    return torch.float32
-
-
 def _finish(net: Network, desc: dict[str, Any], tensors: dict[str, torch.Tensor],
             entry: dict[str, Any]) -> Network:
     validate_description(desc)
@@ -105,7 +98,7 @@ def morph_preset(net: Network, preset: str, *, seed: int = 0, exact_bn: bool = T
     p = Preset.parse(preset)
     desc = copy.deepcopy(net.description)
     tensors = dict(net.tensors)
-    dtype = _float_dtype(net)
+    dtype = net.dtype
     blocks = [(s, i) for s, i in resnet_blocks(desc) if i >= 1 and (not p.half or i % 2 == 1)]
     if not blocks:
         raise MorphError("no residual block to morph: the network has no layerL.I.add joins "
@@ -212,7 +205,7 @@ def prelu_all(net: Network) -> Network:
     desc = copy.deepcopy(net.description)
     shapes = validate_description(desc)
     tensors = dict(net.tensors)
-    dtype = _float_dtype(net)
+    dtype = net.dtype
     replaced = []
     for i, n in enumerate(desc["nodes"]):
         if n["op"] == "relu":
@@ -301,7 +294,7 @@ def morph_at(net: Network, spec: ModuleGraph, layer: str, *, seed: int = 0, bn: 
     result = morph_filter(g, spec, inner_width=inner_width, seed=seed, tol=tol)
     desc = copy.deepcopy(net.description)
     tensors = {k: v for k, v in net.tensors.items() if not k.startswith(f"{layer}.")}
-    dtype = _float_dtype(net)
+    dtype = net.dtype
     new_nodes, out = _module_nodes(spec, result.filters, site, layer, bn, act, tensors, dtype,
                                    exact_bn)
     taken = _index(desc)
@@ -371,3 +364,44 @@ def _module_nodes(spec: ModuleGraph, filters: dict[str, torch.Tensor], site: _Si
                 name = f"{pre}{b}_act"
         blob_out[b] = name
     return nodes, blob_out[spec.sink]
+
+
+# -- one entry point for the CLI -----------------------------------------------------------
+
+def is_spec(module: str) -> bool:
+    """``--module`` names a spec file (``*.json`` or an existing file), else a preset."""
+    from pathlib import Path
+
+    return module.endswith(".json") or Path(module).is_file()
+
+
+def morph_network(parent: Network, module: str, *, at: str | None = None, seed: int = 0,
+                  prelu: bool = False, bn: bool = True, act: str = "prelu",
+                  exact_bn: bool = True, dtype: torch.dtype | None = None,
+                  parent_sha256: str | None = None) -> Network:
+    """Morph ``parent`` with a preset or a spec file (at ``at``), optionally replacing its
+    ReLUs by PReLUs first and casting it to ``dtype``; records the lineage in ``meta``."""
+    from .flops import count_flops
+    from .spec import load_spec
+
+    net = parent.to(dtype) if dtype is not None else parent
+    if is_spec(module):
+        if at is None:
+            raise MorphError("--module SPEC.json needs --at LAYER (the conv or identity "
+                             "shortcut to replace)")
+        spec = load_spec(module)
+    elif at is not None:
+        raise MorphError(f"--at applies to spec files; preset {module!r} places itself")
+    if prelu:
+        net = prelu_all(net)
+    if is_spec(module):
+        assert at is not None
+        child = morph_at(net, spec, at, seed=seed, bn=bn, act=act, exact_bn=exact_bn)
+    else:
+        child = morph_preset(net, module, seed=seed, exact_bn=exact_bn)
+    parent_ref = {"arch": parent.description.get("arch"),
+                  "flops": count_flops(parent.description), "sha256": parent_sha256}
+    child.meta["parent"] = parent_ref
+    child.meta.setdefault("root", parent.meta.get("root") or
+                          {k: parent_ref[k] for k in ("arch", "flops")})
+    return child

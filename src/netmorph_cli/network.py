@@ -316,11 +316,26 @@ class Network:
     def module(self, dtype: torch.dtype | None = None,
                device: torch.device | str = "cpu") -> GraphNet:
         """The nn.Module with these tensors loaded (bit-exact), in eval mode."""
-        net = GraphNet(self.description)
+        net = GraphNet(self.description).to(self.dtype)  # load_state_dict casts into it
         net.load_state_dict(self.tensors, strict=True)
         if dtype is not None:
             net = net.to(dtype)
         return net.to(device).eval()
+
+    def to(self, dtype: torch.dtype) -> Network:
+        """A copy whose floating-point tensors are cast to ``dtype`` (exact when widening)."""
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v
+                   for k, v in self.tensors.items()}
+        return Network(copy.deepcopy(self.description), tensors, copy.deepcopy(self.history),
+                       copy.deepcopy(self.meta))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the network's floating-point tensors."""
+        for v in self.tensors.values():
+            if v.is_floating_point():
+                return v.dtype
+        return torch.float32
 
     @property
     def nodes(self) -> dict[str, dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -9,6 +11,7 @@ from rich.text import Text
 from .graph import Kernel
 from .reduce import ReductionPlan
 from .solve import SolveResult
+from .verify import VerifyReport
 
 
 def kernel_text(k: Kernel | list[int]) -> str:
@@ -79,3 +82,55 @@ def solve_report(result: SolveResult, channels: int, kernel: int, dtype: str,
         table.add_row(name, "×".join(map(str, f.shape)), result.methods[name],
                       f"{cond:.3g}" if cond != float("inf") else "rank-deficient")
     return Group(head, table)
+
+
+def verify_report(r: VerifyReport) -> Group:
+    verdict = ("PASSED", "bold green") if r.passed else ("FAILED", "bold red")
+    head = Text.assemble(verdict, f" — {r.samples} {r.inputs} inputs in {r.dtype}: max abs "
+                         f"error {r.max_abs_err:.3e}, max relative error {r.max_rel_err:.3e} "
+                         f"(tolerance {r.tolerance:g}), top-1 agreement "
+                         f"{100 * r.top1_agreement:.1f}%")
+    parts: list = [head]
+    if r.sites:
+        table = Table()
+        for col in ("parent node", "child node", "max abs err", "max rel err"):
+            table.add_column(col)
+        for s in r.sites:
+            table.add_row(s.parent_node, s.child_node, f"{s.max_abs_err:.3e}",
+                          f"{s.max_rel_err:.3e}")
+        parts.append(table)
+    return Group(*parts)
+
+
+def info_report(s: dict[str, Any]) -> Group:
+    from .flops import format_flops
+
+    lines = [
+        Text.assemble(("arch: ", "bold"), str(s["arch"]),
+                      f"  (input {'×'.join(map(str, s['input']))}, {s['num_classes']} classes, "
+                      f"{s['dtype']})"),
+        Text.assemble(("params: ", "bold"), f"{s['params']:,}  ", ("layers: ", "bold"),
+                      f"{s['layers']} conv/linear"),
+        Text.assemble(("FLOPs: ", "bold"), f"{format_flops(s['flops'])} ({s['flops']:,} MACs)"
+                      + "".join(f", {s[f'flops_vs_{k}']:.2f}× {k} ({s[k].get('arch')})"
+                                for k in ("parent", "root") if f"flops_vs_{k}" in s)),
+    ]
+    if "normalization" in s:
+        n = s["normalization"]
+        lines.append(Text.assemble(("normalization: ", "bold"), f"mean {n.get('mean')}, "
+                                   f"std {n.get('std')}"))
+    if s["history"]:
+        table = Table()
+        for col in ("#", "morph", "where", "seed", "residual"):
+            table.add_column(col)
+        for i, h in enumerate(s["history"], 1):
+            what = h.get("preset") or h.get("module") or h.get("op")
+            where = h.get("at") or (f"{len(h['blocks'])} blocks" if "blocks" in h else "all")
+            res = h.get("residual")
+            table.add_row(str(i), str(what), str(where), str(h.get("seed", "")),
+                          f"{res:.2e}" if isinstance(res, float) else "")
+        lines.append(Text("morph history:", style="bold"))
+        lines.append(table)
+    else:
+        lines.append(Text("morph history: none (not a morphed network)"))
+    return Group(*lines)

@@ -232,10 +232,15 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: _Rng
             f2 = f2 + torch.einsum("orkl,mr->omkl", rng.filter(c_out, mid - c_in, k2), e_perp)
         return f1, f2, ("identity-padding (embedding)", "identity-padding (filter)")
     need = min(math.ceil(c_in * area / a2), math.ceil(c_out * area / a1))
+    # the structured constructions above need only mid ≥ C_in or C_out where they apply
+    structured = min([c_in] * (gk == (1, 1) or fits(gk, k2)) + [c_out] * fits(gk, k1),
+                     default=need)
+    smaller = (f"; an exact structured split (identity padding or unimodular factors) "
+               f"needs only a middle width of {structured}" if structured < need else "")
     raise InfeasibleError(
         f"TYPE-I split of a {c_out}×{c_in} filter into {k1[0]}×{k1[1]} then {k2[0]}×{k2[1]} "
         f"through {mid} channels is not exact: eq. 3 needs max(C_l·C_i·K1², C_j·C_l·K2²) ≥ "
-        f"C_j·C_i·(K1+K2−1)², i.e. a middle width of at least {need}")
+        f"C_j·C_i·(K1+K2−1)², i.e. a middle width of at least {need}{smaller}")
 
 
 def _deconvolve(target: torch.Tensor, which: str, k1: Kernel, k2: Kernel, mid: int, rng: _Rng,
