@@ -20,8 +20,7 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	$(VENV)/bin/netmorph reduce examples/modules/C.json
-	$(VENV)/bin/netmorph reduce examples/modules/D.json
+	bash examples/demo.sh
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -29,6 +28,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/reduce.py
+	$(PY) benchmarks/solver.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache demo-out

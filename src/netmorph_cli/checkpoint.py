@@ -100,6 +100,12 @@ def save(net: Network, path: str | Path, *, force: bool = False,
         raise CheckpointError(f"cannot write '{path}': {_first_line(exc)}") from None
 
 
+def check_output(path: str | Path, *, force: bool = False,
+                 protect: Iterable[str | Path] = ()) -> None:
+    """Refuse an output ``save`` would refuse, before any expensive work is done."""
+    _check_output(Path(path), force, protect)
+
+
 def _check_output(path: Path, force: bool, protect: Iterable[str | Path]) -> None:
     for p in protect:
         if p is not None and _same_file(path, Path(p)):

@@ -193,14 +193,15 @@ def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_a
     Examples:
       netmorph morph resnet20.safetensors --module 1c1 -o morph20_1c1.safetensors
       netmorph morph resnet20.safetensors --module examples/modules/D.json \\
-          --at layer2.1.conv1 -o morph20_D.safetensors
+          --at layer1.1.conv1 -o morph20_D.safetensors
     """
-    from .checkpoint import file_sha256, load, save
+    from .checkpoint import check_output, file_sha256, load, save
     from .flops import count_flops, format_flops
     from .morph import morph_network
     from .runtime import resolve_dtype
     from .verify import verify
 
+    check_output(out, force=force, protect=[parent])
     net = load(parent)
     child = morph_network(net, module, at=at, seed=seed, prelu=prelu_all, bn=not no_bn, act=act,
                           exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
@@ -301,6 +302,117 @@ def info(ckpt: str, as_json: bool) -> None:
 
     _console().print(info_report(s))
 
+
+_DATA = [
+    click.option("--dataset", required=True,
+                 type=click.Choice(["cifar10", "cifar100", "cifar10-mini", "cifar100-mini",
+                                    "synthetic"]),
+                 help="Data set (read from --data-dir; downloaded when missing and online)."),
+    click.option("--data-dir", default=None, metavar="DIR",
+                 help="Where data sets live [default: $NETMORPH_DATA, else ~/.cache/netmorph]."),
+]
+
+
+def _data_options(f: Any) -> Any:
+    for opt in reversed(_DATA):
+        f = opt(f)
+    return f
+
+
+@cli.command(name="eval")
+@click.argument("ckpt", metavar="CKPT")
+@_data_options
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@_JSON
+def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json: bool) -> None:
+    """Top-1 error of a checkpoint on a data set's test split.
+
+    Uses the input normalization stored in the checkpoint.
+
+    \b
+    Example:
+      netmorph eval resnet20.safetensors --dataset cifar10
+    """
+    from .checkpoint import load
+    from .runtime import resolve_device
+    from .train import evaluate
+
+    r = evaluate(load(ckpt), dataset, data_dir, resolve_device(device))
+    if as_json:
+        _emit_json(r.to_json())
+    else:
+        click.echo(f"top-1 error {100 * r.top1_error:.2f}% on {r.samples} test images "
+                   f"({r.dataset})")
+
+
+@cli.command(name="train")
+@click.argument("ckpt", metavar="CKPT")
+@_data_options
+@_OUT
+@click.option("--epochs", type=click.IntRange(min=1), default=164, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1,
+              show_default=True, help="Peak learning rate (per global batch).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Global batch size (split over torchrun ranks).")
+@click.option("--milestones", default="0.5,0.75", show_default=True,
+              help="lr ÷10 points: fractions of training (≤ 1) or epochs.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Epochs of linear lr warm-up.")
+@click.option("--momentum", type=click.FloatRange(min=0, max=1), default=0.9,
+              show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda or cuda:N [default: cuda if present].")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
+@click.option("--resume", is_flag=True, help="Continue the run that writes OUT from its state.")
+@click.option("--metrics", default=None, metavar="FILE",
+              help="JSONL of per-epoch metrics [default: OUT.metrics.jsonl].")
+@click.option("--quiet", is_flag=True, help="No progress bar; only the summary.")
+@_FORCE
+def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, epochs: int, lr: float,
+              batch_size: int, milestones: str, warmup: float, momentum: float,
+              weight_decay: float, seed: int, device: str | None, compile_: bool,
+              no_amp: bool, resume: bool, metrics: str | None, quiet: bool,
+              force: bool) -> None:
+    """Train a checkpoint (a parent or a morphed child) with the paper's CIFAR recipe.
+
+    SGD (momentum 0.9, weight decay 1e-4), batch 128, lr 0.1 divided by 10 at 50% and 75%
+    of training, pad-4 random crop + flip, a fresh optimizer. Writes OUT at the end,
+    OUT.state.pt every epoch (for --resume) and OUT.metrics.jsonl. Runs under
+    torchrun --nproc-per-node N as DistributedDataParallel.
+
+    \b
+    Examples:
+      netmorph train morph20_1c1.safetensors --dataset cifar10 -o trained.safetensors
+      torchrun --nproc-per-node 2 -m netmorph_cli train r20.safetensors \\
+          --dataset cifar10 -o r20_trained.safetensors
+    """
+    from .checkpoint import check_output, load, save
+    from .runtime import default_device, parse_milestones, resolve_device
+    from .train import TrainConfig, init_distributed, train
+
+    dev = resolve_device(device) if device else default_device()
+    if not resume:
+        check_output(out, force=force, protect=[ckpt])
+    cfg = TrainConfig(dataset=dataset, epochs=epochs, lr=lr, batch_size=batch_size,
+                      momentum=momentum, weight_decay=weight_decay,
+                      milestones=parse_milestones(milestones), warmup=warmup, seed=seed,
+                      amp=not no_amp, compile=compile_)
+    net = load(ckpt)
+    dist = init_distributed(dev)
+    from .report import TrainProgress
+
+    with TrainProgress(_console(), quiet=quiet or not dist.main) as progress:
+        trained, history = train(net, cfg, out, data_dir=data_dir, device=dev, resume=resume,
+                                 metrics=metrics or f"{out}.metrics.jsonl",
+                                 hooks=progress.hooks())
+    if dist.main:
+        sha = save(trained, out, force=True, protect=[ckpt])
+        last = history[-1]
+        click.echo(f"trained {len(history)} epochs: test error {100 * last.test_error:.2f}%, "
+                   f"train loss {last.train_loss:.4f}, {last.images_per_s:,.0f} images/s")
+        _wrote(out, sha, trained.description["arch"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -134,3 +134,64 @@ def info_report(s: dict[str, Any]) -> Group:
     else:
         lines.append(Text("morph history: none (not a morphed network)"))
     return Group(*lines)
+
+
+class TrainProgress:
+    """A rich progress bar for ``netmorph train`` (epoch, loss, lr, images/s, ETA)."""
+
+    def __init__(self, console: Any, quiet: bool = False):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console, self.quiet = console, quiet
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.4g}  "
+                       "{task.fields[ips]:,.0f} img/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, disable=quiet, transient=True)
+        self.task: Any = None
+        self.total_steps = 0
+        self.epochs = 0
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def hooks(self) -> Any:
+        from .train import TrainHooks
+
+        return TrainHooks(on_step=self._step, on_epoch=self._epoch, on_start=self._start)
+
+    def _start(self, start_epoch: int, epochs: int, steps: int) -> None:
+        self.epochs, self.total_steps = epochs, steps
+        self.task = self.progress.add_task("train", total=(epochs - start_epoch) * steps,
+                                           epoch=f"{start_epoch + 1}/{epochs}", loss=0.0,
+                                           lr=0.0, ips=0.0)
+
+    def _step(self, epoch: int, step: int, steps: int, loss: float, lr: float,
+              ips: float) -> None:
+        self.progress.update(self.task, completed=self._done(epoch, step), loss=loss, lr=lr,
+                             ips=ips, epoch=f"{epoch + 1}/{self.epochs}")
+
+    def _done(self, epoch: int, step: int) -> int:
+        start = self.progress.tasks[0].total or 0
+        first_epoch = self.epochs - start // max(self.total_steps, 1)
+        return (epoch - first_epoch) * self.total_steps + step
+
+    def _epoch(self, stats: Any) -> None:
+        if not self.quiet:
+            self.console.print(
+                f"epoch {stats.epoch}/{self.epochs}: train loss {stats.train_loss:.4f}, "
+                f"train error {100 * stats.train_error:.2f}%, test error "
+                f"{100 * stats.test_error:.2f}%, lr {stats.lr:.4g}, "
+                f"{stats.images_per_s:,.0f} img/s, {stats.seconds:.1f} s")

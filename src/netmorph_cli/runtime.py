@@ -38,3 +38,23 @@ def resolve_device(name: str) -> torch.device:
     elif dev.type != "cpu":
         raise UsageError(f"unsupported device {name!r} (use cpu, cuda or cuda:N)")
     return dev
+
+
+def default_device() -> torch.device:
+    """cuda (this process's LOCAL_RANK under torchrun) when present, else cpu."""
+    if torch.cuda.is_available():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def parse_milestones(text: str) -> tuple[float, ...]:
+    """'0.5,0.75' → (0.5, 0.75): fractions of training (≤ 1) or epoch numbers."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--milestones must be comma-separated numbers, got {text!r}") from None
+    if any(v <= 0 for v in values) or list(values) != sorted(values):
+        raise UsageError(f"--milestones must be positive and increasing, got {text!r}")
+    return values

@@ -1,0 +1,339 @@
+"""Training and evaluation: the paper's CIFAR recipe, on-device data, resumable, DDP-ready.
+
+The whole data set lives on the training device as normalized float tensors; each step
+takes a slice of an epoch permutation and augments it there in one batched op. Every random
+draw comes from a generator seeded by (seed, epoch, step), so a run killed anywhere and
+resumed from its last state file ends with the same weights as an uninterrupted one.
+
+Under ``torchrun --nproc-per-node N`` the same code runs DistributedDataParallel (nccl on
+GPU, gloo on CPU): all ranks draw the same epoch permutation and each takes every N-th
+image, with the global batch split evenly; rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .data import CIFAR_MEAN, CIFAR_STD, Dataset, augment, load_dataset, to_tensor
+from .errors import DataError, TrainingError
+from .network import Network, state_of
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "cifar10"
+    epochs: int = 164
+    lr: float = 0.1
+    batch_size: int = 128  # global, over all ranks
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training (≤ 1) or epochs
+    gamma: float = 0.1  # lr factor at each milestone
+    warmup: float = 0.0  # epochs of linear warm-up
+    seed: int = 0
+    amp: bool = True  # bf16 autocast (CUDA only)
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+
+    def lr_at(self, epoch: float) -> float:
+        """Learning rate at a fractional epoch: warm-up, then step decay at milestones."""
+        if self.warmup > 0 and epoch < self.warmup:
+            return self.lr * (epoch + 1e-9) / self.warmup
+        steps = sum(1 for m in self.milestone_epochs() if epoch >= m)
+        return self.lr * self.gamma ** steps
+
+    def milestone_epochs(self) -> list[float]:
+        return [m * self.epochs if m <= 1 else m for m in self.milestones]
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_error: float
+    test_error: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks for the CLI's progress display (all optional)."""
+
+    on_step: Callable[[int, int, int, float, float, float], None] | None = None
+    on_epoch: Callable[[EpochStats], None] | None = None
+    on_start: Callable[[int, int, int], None] | None = None  # start epoch, epochs, steps
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group torchrun set up (WORLD_SIZE > 1), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def normalization(net: Network) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    norm = net.meta.get("normalization") or {}
+    return tuple(norm.get("mean", CIFAR_MEAN)), tuple(norm.get("std", CIFAR_STD))
+
+
+def _seeded(*parts: int) -> torch.Generator:
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + p) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+@torch.no_grad()
+def top1_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+               batch_size: int = 1000, amp: bool = False) -> float:
+    """Fraction of ``x`` misclassified by ``model`` (put in eval mode here)."""
+    was = model.training
+    model.eval()
+    wrong = 0
+    for i in range(0, len(x), batch_size):
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
+            logits = model(x[i:i + batch_size])
+        wrong += int((logits.argmax(1) != y[i:i + batch_size]).sum())
+    model.train(was)
+    return wrong / max(len(x), 1)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    top1_error: float
+    samples: int
+    dataset: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(net: Network, dataset: str, data_dir: str | Path | None = None,
+             device: torch.device | str = "cpu", batch_size: int = 1000) -> EvalResult:
+    """Top-1 error on the test split, with the normalization stored in the checkpoint."""
+    data = load_dataset(dataset, data_dir)
+    _check_fits(net, data)
+    mean, std = normalization(net)
+    x = to_tensor(data.x_test, mean, std, device)
+    y = torch.from_numpy(data.y_test).to(device)
+    model = net.module(torch.float32, device)
+    return EvalResult(top1_error(model, x, y, batch_size), len(y), data.source)
+
+
+def _check_fits(net: Network, data: Dataset) -> None:
+    want = list(net.description["input"])
+    have = [3, *data.x_test.shape[1:3]]
+    if want != have:
+        raise DataError(f"the network takes {want[1]}×{want[2]} inputs, {data.name} has "
+                        f"{have[1]}×{have[2]} images")
+    if net.description["num_classes"] != data.num_classes:
+        raise DataError(f"the network has {net.description['num_classes']} classes, "
+                        f"{data.name} has {data.num_classes}")
+
+
+# -- training ----------------------------------------------------------------------------
+
+def state_path(out: str | Path) -> Path:
+    return Path(f"{out}.state.pt")
+
+
+def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Path | None = None,
+          device: torch.device | str = "cpu", resume: bool = False,
+          metrics: str | Path | None = None, hooks: TrainHooks | None = None,
+          dataset: Dataset | None = None) -> tuple[Network, list[EpochStats]]:
+    """Train ``net`` with ``cfg``; write a state file every epoch and return the trained
+    network (the caller saves it). Raises ``TrainingError`` on a non-finite loss, keeping
+    the last good state file."""
+    hooks = hooks or TrainHooks()
+    device = torch.device(device)
+    dist = init_distributed(device)
+    data = dataset or load_dataset(cfg.dataset, data_dir)
+    _check_fits(net, data)
+    mean, std = normalization(net)
+    x_train = to_tensor(data.x_train, mean, std, device)
+    y_train = torch.from_numpy(data.y_train).to(device)
+    x_test = to_tensor(data.x_test, mean, std, device)
+    y_test = torch.from_numpy(data.y_test).to(device)
+    fill = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)])
+
+    model = net.module(torch.float32, device).train()
+    on_cuda = device.type == "cuda"
+    if on_cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    start_epoch, start_step = 0, 0
+    history: list[EpochStats] = []
+    spath = state_path(out)
+    if resume:
+        start_epoch, start_step, history = _load_state(spath, model, opt, cfg)
+    step_model: torch.nn.Module = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if on_cuda
+                                             else None)
+    if cfg.compile:
+        step_model = torch.compile(step_model)  # type: ignore[assignment]
+
+    n_local = len(x_train) // dist.world
+    b_local = max(cfg.batch_size // dist.world, 1)
+    steps = math.ceil(n_local / b_local)
+    amp = cfg.amp and on_cuda
+    if hooks.on_start:
+        hooks.on_start(start_epoch, cfg.epochs, steps)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(x_train), generator=_seeded(cfg.seed, epoch))
+        mine = perm[dist.rank::dist.world][:n_local].to(device)
+        loss_sum = torch.zeros((), device=device)
+        wrong = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        first = start_step if epoch == start_epoch else 0
+        step = first
+        try:
+            for step in range(first, steps):
+                lr = cfg.lr_at(epoch + step / steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                idx = mine[step * b_local:(step + 1) * b_local]
+                xb = augment(x_train[idx], _seeded(cfg.seed, epoch, step, dist.rank), fill=fill)
+                if on_cuda and cfg.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                yb = y_train[idx]
+                with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                    logits = step_model(xb)
+                    loss = F.cross_entropy(logits.float(), yb)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}"
+                        f"; stopped. The last good state is {spath} (epoch {epoch}): lower "
+                        f"--lr or add --warmup and resume with --resume")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach() * len(idx)
+                wrong += (logits.argmax(1) != yb).sum()
+                seen += len(idx)
+                if hooks.on_step and (step % 10 == 0 or step == steps - 1):
+                    el = time.perf_counter() - t0
+                    hooks.on_step(epoch, step + 1, steps, float(loss), lr,
+                                  seen * dist.world / max(el, 1e-9))
+        except KeyboardInterrupt:
+            if dist.main:
+                _save_state(spath, model, opt, cfg, epoch, step, history)
+            raise TrainingError(f"interrupted at epoch {epoch + 1}, step {step + 1}; state "
+                                f"saved to {spath}: continue with --resume") from None
+        _sync_buffers(model, dist)
+        seconds = time.perf_counter() - t0
+        stats = EpochStats(epoch + 1, float(loss_sum) / max(seen, 1),
+                           float(wrong) / max(seen, 1),
+                           top1_error(model, x_test, y_test, amp=amp),
+                           cfg.lr_at(epoch), seconds, seen * dist.world / seconds)
+        history.append(stats)
+        if dist.main:
+            _save_state(spath, model, opt, cfg, epoch + 1, 0, history)
+            if metrics:
+                with open(metrics, "a") as fh:
+                    fh.write(json.dumps(stats.to_json()) + "\n")
+        if hooks.on_epoch:
+            hooks.on_epoch(stats)
+    trained = Network(net.description, {k: v.cpu() for k, v in state_of(model).items()},
+                      list(net.history), dict(net.meta))
+    trained.tensors = {k: v.to(net.tensors[k].dtype) if v.is_floating_point() else v
+                       for k, v in trained.tensors.items()}
+    trained.meta["normalization"] = {"mean": list(mean), "std": list(std)}
+    final = history[-1] if history else None
+    trained.history.append({
+        "op": "train", "dataset": data.name, "config": _config_json(cfg),
+        "epochs_run": len(history), "world_size": dist.world,
+        "test_error": final.test_error if final else None,
+        "seconds": sum(h.seconds for h in history)})
+    return trained.check(), history
+
+
+def _sync_buffers(model: torch.nn.Module, dist: Dist) -> None:
+    """Give every rank rank 0's BN statistics (DDP keeps parameters, not buffers, equal)."""
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        for b in model.buffers():
+            tdist.broadcast(b, 0)
+
+
+def _config_json(cfg: TrainConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["milestones"] = list(cfg.milestones)
+    return d
+
+
+def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                cfg: TrainConfig, epoch: int, step: int, history: list[EpochStats]) -> None:
+    """Atomic: a temp file beside the state file, then os.replace."""
+    state = {"netmorph_train_state": 1, "epoch": epoch, "step": step,
+             "model": state_of(model), "optimizer": opt.state_dict(),
+             "config": json.dumps(_config_json(cfg)),
+             "history": json.dumps([h.to_json() for h in history]),
+             "torch_rng": torch.get_rng_state()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                cfg: TrainConfig) -> tuple[int, int, list[EpochStats]]:
+    if not path.is_file():
+        raise TrainingError(f"--resume: no state file {path} (was the run started with "
+                            "this -o?)")
+    try:
+        with open(path, "rb") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+        saved = json.loads(state["config"])
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
+        raise TrainingError(f"--resume: cannot read {path}: {exc}") from None
+    mine = _config_json(cfg)
+    diff = [k for k in mine if k not in ("compile", "amp", "channels_last")
+            and saved.get(k) != mine[k]]
+    if diff:
+        raise TrainingError(f"--resume: options differ from the interrupted run "
+                            f"({', '.join(f'{k}: {saved.get(k)} → {mine[k]}' for k in diff)})")
+    history = [EpochStats(**h) for h in json.loads(state["history"])]
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"]), int(state["step"]), history
