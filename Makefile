@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.netmorph-installed
 # CPU build on these machines; see README for CUDA builds.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean reproduce-quick reproduce-full
 
 install: $(STAMP)
 
@@ -29,6 +29,15 @@ lint: install
 bench: install
 	$(PY) benchmarks/reduce.py
 	$(PY) benchmarks/solver.py
+
+# The paper's Table 1 protocol; DATA_DIR must hold cifar10 (.npz, folder or archive).
+DATA_DIR ?= $(NETMORPH_DATA)
+reproduce-quick: install
+	PATH=$(VENV)/bin:$$PATH $(PY) examples/reproduce/run.py --scale quick --data-dir "$(DATA_DIR)"
+
+reproduce-full: install
+	PATH=$(VENV)/bin:$$PATH $(PY) examples/reproduce/run.py --scale full --data-dir "$(DATA_DIR)" \
+	    --out examples/reproduce/results-full
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache demo-out

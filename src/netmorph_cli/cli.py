@@ -127,17 +127,25 @@ def init(arch: str, out: str, num_classes: int | None, seed: int, shortcut: str,
     """Create a randomly initialized network of a zoo architecture.
 
     ARCH: resnet20, resnet32, resnet44, resnet56, resnet110 (CIFAR, 32×32) or resnet18,
-    resnet34 (ImageNet, 224×224, torchvision layout).
+    resnet34 (ImageNet, 224×224, torchvision layout), or a checkpoint whose architecture
+    is re-initialized (a from-scratch control for a morphed child).
 
     \b
-    Example:
+    Examples:
       netmorph init resnet20 -o resnet20.safetensors
+      netmorph init morph20_1c1.safetensors -o scratch_1c1.safetensors
     """
-    from .checkpoint import save
-    from .flops import count_flops, format_flops
-    from .zoo import create
+    from pathlib import Path
 
-    net = create(arch, num_classes, seed, shortcut)
+    from .checkpoint import load, save
+    from .flops import count_flops, format_flops
+    from .zoo import create, reinitialize
+
+    if Path(arch).is_file():
+        net = reinitialize(load(arch), seed)
+        arch = net.description["arch"]
+    else:
+        net = create(arch, num_classes, seed, shortcut)
     sha = save(net, out, force=force)
     _wrote(out, sha, f"{arch}, {format_flops(count_flops(net.description))} FLOPs")
 
@@ -413,6 +421,62 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, epochs: i
         click.echo(f"trained {len(history)} epochs: test error {100 * last.test_error:.2f}%, "
                    f"train loss {last.train_loss:.4f}, {last.images_per_s:,.0f} images/s")
         _wrote(out, sha, trained.description["arch"])
+
+@cli.command(name="plot")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@_OUT
+@click.option("--train", "with_train", is_flag=True, help="Also draw the training error.")
+@click.option("--title", default=None, help="Figure title.")
+@_FORCE
+def plot_cmd(runs: tuple[str, ...], out: str, with_train: bool, title: str | None,
+             force: bool) -> None:
+    """Plot test error against epoch for several runs, morph points marked (Fig. 5).
+
+    A RUN is a trained checkpoint (its history carries every phase's metrics) or a
+    OUT.metrics.jsonl file. Needs matplotlib (pip install 'netmorph[plot]').
+
+    \b
+    Example:
+      netmorph plot parent.safetensors child.safetensors -o fig5.png
+    """
+    from .checkpoint import check_output
+    from .results import load_run, plot
+
+    check_output(out, force=force, protect=list(runs))
+    path = plot([load_run(r) for r in runs], out, train=with_train, title=title)
+    click.echo(f"wrote {path}")
+
+
+@cli.command(name="report")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--baseline", default=None, metavar="RUN",
+              help="Run the improvements are measured against [default: the first RUN].")
+@_JSON
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print a Markdown table.")
+def report_cmd(runs: tuple[str, ...], baseline: str | None, as_json: bool,
+               as_markdown: bool) -> None:
+    """One row per run in the paper's columns (Tables 1–3).
+
+    Net arch, intermediate phases, final test error, absolute and relative improvement over
+    the baseline, FLOPs and relative FLOPs (the same counter as `netmorph info`).
+
+    \b
+    Example:
+      netmorph report resnet20.safetensors morph20_1c1.safetensors --markdown
+    """
+    from .results import load_run, markdown, table
+
+    loaded = [load_run(r) for r in runs]
+    base = load_run(baseline) if baseline else None
+    rows = table(loaded, base)
+    if as_json:
+        _emit_json(rows)
+    elif as_markdown:
+        click.echo(markdown(rows))
+    else:
+        from .report import results_table
+
+        _console().print(results_table(rows))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -195,3 +195,19 @@ class TrainProgress:
                 f"train error {100 * stats.train_error:.2f}%, test error "
                 f"{100 * stats.test_error:.2f}%, lr {stats.lr:.4g}, "
                 f"{stats.images_per_s:,.0f} img/s, {stats.seconds:.1f} s")
+
+
+def results_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for col in ("net arch", "phases", "error", "abs. improv.", "rel. improv.", "FLOPs",
+                "rel. FLOPs"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["net"], ", ".join(r["phases"]) or "-", f"{100 * r['error']:.2f}%",
+            f"{100 * r['abs_improvement']:.2f}%" if "abs_improvement" in r else "-",
+            f"{100 * r['rel_improvement']:.1f}%" if r.get("rel_improvement") is not None
+            else "-",
+            f"{r['flops'] / 1e6:.1f}M" if r["flops"] else "-",
+            f"{r['rel_flops']:.2f}×" if r.get("rel_flops") else "-")
+    return table

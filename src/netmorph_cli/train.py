@@ -280,7 +280,8 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
         "op": "train", "dataset": data.name, "config": _config_json(cfg),
         "epochs_run": len(history), "world_size": dist.world,
         "test_error": final.test_error if final else None,
-        "seconds": sum(h.seconds for h in history)})
+        "seconds": sum(h.seconds for h in history),
+        "metrics": [h.to_json() for h in history]})
     return trained.check(), history
 
 

@@ -9,6 +9,7 @@ ImageNet as torchvision (``downsample.0/.1``, ``fc``). Every block's join is
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -134,3 +135,10 @@ def create(arch: str, num_classes: int | None = None, seed: int = 0,
     net = Network(desc, init_tensors(desc, seed),
                   meta={"created": {"arch": arch, "seed": seed, "shortcut": shortcut}})
     return net.check()
+
+
+def reinitialize(net: Network, seed: int = 0) -> Network:
+    """The same architecture with fresh tensors: a from-scratch control for a morphed child."""
+    desc = copy.deepcopy(net.description)
+    return Network(desc, init_tensors(desc, seed),
+                   meta={"created": {"like": desc.get("arch"), "seed": seed}}).check()

@@ -8,34 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_one_error_line, run_main
 from click.testing import CliRunner
 
-from netmorph_cli.cli import cli, main
+from netmorph_cli.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = REPO / "examples" / "modules"
 NETMORPH = Path(sys.executable).with_name("netmorph")
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the console-script entry point in process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else code), out, err
-
-
-def assert_one_error_line(code: int, out: str, err: str, *needles: str) -> str:
-    assert code == 2
-    assert out == ""
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("Error: ")
-    for needle in needles:
-        assert needle in lines[0]
-    return lines[0]
 
 
 # -- --json ---------------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""Runs as the paper reports them: error curves across phases, and Table 1–3 rows.
+
+A run is a trained checkpoint. Its history holds every phase that led to it — training
+phases with their per-epoch metrics, and the morphs in between — so the whole curve of a
+multi-phase run (train ResNet-20, morph to 1c1, train again) comes from the final
+checkpoint alone. A metrics JSONL file written by ``netmorph train`` is a run too (one
+phase, no lineage).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .flops import count_flops
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # as the paper names nets: resnet20, morph20_1c1
+    path: str
+    epochs: tuple[int, ...]  # cumulative epoch of each point
+    test_error: tuple[float, ...]
+    train_error: tuple[float, ...]
+    morph_epochs: tuple[tuple[int, str], ...]  # (epoch, what) of morphs after training began
+    phases: tuple[str, ...]  # intermediate architectures before the final one
+    flops: int | None
+    root_flops: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_error(self) -> float:
+        if not self.test_error:
+            raise DataError(f"run {self.path} has no recorded epochs")
+        return self.test_error[-1]
+
+
+def paper_name(arch: str) -> str:
+    """``resnet20+1c1`` → ``morph20_1c1``; ``resnet20`` stays."""
+    m = re.fullmatch(r"resnet(\d+)\+(.+)", arch)
+    return f"morph{m[1]}_{m[2]}" if m else arch
+
+
+def load_run(path: str | Path) -> Run:
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        return _from_metrics(p)
+    from .checkpoint import load
+
+    net = load(p)
+    epochs: list[int] = []
+    test: list[float] = []
+    train: list[float] = []
+    morphs: list[tuple[int, str]] = []
+    archs: list[str] = []
+    for h in net.history:
+        if h.get("op") == "train":
+            for m in h.get("metrics", []):
+                epochs.append(len(epochs) + 1)
+                test.append(m["test_error"])
+                train.append(m["train_error"])
+        elif h.get("op") in ("preset", "module"):
+            what = h.get("preset") or h.get("module") or "module"
+            if epochs:
+                morphs.append((len(epochs), what))
+            archs.append(what)
+    root = net.meta.get("root") or {}
+    return Run(paper_name(net.description.get("arch", p.stem)), str(p), tuple(epochs),
+               tuple(test), tuple(train), tuple(morphs), tuple(archs[:-1]),
+               count_flops(net.description), root.get("flops"))
+
+
+def _from_metrics(p: Path) -> Run:
+    if not p.is_file():
+        raise DataError(f"run {p} does not exist")
+    rows = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{p}:{i}: not JSON ({exc.msg})") from None
+    name = p.name.removesuffix(".metrics.jsonl").removesuffix(".jsonl")
+    return Run(name, str(p), tuple(int(r["epoch"]) for r in rows),
+               tuple(r["test_error"] for r in rows), tuple(r["train_error"] for r in rows),
+               (), (), None, None)
+
+
+def table(runs: list[Run], baseline: Run | None = None) -> list[dict[str, Any]]:
+    """Rows in the paper's columns. Improvements are over ``baseline`` (default: the first
+    run); relative FLOPs are over the baseline's FLOPs, else the run's root architecture."""
+    base = baseline or (runs[0] if runs else None)
+    rows = []
+    for r in runs:
+        err = r.final_error
+        row: dict[str, Any] = {"net": r.name, "phases": list(r.phases), "error": err,
+                               "flops": r.flops, "run": r.path, "epochs": len(r.epochs)}
+        if base is not None and r is not base:
+            row["abs_improvement"] = base.final_error - err
+            row["rel_improvement"] = (base.final_error - err) / base.final_error \
+                if base.final_error else None
+        ref = base.flops if base is not None and base.flops else r.root_flops
+        row["rel_flops"] = r.flops / ref if r.flops and ref else None
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table as Markdown, formatted like the paper's (error in %, FLOPs in millions)."""
+    head = ("| Net Arch. | Intermediate Phases | Error | Abs. Perf. Improv. | "
+            "Rel. Perf. Improv. | FLOP (million) | Rel. FLOP |")
+    lines = [head, "|" + "---|" * 7]
+    for r in rows:
+        abs_i = f"{100 * r['abs_improvement']:.2f}%" if "abs_improvement" in r else "-"
+        rel_i = (f"{100 * r['rel_improvement']:.1f}%" if r.get("rel_improvement") is not None
+                 else "-")
+        flops = f"{r['flops'] / 1e6:.1f}" if r["flops"] else "-"
+        rel_f = f"{r['rel_flops']:.2f}x" if r.get("rel_flops") else "-"
+        phases = ", ".join(r["phases"]) or "-"
+        lines.append(f"| {r['net']} | {phases} | {100 * r['error']:.2f}% | {abs_i} | {rel_i} "
+                     f"| {flops} | {rel_f} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], out: str | Path, *, train: bool = False,
+         title: str | None = None) -> Path:
+    """Test (and optionally train) error against epoch, morph points marked (Fig. 5)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DataError("netmorph plot needs matplotlib: pip install 'netmorph[plot]' "
+                        "(or pip install matplotlib)") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in runs:
+        (line,) = ax.plot(r.epochs, [100 * e for e in r.test_error], label=f"{r.name} (test)")
+        if train:
+            ax.plot(r.epochs, [100 * e for e in r.train_error], linestyle="--",
+                    color=line.get_color(), alpha=0.6, label=f"{r.name} (train)")
+        for epoch, what in r.morph_epochs:
+            ax.axvline(epoch + 0.5, color=line.get_color(), linestyle=":", alpha=0.7)
+            ax.annotate(f"morph {what}", (epoch + 0.5, ax.get_ylim()[1]), rotation=90,
+                        va="top", ha="right", fontsize=7, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,32 @@
+"""Helpers for CLI tests: run the console-script entry point in process and check the
+error contract (one ``Error: …`` line on stderr, nothing on stdout, the right exit code)."""
+
+from __future__ import annotations
+
+import pytest
+
+from netmorph_cli.cli import main
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the console-script entry point in process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    code = info.value.code
+    return (0 if code is None else code), out, err
+
+
+def assert_one_error_line(code: int, out: str, err: str, *needles: str,
+                          exit_code: int = 2) -> str:
+    """The error contract: exit ``exit_code``, empty stdout, one ``Error:`` line that
+    contains every needle, no traceback. Returns the line."""
+    assert code == exit_code, err
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("Error: ")
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
