@@ -69,7 +69,10 @@ def load_run(path: str | Path) -> Run:
                 morphs.append((len(epochs), what))
             archs.append(what)
     root = net.meta.get("root") or {}
-    return Run(paper_name(net.description.get("arch", p.stem)), str(p), tuple(epochs),
+    name = paper_name(net.description.get("arch", p.stem))
+    if (net.meta.get("created") or {}).get("like"):
+        name += " (scratch)"  # a morphed architecture trained from a fresh init
+    return Run(name, str(p), tuple(epochs),
                tuple(test), tuple(train), tuple(morphs), tuple(archs[:-1]),
                count_flops(net.description), root.get("flops"))
 
