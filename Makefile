@@ -29,6 +29,8 @@ lint: install
 bench: install
 	$(PY) benchmarks/reduce.py
 	$(PY) benchmarks/solver.py
+	$(PY) benchmarks/morph.py
+	$(PY) benchmarks/train.py
 
 # The paper's Table 1 protocol; DATA_DIR must hold cifar10 (.npz, folder or archive).
 DATA_DIR ?= $(NETMORPH_DATA)

@@ -259,10 +259,16 @@ def _site(net: Network, layer: str) -> _Site:
         sc = add.get("shortcut")
         src_op = nodes.get(add["inputs"][sc], {}).get("op") if sc is not None else None
         if sc is None or src_op in ("conv", "bn", "shortcut_a"):
-            proj = [k for k in nodes if k.startswith(f"{layer}.") or k == layer]
-            what = f"a projection ({', '.join(proj)})" if proj else "no identity edge left"
-            raise MorphError(f"{layer!r} is not an identity shortcut: it has {what}; "
-                             "projection shortcuts are strided and cannot be morphed")
+            if sc is None:  # a morph replaced it (its nodes are named "{layer}.…")
+                what = "no identity edge left (a morph already replaced it)"
+            elif src_op == "shortcut_a":
+                what = ("a strided option-A shortcut (subsample and zero-pad), which "
+                        "cannot be morphed")
+            else:
+                proj = [k for k in nodes if k.startswith(f"{layer}.") or k == layer]
+                what = (f"a projection ({', '.join(proj)}); projection shortcuts are "
+                        "strided and cannot be morphed")
+            raise MorphError(f"{layer!r} is not an identity shortcut: it has {what}")
         shapes = validate_description(net.description)
         c = shapes[add["inputs"][sc]][0]
         g = add["coeffs"][sc] * torch.eye(c, dtype=torch.float64).reshape(c, c, 1, 1)

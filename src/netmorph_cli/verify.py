@@ -73,6 +73,11 @@ def compare_pairs(parent: Network, child: Network) -> list[tuple[str, str]]:
     return pairs
 
 
+def _worst(a: float, b: float) -> float:
+    """max(a, b) that keeps a NaN from either side (Python's max drops a NaN ``b``)."""
+    return b if b != b or b > a else a
+
+
 def verify(parent: Network, child: Network, *, dtype: torch.dtype = torch.float64,
            samples: int = 64, seed: int = 0, inputs: torch.Tensor | None = None,
            inputs_name: str = "random", tol: float | None = None,
@@ -95,16 +100,16 @@ def verify(parent: Network, child: Network, *, dtype: torch.dtype = torch.float6
             x = x.to(device=device, dtype=dtype)
             py, pv = pnet(x, capture=[a for a, _ in pairs] or ["input"])
             cy, cv = cnet(x, capture=[b for _, b in pairs] or ["input"])
-            max_abs = max(max_abs, float((cy - py).abs().max()))
-            scale = max(scale, float(py.abs().max()))
+            max_abs = _worst(max_abs, float((cy - py).abs().max()))
+            scale = _worst(scale, float(py.abs().max()))
             agree += int((cy.argmax(1) == py.argmax(1)).sum())
             for i, (a, b) in enumerate(pairs):
                 if pv[a].shape != cv[b].shape:
                     raise VerificationError(f"module output {b!r} has shape "
                                             f"{tuple(cv[b].shape)}, parent's {a!r} "
                                             f"{tuple(pv[a].shape)}")
-                site_abs[i] = max(site_abs[i], float((cv[b] - pv[a]).abs().max()))
-                site_scale[i] = max(site_scale[i], float(pv[a].abs().max()))
+                site_abs[i] = _worst(site_abs[i], float((cv[b] - pv[a]).abs().max()))
+                site_scale[i] = _worst(site_scale[i], float(pv[a].abs().max()))
     n = inputs.shape[0]
     rel = max_abs / scale if scale > 0 else max_abs
     sites = tuple(SiteError(a, b, site_abs[i], site_abs[i] / site_scale[i]

@@ -1,0 +1,156 @@
+"""``verify``: parent-versus-child comparison, its verdicts, site errors and refusals.
+
+Tolerances are the library defaults under test (1e-5 float32, 1e-10 float64); perturbations
+are chosen orders of magnitude above them so that a pass or a fail is unambiguous.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from netmorph_cli import zoo
+from netmorph_cli.errors import VerificationError
+from netmorph_cli.morph import morph_network
+from netmorph_cli.network import Network
+from netmorph_cli.verify import DEFAULT_TOL, compare_pairs, verify
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny float64 ops on a loaded two-core machine are far faster on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def parent() -> Network:
+    return zoo.create("resnet20", seed=21)
+
+
+@pytest.fixture(scope="module")
+def child(parent) -> Network:
+    return morph_network(parent, "1c1", dtype=torch.float64)
+
+
+def perturbed(net: Network, key: str, delta: float) -> Network:
+    tensors = dict(net.tensors)
+    tensors[key] = tensors[key] + delta
+    return Network(net.description, tensors, net.history, net.meta).check()
+
+
+def test_identical_networks_pass_with_zero_error(parent):
+    for dtype in (torch.float32, torch.float64):
+        r = verify(parent, parent, dtype=dtype, samples=8)
+        assert r.passed and r.max_abs_err == 0.0 and r.max_rel_err == 0.0
+        assert r.top1_agreement == 1.0 and r.samples == 8 and r.sites == ()
+        assert r.dtype == str(dtype).removeprefix("torch.") and r.inputs == "random"
+
+
+def test_morphed_child_passes_and_reports_every_module(parent, child):
+    r = verify(parent, child, samples=8)
+    assert r.passed and r.max_rel_err <= 1e-10 and r.top1_agreement == 1.0
+    blocks = [f"layer{s}.{i}" for s in (1, 2, 3) for i in (1, 2)]
+    assert [(s.parent_node, s.child_node) for s in r.sites] == \
+        [(f"{b}.add", f"{b}.add") for b in blocks]
+    assert all(s.max_rel_err <= 1e-10 for s in r.sites)
+    assert compare_pairs(parent, child) == [(f"{b}.add", f"{b}.add") for b in blocks]
+
+
+def test_perturbed_child_fails_and_the_site_errors_point_at_the_module(parent, child):
+    bad = perturbed(child, "layer3.1.morph1.conv2.weight", 1e-3)
+    r = verify(parent, bad, samples=8)
+    assert not r.passed
+    assert r.max_rel_err > 1e-6 and r.max_abs_err > 0
+    errors = {s.child_node: s.max_rel_err for s in r.sites}
+    assert errors["layer3.1.add"] > 1e-6
+    # modules before the perturbation are untouched; the one after inherits the error
+    for block in ("layer1.1", "layer1.2", "layer2.1", "layer2.2"):
+        assert errors[f"{block}.add"] <= 1e-10, block
+    assert errors["layer3.2.add"] > 1e-10
+    js = r.to_json()
+    assert js["passed"] is False and js["max_rel_err"] == r.max_rel_err
+    assert [m["child"] for m in js["modules"]] == [s.child_node for s in r.sites]
+
+
+def test_a_change_below_float32_precision_passes_in_float32_only(parent):
+    # a float32 child carries float32-rounded filters: exact to 1e-5 in float32, but far
+    # from the 1e-10 that float64 demands
+    child32 = morph_network(parent, "3c3")
+    r32 = verify(parent, child32, dtype=torch.float32, samples=8)
+    assert r32.passed and r32.tolerance == DEFAULT_TOL[torch.float32] == 1e-5
+    r64 = verify(parent, child32, dtype=torch.float64, samples=8)
+    assert r64.tolerance == DEFAULT_TOL[torch.float64] == 1e-10
+    assert not r64.passed and 1e-10 < r64.max_rel_err < 1e-5
+    # an explicit tolerance overrides the default
+    assert verify(parent, child32, dtype=torch.float64, samples=8, tol=1e-5).passed
+
+
+def test_paper_bn_child_fails_in_float64(parent):
+    paper = morph_network(parent, "1c1", dtype=torch.float64, exact_bn=False)
+    r = verify(parent, paper, samples=8)
+    assert not r.passed and r.max_rel_err > 1e-9
+
+
+@pytest.mark.parametrize("where", ["linear.bias", "layer2.1.morph1.conv1.weight"])
+def test_nan_in_the_child_fails(parent, child, where):
+    tensors = dict(child.tensors)
+    t = tensors[where].clone()
+    t.view(-1)[0] = float("nan")
+    tensors[where] = t
+    bad = Network(child.description, tensors, child.history, child.meta)
+    r = verify(parent, bad, samples=4)
+    assert not r.passed
+    assert math.isnan(r.max_abs_err) and math.isnan(r.max_rel_err)
+
+
+def test_inf_in_the_child_fails(parent, child):
+    bad = perturbed(child, "linear.bias", float("inf"))
+    r = verify(parent, bad, samples=4)
+    assert not r.passed and r.max_abs_err == math.inf
+
+
+def test_not_a_pair_is_an_error(parent):
+    with pytest.raises(VerificationError, match=r"not a parent/child pair: 10 vs 100 classes"):
+        verify(parent, zoo.create("resnet20", num_classes=100))
+    other = zoo.create("resnet18", num_classes=10)
+    with pytest.raises(VerificationError, match=r"inputs differ \(\[3, 32, 32\] vs "
+                                                r"\[3, 224, 224\]\)"):
+        verify(parent, other)
+
+
+def test_mismatched_module_outputs_are_an_error(parent, child):
+    history = [dict(h) for h in child.history]
+    history[-1]["compare"] = [["layer1.1.add", "layer2.1.add"]]
+    bad = Network(child.description, child.tensors, history, child.meta)
+    with pytest.raises(VerificationError, match=r"module output 'layer2.1.add' has shape"):
+        verify(parent, bad, samples=2)
+
+
+def test_given_inputs_and_batches(parent, child):
+    x = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    r = verify(parent, child, inputs=x, inputs_name="cifar10", batch_size=3)
+    assert r.passed and r.samples == 10 and r.inputs == "cifar10"
+    # the same inputs in one batch give the same figures
+    one = verify(parent, child, inputs=x, inputs_name="cifar10", batch_size=10)
+    assert one.max_abs_err == pytest.approx(r.max_abs_err, rel=0, abs=1e-14)
+    # seeds pick the random inputs deterministically
+    a, b = (verify(parent, child, samples=4, seed=s) for s in (0, 0))
+    assert a == b
+
+
+def test_differing_top1_is_counted(parent):
+    flipped = perturbed(parent, "linear.bias", 0.0)
+    bias = flipped.tensors["linear.bias"].clone()
+    bias[3] += 100.0  # class 3 wins every input
+    flipped.tensors["linear.bias"] = bias
+    r = verify(parent, flipped, samples=16)
+    p_top = parent.module(torch.float64)(
+        torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)).argmax(1)
+    assert r.top1_agreement == pytest.approx((p_top == 3).float().mean().item())
+    assert not r.passed
