@@ -251,21 +251,24 @@ def _check_failed(report: Any) -> NetmorphError:
 @click.argument("parent", metavar="PARENT")
 @click.argument("child", metavar="CHILD")
 @_JSON
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
-              show_default=True, help="Precision both networks run in.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
+              help="Precision both networks run in [default: the child's dtype].")
 @click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Number of inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
 @click.option("--tol", type=float, default=None,
               help="Max relative error of the logits [default: 1e-5 float32, 1e-10 float64].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-def verify_cmd(parent: str, child: str, as_json: bool, dtype: str, samples: int, seed: int,
+def verify_cmd(parent: str, child: str, as_json: bool, dtype: str | None, samples: int,
+               seed: int,
                tol: float | None, device: str) -> None:
     """Check that CHILD computes PARENT's function (eval mode).
 
     Runs both on the same random inputs and compares the logits (max absolute error, max
     relative error ‖Δ‖∞/‖logits‖∞, top-1 agreement) and every morphed module's output.
-    Exit 0 within tolerance, 1 outside it.
+    Exit 0 within tolerance, 1 outside it. A float32 child (new filters rounded to
+    float32) is checked in float32 by default; morph with --dtype float64 to check
+    exactness to 1e-10.
 
     \b
     Example:
@@ -275,7 +278,8 @@ def verify_cmd(parent: str, child: str, as_json: bool, dtype: str, samples: int,
     from .runtime import resolve_device, resolve_dtype
     from .verify import verify
 
-    report = verify(load(parent), load(child), dtype=resolve_dtype(dtype), samples=samples,
+    p, c = load(parent), load(child)
+    report = verify(p, c, dtype=resolve_dtype(dtype) if dtype else c.dtype, samples=samples,
                     seed=seed, tol=tol, device=resolve_device(device))
     if as_json:
         _emit_json(report.to_json())

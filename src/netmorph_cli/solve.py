@@ -367,6 +367,11 @@ def algorithm2(graph: ModuleGraph, target: torch.Tensor, widths: Mapping[str, in
     # LSQR cannot go below a few ulps of the working precision; asking more only
     # accumulates rounding.
     inner_rtol = max(tol * 1e-2, 30 * torch.finfo(target.dtype).eps)
+    max_iter = 2000
+    if width_advice(graph, widths, k_eff) is not None:
+        # No block has as many unknowns as G̃ has entries: exactness is not to be expected,
+        # so give up after a few sweeps instead of grinding (the message says what to widen).
+        max_sweeps, max_iter = min(max_sweeps, 8), 200
     history: list[float] = []
     residual = target - module_function(graph, filters)
     rel = float(torch.linalg.vector_norm(residual)) / tnorm
@@ -379,7 +384,8 @@ def algorithm2(graph: ModuleGraph, target: torch.Tensor, widths: Mapping[str, in
             elif block.kind == "edge":
                 (e,) = block.edges
                 op = edge_map(pre[e.src], suf[e.dst], k_eff)
-                deltas = {e.name: solve_linear(op, residual, filters[e.name], rtol=inner_rtol)}
+                deltas = {e.name: solve_linear(op, residual, filters[e.name], rtol=inner_rtol,
+                                               max_iter=max_iter)}
             else:
                 deltas = _cut_update(block, filters, residual, pre, suf, k_eff)
             trial = dict(filters)
