@@ -22,6 +22,7 @@ import pickle
 import tarfile
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ def _read_npz(name: str, path: Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     classes = 100 if name.startswith("cifar100") else 10
     return _checked(name, classes, arrays, str(path))
@@ -184,9 +185,13 @@ def _read_official(name: str, path: Path) -> Dataset:
         xs, ys = [], []
         for m in names:
             b = read_batch(raw[m], f"{path}/{m}")
-            data = np.asarray(b[b"data"], dtype=np.uint8)
-            xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(np.asarray(b[label_key], dtype=np.int64))
+            try:
+                data = np.asarray(b[b"data"], dtype=np.uint8)
+                xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                ys.append(np.asarray(b[label_key], dtype=np.int64).reshape(-1))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise DataError(f"{path}/{m}: not a CIFAR batch (no {label_key.decode()!r}"
+                                f" or rows not 3072 bytes: {exc})") from None
         return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
 
     x_train, y_train = split(train_members)
@@ -270,11 +275,11 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4,
     """
     n, _, h, w = x.shape
     dev = x.device
-    if fill is None:
-        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    else:
-        f = fill.to(x).view(1, -1, 1, 1)
-        xp = torch.nn.functional.pad(x - f, (pad, pad, pad, pad)) + f
+    # the padded batch holds x's values bit for bit ((x - f) + f would round them)
+    xp = x.new_zeros((n, x.shape[1], h + 2 * pad, w + 2 * pad))
+    if fill is not None:
+        xp[:] = fill.to(x).view(1, -1, 1, 1)
+    xp[:, :, pad:pad + h, pad:pad + w] = x
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
     flip = (torch.rand(n, generator=gen) < 0.5).to(dev)

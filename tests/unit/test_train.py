@@ -1,0 +1,360 @@
+"""Training and evaluation in process: lr schedule, learning, lineage, determinism, resume
+after an interrupt, NaN losses, refused resumes and data/network mismatches.
+
+Runs are small so the file stays fast on two cores: ResNet-20 on a 256/128-image synthetic
+set, batch 64 (4 steps an epoch), 2 epochs. One uninterrupted reference run (module scope)
+is what the determinism, resume and NaN tests compare against, with ``torch.equal``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from netmorph_cli import data, morph, train, zoo
+from netmorph_cli.errors import DataError, TrainingError
+from netmorph_cli.network import Network
+
+SMALL = dict(n_train=256, n_test=128)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Train with one intra-op thread: on a two-core machine that other jobs keep busy, two
+    threads wait on each other at every op (measured 8× slower there); on an idle machine
+    one thread costs well under 2×. Results do not depend on it: every comparison below is
+    between runs made with the same setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(**kw) -> train.TrainConfig:
+    base = dict(dataset="synthetic", epochs=2, batch_size=64, seed=0)
+    return train.TrainConfig(**{**base, **kw})
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.fixture(scope="module")
+def small() -> data.Dataset:
+    return data.synthetic(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small):
+    """An uninterrupted 2-epoch run: (input network, trained network, epoch stats, out)."""
+    out = tmp_path_factory.mktemp("reference") / "r20.safetensors"
+    net = zoo.create("resnet20", seed=0)
+    before = {k: v.clone() for k, v in net.tensors.items()}
+    trained, history = train.train(net, config(), out, dataset=small,
+                                   metrics=f"{out}.metrics.jsonl")
+    assert_same_tensors(net.tensors, before)  # the input network is not modified
+    return net, trained, history, out
+
+
+# --------------------------------------------------------------------------------------------
+# learning-rate schedule (no training)
+
+def test_lr_steps_at_half_and_three_quarters():
+    cfg = train.TrainConfig(epochs=10, lr=0.1)  # the paper's default milestones 0.5, 0.75
+    assert cfg.milestone_epochs() == [5.0, 7.5]
+    assert cfg.lr_at(0) == 0.1 and cfg.lr_at(4.999) == 0.1
+    assert cfg.lr_at(5.0) == pytest.approx(0.01, rel=1e-12)
+    assert cfg.lr_at(7.49) == pytest.approx(0.01, rel=1e-12)
+    assert cfg.lr_at(7.5) == pytest.approx(0.001, rel=1e-12)
+    assert cfg.lr_at(9.99) == pytest.approx(0.001, rel=1e-12)
+
+
+def test_lr_milestones_above_one_are_epochs_and_gamma_applies():
+    cfg = train.TrainConfig(epochs=164, lr=0.2, milestones=(82, 123), gamma=0.5)
+    assert cfg.milestone_epochs() == [82, 123]
+    assert cfg.lr_at(81.9) == 0.2
+    assert cfg.lr_at(82) == pytest.approx(0.1, rel=1e-12)
+    assert cfg.lr_at(123) == pytest.approx(0.05, rel=1e-12)
+    # 1.0 is a fraction (the end of training), never reached while training
+    assert train.TrainConfig(epochs=3, milestones=(1.0,)).lr_at(2.999) == 0.1
+
+
+def test_lr_linear_warmup_then_steps():
+    cfg = train.TrainConfig(epochs=10, lr=0.1, warmup=2.0)
+    assert cfg.lr_at(0) == pytest.approx(0.0, abs=1e-9)
+    assert cfg.lr_at(0.5) == pytest.approx(0.025, rel=1e-6)
+    assert cfg.lr_at(1.0) == pytest.approx(0.05, rel=1e-6)
+    assert cfg.lr_at(2.0) == 0.1 and cfg.lr_at(4.9) == 0.1
+    assert cfg.lr_at(6) == pytest.approx(0.01, rel=1e-12)
+    lrs = [cfg.lr_at(e / 10) for e in range(21)]
+    assert lrs == sorted(lrs)
+
+
+def test_recorded_lr_follows_the_schedule(reference):
+    _, _, history, out = reference
+    # 2 epochs, milestones at 1.0 and 1.5 epochs: epoch 1 starts at 0.1, epoch 2 at 0.01
+    assert [h.lr for h in history] == [0.1, pytest.approx(0.01, rel=1e-12)]
+
+
+# --------------------------------------------------------------------------------------------
+# a real (small) run
+
+def test_training_lowers_the_training_loss(reference):
+    _, _, history, _ = reference
+    assert len(history) == 2
+    # measured 2.47 → 2.35 (ln 10 = 2.30 is chance); deterministic under the seed
+    assert history[1].train_loss < history[0].train_loss - 0.05
+    for h in history:
+        assert math.isfinite(h.train_loss) and 0 <= h.train_error <= 1
+        assert 0 <= h.test_error <= 1 and h.seconds > 0 and h.images_per_s > 0
+
+
+def test_trained_network_keeps_description_history_and_normalization(reference, small):
+    net, trained, history, _ = reference
+    assert trained.description == net.description
+    assert trained.history[:-1] == net.history
+    entry = trained.history[-1]
+    assert entry["op"] == "train" and entry["dataset"] == "synthetic"
+    assert entry["epochs_run"] == 2 and entry["world_size"] == 1
+    assert entry["config"]["epochs"] == 2 and entry["config"]["milestones"] == [0.5, 0.75]
+    assert entry["test_error"] == history[-1].test_error
+    json.dumps(trained.history)  # JSON-serializable: it goes into the checkpoint
+    assert trained.meta["normalization"] == {"mean": list(data.CIFAR_MEAN),
+                                             "std": list(data.CIFAR_STD)}
+    assert trained.meta["created"] == net.meta["created"]
+    assert list(trained.tensors) == list(net.tensors)
+    for k, v in trained.tensors.items():
+        assert v.dtype == net.tensors[k].dtype and v.device.type == "cpu"
+    changed = [k for k in net.tensors if not torch.equal(net.tensors[k], trained.tensors[k])]
+    assert "conv1.weight" in changed and "linear.bias" in changed
+    assert trained.tensors["bn1.num_batches_tracked"].item() == 8  # 2 epochs × 4 steps
+    # the test error it reports is the trained network's, in eval mode
+    x = data.to_tensor(small.x_test, data.CIFAR_MEAN, data.CIFAR_STD)
+    err = train.top1_error(trained.module(), x, torch.from_numpy(small.y_test))
+    assert err == history[-1].test_error
+
+
+def test_state_file_and_metrics_after_a_run(reference):
+    _, trained, history, out = reference
+    state = torch.load(train.state_path(out), weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 0
+    assert_same_tensors(state["model"], trained.tensors)
+    lines = Path(f"{out}.metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows == [h.to_json() for h in history]
+    assert {"epoch", "train_loss", "train_error", "test_error", "lr", "seconds"} <= set(rows[0])
+
+
+def test_imported_normalization_is_used_and_kept(tmp_path, small):
+    net = zoo.create("resnet20", seed=1)
+    net.meta["normalization"] = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    seen = []
+    real = data.to_tensor
+
+    def spy(x, mean, std, *a, **k):
+        seen.append((tuple(mean), tuple(std)))
+        return real(x, mean, std, *a, **k)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train, "to_tensor", spy)
+    try:
+        trained, _ = train.train(net, config(epochs=1), tmp_path / "o.safetensors",
+                                 dataset=data.synthetic(n_train=64, n_test=32))
+    finally:
+        mp.undo()
+    assert set(seen) == {((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+    assert trained.meta["normalization"] == net.meta["normalization"]
+
+
+def test_a_morphed_child_trains(tmp_path, small):
+    parent = zoo.create("resnet20")
+    child = morph.morph_network(parent, "1c1")
+    trained, history = train.train(child, config(epochs=1), tmp_path / "child.safetensors",
+                                   dataset=small)
+    assert trained.description == child.description
+    assert trained.history[:-1] == child.history
+    assert [h["op"] for h in trained.history] == ["preset", "train"]
+    assert trained.meta["parent"] == child.meta["parent"]
+    assert math.isfinite(history[0].train_loss)
+    branch = [k for k in child.tensors if k not in parent.tensors and k.endswith(".weight")]
+    assert "layer1.1.morph1.conv1.weight" in branch
+    for k in branch:  # the new branch's filters and BN/PReLU weights are trained too
+        assert not torch.equal(child.tensors[k], trained.tensors[k]), k
+    trained.check()
+
+
+# --------------------------------------------------------------------------------------------
+# determinism and resume
+
+def test_same_seed_gives_bit_identical_weights(tmp_path, reference, small):
+    _, ref, _, _ = reference
+    again, _ = train.train(zoo.create("resnet20", seed=0), config(), tmp_path / "o.st",
+                           dataset=small)
+    assert_same_tensors(again.tensors, ref.tensors)
+
+
+def test_another_seed_gives_other_weights(tmp_path, reference, small):
+    _, ref, _, _ = reference
+    other, _ = train.train(zoo.create("resnet20", seed=0), config(seed=1, epochs=1),
+                           tmp_path / "o.st", dataset=small)
+    assert not torch.equal(other.tensors["conv1.weight"], ref.tensors["conv1.weight"])
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, reference, small):
+    """Ctrl-C (KeyboardInterrupt) in the middle of epoch 1 saves the state; --resume ends
+    with the uninterrupted run's weights, bit for bit."""
+    _, ref, ref_history, _ = reference
+    out = tmp_path / "r.safetensors"
+
+    def interrupt(epoch, step, steps, loss, lr, ips):
+        if epoch == 0 and step == 1:  # after the first of 4 steps of epoch 1
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingError, match="interrupted at epoch 1.*--resume") as info:
+        train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small,
+                    hooks=train.TrainHooks(on_step=interrupt))
+    assert str(train.state_path(out)) in str(info.value)
+    state = torch.load(train.state_path(out), weights_only=True)
+    assert state["epoch"] == 0
+    resumed, history = train.train(zoo.create("resnet20", seed=0), config(), out,
+                                   dataset=small, resume=True)
+    assert_same_tensors(resumed.tensors, ref.tensors)
+    assert [h.epoch for h in history] == [1, 2]
+    assert history[-1].test_error == ref_history[-1].test_error
+
+
+def test_resume_a_finished_run_trains_no_more(reference, small):
+    _, ref, ref_history, out = reference
+    again, history = train.train(zoo.create("resnet20", seed=0), config(), out,
+                                 dataset=small, resume=True)
+    assert_same_tensors(again.tensors, ref.tensors)
+    assert [h.to_json() for h in history] == [h.to_json() for h in ref_history]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(lr=0.05), "lr: 0.1 → 0.05"),
+    (dict(epochs=3), "epochs: 2 → 3"),
+    (dict(seed=7), "seed: 0 → 7"),
+])
+def test_resume_with_other_options_is_refused(reference, small, change, needle):
+    _, _, _, out = reference
+    with pytest.raises(TrainingError, match="options differ") as info:
+        train.train(zoo.create("resnet20"), config(**change), out, dataset=small, resume=True)
+    assert needle in str(info.value)
+
+
+def test_resume_without_a_state_file(tmp_path, small):
+    out = tmp_path / "never.safetensors"
+    with pytest.raises(TrainingError, match="no state file") as info:
+        train.train(zoo.create("resnet20"), config(), out, dataset=small, resume=True)
+    assert str(train.state_path(out)) in str(info.value)
+
+
+def test_resume_from_a_corrupt_state_file(tmp_path, small):
+    out = tmp_path / "bad.safetensors"
+    train.state_path(out).write_bytes(b"not a torch file")
+    with pytest.raises(TrainingError, match="cannot read"):
+        train.train(zoo.create("resnet20"), config(), out, dataset=small, resume=True)
+
+
+# --------------------------------------------------------------------------------------------
+# non-finite losses
+
+def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path, reference, small):
+    """The loss turns NaN in epoch 2: TrainingError, epoch 1's state file untouched (and
+    resuming from it with a finite loss reaches the reference weights)."""
+    _, ref, _, _ = reference
+    out = tmp_path / "n.safetensors"
+    spath = train.state_path(out)
+    saved: dict[str, bytes] = {}
+    poisoned = {"on": False}
+
+    def cross_entropy(logits, y):
+        loss = F.cross_entropy(logits, y)
+        return loss * float("nan") if poisoned["on"] else loss
+
+    def after_epoch(stats):
+        saved["bytes"] = spath.read_bytes()
+        poisoned["on"] = True
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    try:
+        with pytest.raises(TrainingError, match=r"loss became nan at epoch 2, step 1") as info:
+            train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small,
+                        hooks=train.TrainHooks(on_epoch=after_epoch))
+    finally:
+        mp.undo()
+    assert "--resume" in str(info.value) and str(spath) in str(info.value)
+    assert spath.read_bytes() == saved["bytes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [spath.name]  # no temp files
+    resumed, _ = train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small,
+                             resume=True)
+    assert_same_tensors(resumed.tensors, ref.tensors)
+
+
+def test_divergence_from_a_huge_lr_is_a_training_error(tmp_path):
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at epoch 1"):
+        train.train(zoo.create("resnet20"), config(lr=1e12, epochs=1),
+                    tmp_path / "x.safetensors",
+                    dataset=data.synthetic(n_train=512, n_test=32))
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation and mismatches
+
+def _npz(root: Path, name: str, n_train: int, n_test: int, classes: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    np.savez(root / f"{name}.npz",
+             x_train=rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+             y_train=rng.integers(0, classes, n_train),
+             x_test=rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+             y_test=rng.integers(0, classes, n_test))
+
+
+def test_evaluate_counts_mistakes_with_the_stored_normalization(tmp_path):
+    _npz(tmp_path, "cifar10-mini", 4, 50, 10)
+    net = zoo.create("resnet20", seed=3)
+    net.meta["normalization"] = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4]}
+    r = train.evaluate(net, "cifar10-mini", tmp_path)
+    assert r.samples == 50 and r.dataset == str(tmp_path / "cifar10-mini.npz")
+    with np.load(tmp_path / "cifar10-mini.npz") as z:
+        x = torch.from_numpy(z["x_test"]).permute(0, 3, 1, 2).double() / 255
+        y = torch.from_numpy(z["y_test"])
+    x = (x - torch.tensor([0.4, 0.5, 0.6], dtype=torch.float64).view(1, 3, 1, 1)) \
+        / torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = net.module(torch.float64)(x)
+    top2 = logits.topk(2, dim=1).values
+    assert (top2[:, 0] - top2[:, 1]).min() > 1e-4  # no near-ties: float32 agrees with float64
+    wrong = int((logits.argmax(1) != y).sum())
+    assert r.top1_error == wrong / 50
+    assert r.to_json() == {"top1_error": wrong / 50, "samples": 50, "dataset": r.dataset}
+
+
+def test_eval_on_a_set_with_other_classes_is_a_data_error(tmp_path):
+    _npz(tmp_path, "cifar100-mini", 4, 4, 100)
+    with pytest.raises(DataError, match="the network has 10 classes, cifar100-mini has 100"):
+        train.evaluate(zoo.create("resnet20"), "cifar100-mini", tmp_path)
+    with pytest.raises(DataError, match="10 classes"):
+        train.train(zoo.create("resnet20"), config(dataset="cifar100-mini"),
+                    tmp_path / "o.st", data_dir=tmp_path)
+    assert not train.state_path(tmp_path / "o.st").exists()
+
+
+def test_eval_on_images_of_another_size_is_a_data_error(tmp_path):
+    _npz(tmp_path, "cifar10-mini", 4, 4, 10)
+    net = Network(zoo.describe("resnet18", num_classes=10), {})  # only the description is read
+    with pytest.raises(DataError, match="224×224 inputs, cifar10-mini has 32×32 images"):
+        train.evaluate(net, "cifar10-mini", tmp_path)
