@@ -19,20 +19,27 @@ machine; C = 128 under 10 s on one H100 (run with --device cuda).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import math
 import os
-import platform
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-import torch
+# Before torch loads OpenMP: with the default (active) wait policy, MKL's threads spin
+# while they wait, and on a shared 2-core machine any other busy process turns that into
+# 3-200× slowdowns of LAPACK calls (svdvals of a 160×1440 matrix: 3.1 s instead of
+# 0.02 s). Passive waiting costs nothing measurable when the machine is idle.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from netmorph_cli import lsq
-from netmorph_cli.graph import ModuleGraph
-from netmorph_cli.solve import (
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from netmorph_cli import lsq  # noqa: E402
+from netmorph_cli.graph import ModuleGraph  # noqa: E402
+from netmorph_cli.solve import (  # noqa: E402
     _Rng,
     algorithm2,
     module_widths,
@@ -41,7 +48,7 @@ from netmorph_cli.solve import (
     resize,
     solve_blocks,
 )
-from netmorph_cli.spec import load_spec
+from netmorph_cli.spec import load_spec  # noqa: E402
 
 D_SPEC = Path(__file__).resolve().parents[1] / "examples" / "modules" / "D.json"
 TOL = {"float32": 1e-6, "float64": 1e-10}
@@ -133,7 +140,8 @@ def main() -> None:
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(f"# module D, inner widths ⌈{WIDEN}·C⌉, 3×3 G; device {device} ({where}); "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
           f"load average {os.getloadavg()[0]:.1f}")
     # warm-up: first-call costs (vmap tracing, kernels, allocator) stay out of the table
     morph_filter(_Rng(1, torch.float64, "cpu").filter(4, 4, (3, 3)).to(device), module_d(4))
