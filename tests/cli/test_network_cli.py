@@ -21,14 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODULES = REPO / "examples" / "modules"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Morphs solve many tiny problems; on a loaded two-core machine two intra-op threads
-    make each of them wait (see tests/unit/test_flops.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ok(capsys, *args: str) -> str:

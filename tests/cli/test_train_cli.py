@@ -29,16 +29,7 @@ NETMORPH = Path(sys.executable).with_name("netmorph")
 METRIC_KEYS = {"epoch", "train_loss", "train_error", "test_error", "lr", "seconds"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Train with one intra-op thread: on a two-core machine that other jobs keep busy, two
-    threads wait on each other at every op (measured 8× slower there); on an idle machine
-    one thread costs well under 2×. Results do not depend on it: every comparison below is
-    between runs made with the same setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_mini(root: Path, n_train: int, n_test: int, classes: int = 10,

@@ -28,16 +28,7 @@ from netmorph_cli import data, train, zoo
 N_TRAIN, N_TEST, BATCH = 256, 64, 64  # global batch 64 = 2 ranks × 32, 4 steps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Train with one intra-op thread: on a two-core machine that other jobs keep busy, two
-    threads wait on each other at every op (measured 8× slower there); on an idle machine
-    one thread costs well under 2×. Results do not depend on it: every comparison below is
-    between runs made with the same setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORKER = textwrap.dedent("""
     import os, sys, torch

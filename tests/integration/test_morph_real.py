@@ -24,18 +24,12 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 WEIGHTS = SHARED / "weights" / "akamaster_resnet20-12fca82f.th"
 DATA = SHARED / "data" / "cifar10-mini.npz"
 
-pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and DATA.exists()),
-                                reason="../shared weights or data are absent")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not (WEIGHTS.exists() and DATA.exists()),
+                                reason="../shared weights or data are absent")]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny solves on a loaded two-core machine are far faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from netmorph_cli import checkpoint as ck
 from netmorph_cli import morph, train, zoo
@@ -21,19 +20,10 @@ DATA = SHARED / "data"
 RESNET20 = SHARED / "weights" / "akamaster_resnet20-12fca82f.th"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Train with one intra-op thread: on a two-core machine that other jobs keep busy, two
-    threads wait on each other at every op (measured 8× slower there); on an idle machine
-    one thread costs well under 2×. Results do not depend on it: every comparison below is
-    between runs made with the same setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
-pytestmark = pytest.mark.skipif(not (DATA / "cifar10.npz").is_file() or not RESNET20.is_file(),
-                                reason="../shared/data or ../shared/weights is absent")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not (DATA / "cifar10.npz").is_file() or not RESNET20.is_file(),
+                                reason="../shared/data or ../shared/weights is absent")]
 
 
 @pytest.fixture(scope="module")

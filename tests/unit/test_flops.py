@@ -12,22 +12,12 @@ from __future__ import annotations
 import functools
 
 import pytest
-import torch
 
 from netmorph_cli import flops, zoo
 from netmorph_cli.morph import morph_network, morph_preset
 from netmorph_cli.network import node
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Morphing solves many tiny problems; with two intra-op threads on a loaded two-core
-    machine each tiny op waits for the other thread (a 64×64 matmul took 33 ms instead of
-    0.02 ms). One thread keeps this file fast; the figures do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache

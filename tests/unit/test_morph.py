@@ -42,14 +42,7 @@ MODULES = Path(__file__).resolve().parents[2] / "examples" / "modules"
 PRESETS = ["1c1", "3c1", "3c3", "1c1_2branch", "1c1_half", "3c3_2branch_half"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Morphs solve many tiny problems; two intra-op threads on a loaded two-core machine
-    make each tiny op wait (see test_flops.py). Results do not depend on the thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def with_random_bn(net: Network, seed: int = 0) -> Network:

@@ -29,15 +29,7 @@ from netmorph_cli.network import (
     validate_description,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small float64 ops on a loaded two-core machine are far faster on one thread (two
-    intra-op threads wait for each other); results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------

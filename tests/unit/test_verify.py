@@ -17,14 +17,7 @@ from netmorph_cli.morph import morph_network
 from netmorph_cli.network import Network
 from netmorph_cli.verify import DEFAULT_TOL, compare_pairs, verify
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny float64 ops on a loaded two-core machine are far faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
