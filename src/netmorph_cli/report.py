@@ -121,9 +121,15 @@ def info_report(s: dict[str, Any]) -> Group:
                                    f"std {n.get('std')}"))
     if s["history"]:
         table = Table()
-        for col in ("#", "morph", "where", "seed", "residual"):
+        for col in ("#", "step", "where", "seed", "residual / result"):
             table.add_column(col)
         for i, h in enumerate(s["history"], 1):
+            if h.get("op") == "train":
+                err = h.get("test_error")
+                table.add_row(str(i), f"train {h.get('epochs_run')} epochs",
+                              str(h.get("dataset")), str(h.get("config", {}).get("seed", "")),
+                              f"test error {100 * err:.2f}%" if err is not None else "")
+                continue
             what = h.get("preset") or h.get("module") or h.get("op")
             where = h.get("at") or (f"{len(h['blocks'])} blocks" if "blocks" in h else "all")
             res = h.get("residual")
