@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from equation_words import expand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,29 +68,6 @@ def edge_set(g: ModuleGraph) -> Counter:
 def canonical(g: ModuleGraph) -> tuple:
     """Order- and name-independent form: blob set and sorted multiset of edges."""
     return (frozenset(g.blobs), tuple(sorted((e.src, e.dst, e.kernel) for e in g.edges)))
-
-
-class Words:
-    """Formal sums of edge words; ``F2 ⊛ F1`` evaluates to the path word (F1, F2)."""
-
-    def __init__(self, terms: Counter):
-        self.terms = terms
-
-    def __add__(self, other: Words) -> Words:
-        return Words(self.terms + other.terms)
-
-    def __mul__(self, other: Words) -> Words:
-        out: Counter = Counter()
-        for a, x in self.terms.items():
-            for b, y in other.terms.items():
-                out[b + a] += x * y
-        return Words(out)
-
-
-def expand(equation: str, g: ModuleGraph) -> Counter:
-    assert equation.startswith("G = ")
-    symbols = {e.name: Words(Counter({(e.name,): 1})) for e in g.edges}
-    return eval(equation[4:].replace("⊛", "*"), {"__builtins__": {}}, symbols).terms
 
 
 def check_steps(plan: ReductionPlan) -> None:
