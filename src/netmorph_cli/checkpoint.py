@@ -243,11 +243,13 @@ def _sniff(path: Path) -> str:
         raise CheckpointError(f"cannot read '{path}': {exc.strerror or exc}") from None
     if not head:
         raise CheckpointError(f"'{path}' is empty (0 bytes); it is not a checkpoint")
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip / legacy pickle
-        return "torch"
+    # safetensors first: its 8-byte little-endian header length may start with any byte,
+    # 0x80 (a legacy pickle's first byte) whenever the length is 128 mod 256
     n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
     if head[8:9] == b"{" or (len(head) == 8 and 0 < n <= _MAX_HEADER):
-        return "safetensors"  # 8-byte little-endian header length, then a JSON header
+        return "safetensors"  # the header length, then a JSON header
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip / legacy pickle
+        return "torch"
     raise CheckpointError(f"'{path}' is not a checkpoint: neither safetensors nor a PyTorch "
                           f"file (it starts with {head[:8]!r})")
 

@@ -80,17 +80,30 @@ def load_run(path: str | Path) -> Run:
 def _from_metrics(p: Path) -> Run:
     if not p.is_file():
         raise DataError(f"run {p} does not exist")
-    rows = []
+    epochs: list[int] = []
+    test: list[float] = []
+    train: list[float] = []
     for i, line in enumerate(p.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{p}:{i}: not JSON ({exc.msg})") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}:{i}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{p}:{i}: not an epoch record (a JSON object with 'epoch', "
+                            f"'train_error' and 'test_error')")
+        try:
+            epochs.append(int(row["epoch"]))
+            test.append(float(row["test_error"]))
+            train.append(float(row["train_error"]))
+        except KeyError as exc:
+            raise DataError(f"{p}:{i}: the epoch record has no {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{p}:{i}: epoch, train_error and test_error must be numbers "
+                            f"({exc})") from None
     name = p.name.removesuffix(".metrics.jsonl").removesuffix(".jsonl")
-    return Run(name, str(p), tuple(int(r["epoch"]) for r in rows),
-               tuple(r["test_error"] for r in rows), tuple(r["train_error"] for r in rows),
-               (), (), None, None)
+    return Run(name, str(p), tuple(epochs), tuple(test), tuple(train), (), (), None, None)
 
 
 def table(runs: list[Run], baseline: Run | None = None) -> list[dict[str, Any]]:
@@ -102,7 +115,7 @@ def table(runs: list[Run], baseline: Run | None = None) -> list[dict[str, Any]]:
         err = r.final_error
         row: dict[str, Any] = {"net": r.name, "phases": list(r.phases), "error": err,
                                "flops": r.flops, "run": r.path, "epochs": len(r.epochs)}
-        if base is not None and r is not base:
+        if base is not None and r.path != base.path:
             row["abs_improvement"] = base.final_error - err
             row["rel_improvement"] = (base.final_error - err) / base.final_error \
                 if base.final_error else None
@@ -129,9 +142,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[Run], out: str | Path, *, train: bool = False,
-         title: str | None = None) -> Path:
-    """Test (and optionally train) error against epoch, morph points marked (Fig. 5)."""
+def figure(runs: list[Run], *, train: bool = False, title: str | None = None) -> Any:
+    """The Fig. 5 figure: test (and optionally train) error in % against epoch, one colour
+    per run, a dotted line between the epochs around each morph. Needs matplotlib."""
     try:
         import matplotlib
 
@@ -148,8 +161,8 @@ def plot(runs: list[Run], out: str | Path, *, train: bool = False,
                     color=line.get_color(), alpha=0.6, label=f"{r.name} (train)")
         for epoch, what in r.morph_epochs:
             ax.axvline(epoch + 0.5, color=line.get_color(), linestyle=":", alpha=0.7)
-            ax.annotate(f"morph {what}", (epoch + 0.5, ax.get_ylim()[1]), rotation=90,
-                        va="top", ha="right", fontsize=7, color=line.get_color())
+            ax.annotate(f"morph {what}", (epoch + 0.5, 1), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=7, color=line.get_color())
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
     ax.grid(alpha=0.3)
@@ -157,9 +170,23 @@ def plot(runs: list[Run], out: str | Path, *, train: bool = False,
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def plot(runs: list[Run], out: str | Path, *, train: bool = False,
+         title: str | None = None) -> Path:
+    """Write :func:`figure` to ``out`` in the format its suffix names (PNG without one),
+    atomically: a failure leaves no half-written file."""
+    fig = figure(runs, train=train, title=title)
+    import matplotlib.pyplot as plt
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp, format=out.suffix[1:].lower() or "png")
+        tmp.replace(out)
+    except (OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write {out}: {exc}") from None
+    finally:
+        plt.close(fig)
     return out

@@ -1,0 +1,212 @@
+"""Runs as the paper reports them (results.py): the error curve of a multi-phase run read
+from its final checkpoint, the Table 1 columns, the Markdown table and the Fig. 5 figure.
+
+Histories here are written by hand (a ``train`` entry is what ``netmorph train`` appends:
+``{"op": "train", "metrics": [EpochStats…]}``) so that every expected number is known; the
+morphs between them are real (``morph_network``). The CLI tests train for real.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from netmorph_cli import checkpoint as ck
+from netmorph_cli import results, zoo
+from netmorph_cli.errors import DataError
+from netmorph_cli.morph import morph_network
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def trained(net, test_errors, train_errors=None):
+    """``net`` with one training phase of len(test_errors) epochs appended to its history."""
+    train_errors = train_errors or [e + 0.05 for e in test_errors]
+    out = net.to(net.dtype)
+    out.history.append({"op": "train", "dataset": "cifar10", "metrics": [
+        {"epoch": i + 1, "train_loss": 1.0, "train_error": tr, "test_error": te, "lr": 0.1,
+         "seconds": 1.0, "images_per_s": 1.0}
+        for i, (te, tr) in enumerate(zip(test_errors, train_errors, strict=True))]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory):
+    """resnet20 trained 3 epochs → 1c1 → 2 epochs → 3c1 → 1 epoch, each stage saved."""
+    d = tmp_path_factory.mktemp("runs")
+    parent = trained(zoo.create("resnet20", seed=0), [0.5, 0.4, 0.3])
+    child = trained(morph_network(parent, "1c1", seed=0), [0.25, 0.2])
+    grand = trained(morph_network(child, "3c1", seed=0), [0.15])
+    paths = {}
+    for name, net in (("parent", parent), ("child", child), ("grand", grand)):
+        paths[name] = d / f"{name}.safetensors"
+        ck.save(net, paths[name])
+    return paths
+
+
+def test_parent_run_is_its_own_curve(lineage):
+    run = results.load_run(lineage["parent"])
+    assert run.name == "resnet20"
+    assert run.epochs == (1, 2, 3)
+    assert run.test_error == (0.5, 0.4, 0.3)
+    assert run.train_error == (0.55, 0.45, 0.35)
+    assert run.morph_epochs == () and run.phases == ()
+    assert run.final_error == 0.3
+    assert round(run.flops / 1e6, 1) == 40.8  # Table 1: resnet20, 40.8 million
+
+
+def test_child_curve_continues_the_parents_and_marks_the_morph(lineage):
+    run = results.load_run(lineage["child"])
+    assert run.name == "morph20_1c1"
+    assert run.epochs == (1, 2, 3, 4, 5)
+    assert run.test_error == (0.5, 0.4, 0.3, 0.25, 0.2)
+    assert run.morph_epochs == ((3, "1c1"),)  # after epoch 3 of the whole curve
+    assert run.phases == ()  # a single morph: no intermediate phase
+    assert round(run.flops / 1e6, 1) == 44.0  # Table 1: morph20_1c1
+    assert round(run.root_flops / 1e6, 1) == 40.8
+
+
+def test_two_phase_run_lists_its_intermediate_phase(lineage):
+    run = results.load_run(lineage["grand"])
+    assert run.name == "morph20_3c1"
+    assert run.epochs == tuple(range(1, 7))
+    assert run.morph_epochs == ((3, "1c1"), (5, "3c1"))
+    assert run.phases == ("1c1",)  # Table 1: morph20_3c1 with intermediate phase 1c1
+    assert round(run.flops / 1e6, 1) == 56.5  # Table 1: morph20_3c1
+
+
+def test_morph_before_any_training_is_a_phase_but_not_a_point(tmp_path):
+    net = trained(morph_network(zoo.create("resnet20", seed=0), "1c1_half"), [0.3, 0.2])
+    ck.save(net, tmp_path / "m.safetensors")
+    run = results.load_run(tmp_path / "m.safetensors")
+    assert run.name == "morph20_1c1_half"
+    assert run.morph_epochs == ()  # nothing to mark on the curve
+    assert run.epochs == (1, 2)
+
+
+def test_scratch_control_is_named_as_such(tmp_path, lineage):
+    """`netmorph init CHILD` (control (b)) records ``created.like``; the report says so."""
+    net = ck.load(lineage["child"])
+    fresh = trained(zoo.reinitialize(net, seed=1), [0.4])
+    ck.save(fresh, tmp_path / "s.safetensors")
+    assert results.load_run(tmp_path / "s.safetensors").name == "morph20_1c1 (scratch)"
+
+
+def test_metrics_jsonl_is_a_run(tmp_path):
+    p = tmp_path / "r.safetensors.metrics.jsonl"
+    p.write_text('{"epoch": 1, "train_error": 0.6, "test_error": 0.5}\n\n'
+                 '{"epoch": 2, "train_error": 0.4, "test_error": 0.3}\n')
+    run = results.load_run(p)
+    assert (run.name, run.epochs, run.test_error, run.train_error) == \
+        ("r.safetensors", (1, 2), (0.5, 0.3), (0.6, 0.4))
+    assert run.flops is None
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"epoch": 1, "train_error": 0.6, "test_error": 0.5}\nnot json\n', r"r.jsonl:2: not JSON"),
+    ('{"epoch": 1, "train_error": 0.6}\n', r"r.jsonl:1: .*'test_error'"),
+    ('[1, 2]\n', r"r.jsonl:1: .*not an epoch record"),
+    ('{"epoch": "x", "train_error": 0.6, "test_error": 0.5}\n', r"r.jsonl:1: .*epoch"),
+])
+def test_bad_metrics_jsonl_is_refused_with_its_line(tmp_path, text, match):
+    p = tmp_path / "r.jsonl"
+    p.write_text(text)
+    with pytest.raises(DataError, match=match):
+        results.load_run(p)
+
+
+def test_missing_run_is_refused(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        results.load_run(tmp_path / "none.jsonl")
+
+
+def test_untrained_run_has_no_final_error(tmp_path):
+    ck.save(zoo.create("resnet20"), tmp_path / "u.safetensors")
+    run = results.load_run(tmp_path / "u.safetensors")
+    with pytest.raises(DataError, match="no recorded epochs"):
+        run.final_error  # noqa: B018
+
+
+def make_run(name, errors, flops=None, root=None):
+    return results.Run(name, f"/runs/{name}", tuple(range(1, len(errors) + 1)),
+                       tuple(errors), tuple(errors), (), (), flops, root)
+
+
+def test_table_improvements_and_relative_flops():
+    base = make_run("resnet20", [0.2, 0.10], flops=40_000_000)
+    child = make_run("morph20_1c1", [0.2, 0.08], flops=44_000_000)
+    worse = make_run("morph20_3c1", [0.2, 0.125], flops=56_000_000)
+    rows = results.table([base, child, worse])
+    assert [r["net"] for r in rows] == ["resnet20", "morph20_1c1", "morph20_3c1"]
+    assert "abs_improvement" not in rows[0] and rows[0]["rel_flops"] == 1.0
+    assert rows[1]["abs_improvement"] == pytest.approx(0.02, abs=1e-15)
+    assert rows[1]["rel_improvement"] == pytest.approx(0.2, abs=1e-15)
+    assert rows[1]["rel_flops"] == pytest.approx(1.1, abs=1e-15)
+    assert rows[2]["abs_improvement"] == pytest.approx(-0.025, abs=1e-15)  # worse: negative
+    assert rows[2]["rel_improvement"] == pytest.approx(-0.25, abs=1e-15)
+    assert rows[1]["epochs"] == 2 and rows[1]["run"] == "/runs/morph20_1c1"
+
+
+def test_table_with_a_separate_baseline_and_flops_from_the_root():
+    base = make_run("resnet20", [0.1])  # a metrics file: no FLOPs
+    same = make_run("resnet20", [0.1])  # the baseline listed again is not "improved" on
+    child = make_run("morph20_1c1", [0.05], flops=44_000_000, root=40_000_000)
+    rows = results.table([same, child], base)
+    assert "abs_improvement" not in rows[0]
+    assert rows[1]["abs_improvement"] == pytest.approx(0.05, abs=1e-15)
+    assert rows[1]["rel_flops"] == pytest.approx(1.1, abs=1e-15)  # over its root's FLOPs
+    assert rows[0]["rel_flops"] is None
+
+
+def test_markdown_has_the_papers_columns_and_format():
+    rows = results.table([make_run("resnet20", [0.0875], flops=40_800_000),
+                          make_run("morph20_1c1", [0.0735], flops=44_000_000)])
+    rows[1]["phases"] = ["1c1_half"]
+    lines = results.markdown(rows).splitlines()
+    assert lines[0] == ("| Net Arch. | Intermediate Phases | Error | Abs. Perf. Improv. | "
+                        "Rel. Perf. Improv. | FLOP (million) | Rel. FLOP |")
+    assert lines[2] == "| resnet20 | - | 8.75% | - | - | 40.8 | 1.00x |"
+    assert lines[3] == "| morph20_1c1 | 1c1_half | 7.35% | 1.40% | 16.0% | 44.0 | 1.08x |"
+
+
+def test_figure_draws_every_run_and_marks_the_morphs(lineage):
+    pytest.importorskip("matplotlib")
+    runs = [results.load_run(lineage["parent"]), results.load_run(lineage["grand"])]
+    fig = results.figure(runs, train=True, title="t")
+    ax = fig.axes[0]
+    curves = [ln for ln in ax.lines if ln.get_linestyle() in ("-", "--")]
+    assert [ln.get_label() for ln in curves] == [
+        "resnet20 (test)", "resnet20 (train)", "morph20_3c1 (test)", "morph20_3c1 (train)"]
+    assert list(curves[2].get_xdata()) == [1, 2, 3, 4, 5, 6]
+    assert list(curves[2].get_ydata()) == pytest.approx([50, 40, 30, 25, 20, 15])
+    assert list(curves[3].get_ydata()) == pytest.approx([55, 45, 35, 30, 25, 20])
+    marks = [ln.get_xdata()[0] for ln in ax.lines if ln.get_linestyle() == ":"]
+    assert marks == [3.5, 5.5]  # between the last epoch before and the first after a morph
+    assert curves[2].get_color() == ax.lines[-1].get_color()  # marks take the run's colour
+    assert [t.get_text() for t in ax.texts] == ["morph 1c1", "morph 3c1"]
+    assert ax.get_title() == "t" and ax.get_ylabel() == "error (%)"
+
+
+def test_plot_writes_the_format_its_suffix_names(tmp_path, lineage):
+    pytest.importorskip("matplotlib")
+    runs = [results.load_run(lineage["child"])]
+    png = results.plot(runs, tmp_path / "f.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = results.plot(runs, tmp_path / "f.svg")
+    assert b"<svg" in svg.read_bytes()[:1000]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "f.svg"]  # no temp left
+
+
+def test_plot_unknown_format_is_refused_and_writes_nothing(tmp_path, lineage):
+    pytest.importorskip("matplotlib")
+    with pytest.raises(DataError, match=r"cannot write .*f\.xyz"):
+        results.plot([results.load_run(lineage["child"])], tmp_path / "f.xyz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path, lineage):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+    with pytest.raises(DataError, match=r"pip install 'netmorph\[plot\]'"):
+        results.plot([results.load_run(lineage["child"])], tmp_path / "f.png")
+    assert list(tmp_path.iterdir()) == []
