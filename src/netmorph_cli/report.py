@@ -205,9 +205,11 @@ class TrainProgress:
 
 def results_table(rows: list[dict[str, Any]]) -> Table:
     table = Table()
-    for col in ("net arch", "phases", "error", "abs. improv.", "rel. improv.", "FLOPs",
-                "rel. FLOPs"):
-        table.add_column(col)
+    longest = max((len(r["net"]) for r in rows), default=8)
+    table.add_column("net arch", overflow="fold", min_width=min(longest, 24))
+    table.add_column("phases", overflow="fold")  # names fold onto more lines, never cut
+    for col in ("error", "abs.\nimprov.", "rel.\nimprov.", "FLOPs", "rel.\nFLOPs"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
             r["net"], ", ".join(r["phases"]) or "-", f"{100 * r['error']:.2f}%",

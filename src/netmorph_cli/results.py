@@ -35,7 +35,7 @@ class Run:
     @property
     def final_error(self) -> float:
         if not self.test_error:
-            raise DataError(f"run {self.path} has no recorded epochs")
+            raise DataError(f"run {self.path} has no recorded epochs (train it first)")
         return self.test_error[-1]
 
 
@@ -145,6 +145,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def figure(runs: list[Run], *, train: bool = False, title: str | None = None) -> Any:
     """The Fig. 5 figure: test (and optionally train) error in % against epoch, one colour
     per run, a dotted line between the epochs around each morph. Needs matplotlib."""
+    for r in runs:
+        r.final_error  # noqa: B018 (refuses a run with no recorded epochs: nothing to draw)
     try:
         import matplotlib
 

@@ -3,8 +3,12 @@ error contract (one ``Error: …`` line on stderr, nothing on stdout, the right 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
+from netmorph_cli import data
 from netmorph_cli.cli import main
 
 
@@ -30,3 +34,13 @@ def assert_one_error_line(code: int, out: str, err: str, *needles: str,
     for needle in needles:
         assert needle in lines[0]
     return lines[0]
+
+
+def write_mini(root: Path, n_train: int, n_test: int, classes: int = 10,
+               name: str = "cifar10-mini", seed: int = 0) -> Path:
+    """A learnable tiny set (the synthetic generator's images) under a real set's name."""
+    ds = data.synthetic(n_train, n_test, classes=classes, seed=seed)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / f"{name}.npz", x_train=ds.x_train, y_train=ds.y_train,
+             x_test=ds.x_test, y_test=ds.y_test)
+    return root

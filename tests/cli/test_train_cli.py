@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from cli_helpers import assert_one_error_line, run_main
+from cli_helpers import assert_one_error_line, run_main, write_mini
 
 from netmorph_cli import checkpoint as ck
 from netmorph_cli import data, train, zoo
@@ -30,16 +29,6 @@ METRIC_KEYS = {"epoch", "train_loss", "train_error", "test_error", "lr", "second
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_mini(root: Path, n_train: int, n_test: int, classes: int = 10,
-               name: str = "cifar10-mini", seed: int = 0) -> Path:
-    """A learnable tiny set (the synthetic generator's images) under a real set's name."""
-    ds = data.synthetic(n_train, n_test, classes=classes, seed=seed)
-    root.mkdir(parents=True, exist_ok=True)
-    np.savez(root / f"{name}.npz", x_train=ds.x_train, y_train=ds.y_train,
-             x_test=ds.x_test, y_test=ds.y_test)
-    return root
 
 
 @pytest.fixture(scope="module")
