@@ -23,7 +23,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 SCALES = {"quick": {"e1": 3, "e2": 2}, "full": {"e1": 164, "e2": 164}}
@@ -59,14 +58,14 @@ def main() -> None:
     ap.add_argument("--e2", type=int, default=None, help="override the scale's extra epochs")
     args = ap.parse_args()
     if not args.data_dir:
-        sys.exit("Error: pass --data-dir (or set NETMORPH_DATA) to where cifar10 lives")
+        sys.exit(f"Error: pass --data-dir (or set NETMORPH_DATA) to where {args.dataset} "
+                 f"lives")
     e1 = args.e1 or SCALES[args.scale]["e1"]
     e2 = args.e2 or SCALES[args.scale]["e2"]
     out = Path(args.out)
     work = Path(args.work or out.parent / f"work-{args.scale}")
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
 
     init = work / "resnet20_init.safetensors"
     if not init.exists():
@@ -100,24 +99,60 @@ def main() -> None:
     table = subprocess.run([sys.executable, "-m", "netmorph_cli", "report", *names,
                             "--baseline", str(cont), "--markdown"],
                            check=True, capture_output=True, text=True).stdout
+    title = f"{args.dataset}, {args.scale}: E1={e1}, E2={e2}"
     netmorph("plot", str(cont), *[str(r) for r in runs[1:]], "-o", str(out / "error.png"),
-             "--force", "--title", f"CIFAR-10, {args.scale}: E1={e1}, E2={e2}")
-    for r in runs + scratch_runs + [parent]:
+             "--force", "--title", f"{title}; morphed children vs control (a)")
+    netmorph("plot", str(cont), *[str(r) for r in scratch_runs], "-o",
+             str(out / "error-scratch.png"), "--force",
+             "--title", f"{title}; control (b), from scratch")
+    for r in [parent, *runs, *scratch_runs]:
         m = Path(f"{r}.metrics.jsonl")
         if m.exists():
             shutil.copy(m, out / m.name)
-    wall = time.time() - t0
     info = {"scale": args.scale, "e1": e1, "e2": e2, "dataset": args.dataset,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-            "python": platform.python_version(), "wall_seconds_this_invocation": round(wall)}
+            **timing(init, [parent, *runs, *scratch_runs]), **machine()}
     (out / "report.md").write_text(
         f"# Table 1 protocol, {args.scale} scale (E1 = {e1}, E2 = {e2} epochs)\n\n"
         f"Baseline for the improvement columns: control (a), the parent trained on for "
-        f"{e2} more epochs. `scratch20_*` rows are control (b), each child architecture "
-        f"trained from scratch for {e1 + e2} epochs.\n\n{table}\n")
+        f"{e2} more epochs (the first `resnet20` row, {e1 + e2} epochs in all). "
+        f"`morph20_*` rows: the parent after {e1} epochs, morphed, trained {e2} more epochs. "
+        f"`(scratch)` rows are control (b), each child architecture trained from scratch for "
+        f"{e1 + e2} epochs.\n\n{table}\n")
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     print(table)
-    print(f"results in {out} ({wall / 60:.1f} min this invocation)")
+    print(f"results in {out}; {info['wall_seconds'] / 60:.1f} min from the first step to the "
+          f"last, {info['training_seconds'] / 60:.1f} min of it training")
+
+
+def timing(first: Path, trained: list[Path]) -> dict[str, float]:
+    """Wall time from the first output to the newest trained checkpoint (file times, so a
+    resumed recipe counts its pauses too), and the training time the checkpoints record."""
+    from netmorph_cli.checkpoint import load
+
+    train_s = 0.0
+    for path in trained:
+        phases = [h for h in load(path).history if h.get("op") == "train"]
+        train_s += float(phases[-1].get("seconds") or 0.0)  # this step's phase only
+    newest = max(p.stat().st_mtime for p in trained)
+    return {"wall_seconds": round(newest - first.stat().st_mtime),
+            "training_seconds": round(train_s)}
+
+
+def machine() -> dict[str, str | int | None]:
+    import torch
+
+    cpu = None
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in
+                    Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), None)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "cpu": cpu or platform.processor() or None, "gpu": gpu,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version()}
 
 
 if __name__ == "__main__":
