@@ -91,7 +91,7 @@ def save(net: Network, path: str | Path, *, force: bool = False,
     else:
         metadata = {"format": "netmorph", "netmorph": str(FORMAT), "version": __version__,
                     **fields}
-        writer = lambda f: f.write(st.save(tensors, metadata=metadata))  # noqa: E731
+        writer = lambda f: f.write(_canonical(st.save(tensors, metadata=metadata)))  # noqa: E731
     try:
         return _atomic_write(path, writer)
     except OSError as exc:
@@ -127,6 +127,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)  # hard links
     except OSError:
         return False
+
+
+def _canonical(blob: bytes) -> bytes:
+    """A safetensors file with its JSON header written with sorted keys: the writer emits
+    the header from hash maps, so the same network would give a different file (and
+    sha256) each time. Tensor offsets are relative to the data, so only the header moves;
+    it stays padded with spaces to a multiple of 8 bytes, as the format asks."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":"))
+    raw = header.encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + blob[8 + n:]
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> str:

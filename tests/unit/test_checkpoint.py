@@ -206,6 +206,27 @@ def test_sha256_is_not_stored_inside(tmp_path):
     assert back.meta["parent_sha256"] == "ab" * 32
 
 
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_same_network_same_bytes(tmp_path, resnet20, suffix):
+    """sha256 identifies a network: saving it again gives the same file (the safetensors
+    writer's header order is random from one call to the next until made canonical)."""
+    net = resnet20.to(resnet20.dtype)  # a copy: the fixture is shared
+    net.meta["note"] = {"b": 1, "a": [1, 2], "c": "x"}
+    digests = {ck.save(net, tmp_path / f"{i}{suffix}") for i in range(4)}
+    assert len(digests) == 1
+    assert {ck.file_sha256(tmp_path / f"{i}{suffix}") for i in range(4)} == digests
+    back = ck.load(tmp_path / f"0{suffix}")
+    assert_same_network(net, back)
+    if suffix == ".safetensors":  # still a valid file for the reference reader
+        with safe_open(tmp_path / "0.safetensors", "pt") as f:
+            assert sorted(f.keys()) == sorted(net.tensors)
+            assert f.metadata()["format"] == "netmorph"
+            for k in net.tensors:
+                assert same_bits(f.get_tensor(k), net.tensors[k]), k
+        head = (tmp_path / "0.safetensors").read_bytes()[:8]
+        assert int.from_bytes(head, "little") % 8 == 0  # the header keeps its padding
+
+
 def test_invalid_network_is_not_written(tmp_path):
     net = tiny()
     del net.tensors["fc.bias"]
