@@ -87,10 +87,11 @@ def prefix_filters(graph: ModuleGraph, filters: Mapping[str, torch.Tensor],
     pre: dict[str, torch.Tensor] = {
         graph.source: identity_filter(source_channels, dtype=ref.dtype, device=ref.device)}
     for b in graph.blobs[1:]:
-        acc = None
+        acc: torch.Tensor | None = None
         for e in graph.in_edges[b]:
             term = compose(filters[e.name], pre[e.src])
             acc = term if acc is None else add(acc, term)
+        assert acc is not None  # every blob but the source has an edge in
         pre[b] = acc
     return pre
 
@@ -102,10 +103,11 @@ def suffix_filters(graph: ModuleGraph, filters: Mapping[str, torch.Tensor],
     suf: dict[str, torch.Tensor] = {
         graph.sink: identity_filter(sink_channels, dtype=ref.dtype, device=ref.device)}
     for b in reversed(graph.blobs[:-1]):
-        acc = None
+        acc: torch.Tensor | None = None
         for e in graph.out_edges[b]:
             term = compose(suf[e.dst], filters[e.name])
             acc = term if acc is None else add(acc, term)
+        assert acc is not None  # every blob but the sink has an edge out
         suf[b] = acc
     return suf
 

@@ -28,7 +28,7 @@ class LsqResult:
 
 def adjoint(op: LinearMap, like: torch.Tensor) -> LinearMap:
     """The adjoint of the linear map ``op`` at inputs shaped like ``like``."""
-    _, vjp = torch.func.vjp(op, torch.zeros_like(like))
+    _, vjp = torch.func.vjp(op, torch.zeros_like(like))[:2]
     return lambda r: vjp(r)[0]
 
 

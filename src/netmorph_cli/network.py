@@ -80,6 +80,11 @@ def _pair(v: Any) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
 
+def _pair2(v: Any) -> tuple[int, int]:
+    a, b = _pair(v)
+    return a, b
+
+
 def validate_description(desc: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Check a description; return every node's output shape (C, H, W) or (F,).
 
@@ -195,10 +200,9 @@ def _check_module_paths(nodes: list[Mapping[str, Any]]) -> None:
 def _make_layer(n: Mapping[str, Any]) -> nn.Module:
     op = n["op"]
     if op == "conv":
-        return nn.Conv2d(n["in"], n["out"], tuple(_pair(n["kernel"])),
-                         stride=tuple(_pair(n["stride"])), padding=tuple(_pair(n["padding"])),
-                         dilation=tuple(_pair(n["dilation"])), groups=n["groups"],
-                         bias=n["bias"])
+        return nn.Conv2d(n["in"], n["out"], _pair2(n["kernel"]), stride=_pair2(n["stride"]),
+                         padding=_pair2(n["padding"]), dilation=_pair2(n["dilation"]),
+                         groups=n["groups"], bias=n["bias"])
     if op == "bn":
         return nn.BatchNorm2d(n["channels"], eps=n["eps"], momentum=n["momentum"])
     if op == "prelu":

@@ -105,7 +105,7 @@ def verify_report(r: VerifyReport) -> Group:
 def info_report(s: dict[str, Any]) -> Group:
     from .flops import format_flops
 
-    lines = [
+    lines: list[Text | Table] = [
         Text.assemble(("arch: ", "bold"), str(s["arch"]),
                       f"  (input {'×'.join(map(str, s['input']))}, {s['num_classes']} classes, "
                       f"{s['dtype']})"),
@@ -190,7 +190,7 @@ class TrainProgress:
                              ips=ips, epoch=f"{epoch + 1}/{self.epochs}")
 
     def _done(self, epoch: int, step: int) -> int:
-        start = self.progress.tasks[0].total or 0
+        start = int(self.progress.tasks[0].total or 0)
         first_epoch = self.epochs - start // max(self.total_steps, 1)
         return (epoch - first_epoch) * self.total_steps + step
 

@@ -253,17 +253,17 @@ def _deconvolve(target: torch.Tensor, which: str, k1: Kernel, k2: Kernel, mid: i
     if which == "f1":  # F1 random; each row F2[j] solves F2[j] ⊛ F1 = G[j]
         f1 = rng.filter(mid, c_in, k1)
         like = torch.zeros(1, mid, *k2, dtype=target.dtype, device=target.device)
-        def op(x):
+        def then_f2(x: torch.Tensor) -> torch.Tensor:  # x ⊛ F1
             return compose(x, f1)
         rows = [target[j:j + 1] for j in range(c_out)]
-        f2 = _solve_shared(op, rows, like, tol).reshape(c_out, mid, *k2)
+        f2 = _solve_shared(then_f2, rows, like, tol).reshape(c_out, mid, *k2)
         return f1, f2
     f2 = rng.filter(c_out, mid, k2)  # F2 random; each column F1[:, i] solves F2 ⊛ F1[:, i]
     like = torch.zeros(mid, 1, *k1, dtype=target.dtype, device=target.device)
-    def op(x):
+    def before_f2(x: torch.Tensor) -> torch.Tensor:  # F2 ⊛ x
         return compose(f2, x)
     cols = [target[:, i:i + 1] for i in range(c_in)]
-    f1 = _solve_shared(op, cols, like, tol)  # (c_in, mid, 1, k1)
+    f1 = _solve_shared(before_f2, cols, like, tol)  # (c_in, mid, 1, k1)
     return f1.squeeze(2).transpose(0, 1).reshape(mid, c_in, *k1).contiguous(), f2
 
 
@@ -327,7 +327,7 @@ def _cut_update(block: _Block, filters: Mapping[str, torch.Tensor], residual: to
     sizes = [math.prod(sh) for sh in shapes]
 
     def op(flat: torch.Tensor) -> torch.Tensor:
-        out = 0
+        out = torch.zeros((), dtype=flat.dtype, device=flat.device)
         for e, part, sh in zip(block.edges, flat.split(sizes), shapes, strict=True):
             x = part.reshape(sh)
             term = compose(x, pre[e.src]) if sink else compose(suf[e.dst], x)
@@ -414,7 +414,7 @@ def _dense_block_update(block: _Block, filters: Mapping[str, torch.Tensor],
     sizes = [math.prod(sh) for sh in shapes]
 
     def op(flat: torch.Tensor) -> torch.Tensor:
-        out = 0
+        out = torch.zeros((), dtype=flat.dtype, device=flat.device)
         for e, part, sh in zip(block.edges, flat.split(sizes), shapes, strict=True):
             out = out + edge_map(pre[e.src], suf[e.dst], kernel)(part.reshape(sh))
         return out
