@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -45,10 +47,12 @@ class TrainConfig:
     channels_last: bool = True  # NHWC activations: ~1.35× on these CPUs, faster on GPUs
     compile: bool = False
 
-    def lr_at(self, epoch: float) -> float:
-        """Learning rate at a fractional epoch: warm-up, then step decay at milestones."""
+    def lr_at(self, epoch: float, step: float = 0.0) -> float:
+        """Learning rate of a step that starts at fractional ``epoch`` and lasts ``step``
+        epochs: linear warm-up (to the step's end, so the first step does not go at lr 0),
+        then step decay at milestones."""
         if self.warmup > 0 and epoch < self.warmup:
-            return self.lr * (epoch + 1e-9) / self.warmup
+            return self.lr * min(epoch + step, self.warmup) / self.warmup
         steps = sum(1 for m in self.milestone_epochs() if epoch >= m)
         return self.lr * self.gamma ** steps
 
@@ -221,67 +225,76 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
             fh.writelines(json.dumps(h.to_json()) + "\n" for h in history)
     if hooks.on_start:
         hooks.on_start(start_epoch, cfg.epochs, steps)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(x_train), generator=_seeded(cfg.seed, epoch))
-        mine = perm[dist.rank::dist.world][:n_local].to(device)
-        loss_sum = torch.zeros((), device=device)
-        wrong = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        first = start_step if epoch == start_epoch else 0
-        done = first  # steps of this epoch whose update is applied (where to resume)
-        try:
-            for step in range(first, steps):
-                lr = cfg.lr_at(epoch + step / steps)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                idx = mine[step * b_local:(step + 1) * b_local]
-                xb = augment(x_train[idx], _seeded(cfg.seed, epoch, step, dist.rank), fill=fill)
-                if cfg.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                yb = y_train[idx]
-                with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                    logits = step_model(xb)
-                    loss = F.cross_entropy(logits.float(), yb)
-                if not torch.isfinite(loss):
-                    last = (f"the last good state is {spath} (epoch {epoch}): --resume "
-                            "retries from it with the same options; or "
-                            if epoch > 0 or resume else "no epoch finished, so no state was "
-                            "kept; ")
-                    raise TrainingError(
-                        f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step "
-                        f"{step + 1}; stopped: {last}start again with a lower --lr or a "
-                        "--warmup")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                done = step + 1
-                loss_sum += loss.detach() * len(idx)
-                wrong += (logits.argmax(1) != yb).sum()
-                seen += len(idx)
-                if hooks.on_step and (step % 10 == 0 or step == steps - 1):
-                    el = time.perf_counter() - t0
-                    hooks.on_step(epoch, step + 1, steps, float(loss.detach()), lr,
-                                  seen * dist.world / max(el, 1e-9))
-        except KeyboardInterrupt:
+    # a GPU checks the loss every few steps (each check waits for the device); a bad loss
+    # never reaches a saved state: every save comes right after a check
+    check_every = 25 if on_cuda else 1
+    ctrl_c = _DeferredInterrupt(
+        f"interrupted twice: stopped at once, mid-step; the last saved state is {spath} "
+        f"(written after every epoch): continue with --resume", enabled=dist.world == 1)
+    with ctrl_c:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            perm = torch.randperm(len(x_train), generator=_seeded(cfg.seed, epoch))
+            mine = perm[dist.rank::dist.world][:n_local].to(device)
+            loss_sum = torch.zeros((), device=device)
+            wrong = torch.zeros((), device=device, dtype=torch.long)
+            bad = torch.zeros((), device=device, dtype=torch.bool)
+            seen = 0
+            first = start_step if epoch == start_epoch else 0
+            done = first  # steps of this epoch whose update is applied (where to resume)
+            try:
+                for step in range(first, steps):
+                    lr = cfg.lr_at(epoch + step / steps, 1 / steps)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    idx = mine[step * b_local:(step + 1) * b_local]
+                    xb = augment(x_train[idx], _seeded(cfg.seed, epoch, step, dist.rank),
+                                 fill=fill)
+                    if cfg.channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    yb = y_train[idx]
+                    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                        logits = step_model(xb)
+                        loss = F.cross_entropy(logits.float(), yb)
+                    bad |= ~torch.isfinite(loss.detach())
+                    if (step + 1) % check_every == 0 or step + 1 == steps or ctrl_c.pending:
+                        _check_loss(bad, loss, epoch, step, check_every, spath,
+                                    kept=epoch > 0 or resume)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    done = step + 1
+                    loss_sum += loss.detach() * len(idx)
+                    wrong += (logits.argmax(1) != yb).sum()
+                    seen += len(idx)
+                    if hooks.on_step and (step % 10 == 0 or step == steps - 1):
+                        el = time.perf_counter() - t0
+                        hooks.on_step(epoch, step + 1, steps, float(loss.detach()), lr,
+                                      seen * dist.world / max(el, 1e-9))
+                    if ctrl_c.pending:
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                if dist.main:
+                    _save_state(spath, model, opt, cfg, epoch, done, history)
+                raise TrainingError(f"interrupted at epoch {epoch + 1}, step {done + 1}; state "
+                                    f"saved to {spath}: continue with --resume") from None
+            _sync_buffers(model, dist)
+            seconds = time.perf_counter() - t0
+            stats = EpochStats(epoch + 1, float(loss_sum) / max(seen, 1),
+                               float(wrong) / max(seen, 1),
+                               top1_error(model, x_test, y_test, amp=amp),
+                               cfg.lr_at(epoch), seconds, seen * dist.world / seconds)
+            history.append(stats)
             if dist.main:
-                _save_state(spath, model, opt, cfg, epoch, done, history)
-            raise TrainingError(f"interrupted at epoch {epoch + 1}, step {done + 1}; state "
-                                f"saved to {spath}: continue with --resume") from None
-        _sync_buffers(model, dist)
-        seconds = time.perf_counter() - t0
-        stats = EpochStats(epoch + 1, float(loss_sum) / max(seen, 1),
-                           float(wrong) / max(seen, 1),
-                           top1_error(model, x_test, y_test, amp=amp),
-                           cfg.lr_at(epoch), seconds, seen * dist.world / seconds)
-        history.append(stats)
-        if dist.main:
-            _save_state(spath, model, opt, cfg, epoch + 1, 0, history)
-            if metrics:
-                with open(metrics, "a") as fh:
-                    fh.write(json.dumps(stats.to_json()) + "\n")
-        if hooks.on_epoch:
-            hooks.on_epoch(stats)
+                _save_state(spath, model, opt, cfg, epoch + 1, 0, history)
+                if metrics:
+                    with open(metrics, "a") as fh:
+                        fh.write(json.dumps(stats.to_json()) + "\n")
+            if hooks.on_epoch:
+                hooks.on_epoch(stats)
+            if ctrl_c.pending and epoch + 1 < cfg.epochs:  # Ctrl-C while testing or saving
+                raise TrainingError(f"interrupted after epoch {epoch + 1}; state saved to "
+                                    f"{spath}: continue with --resume")
     trained = Network(net.description, {k: v.cpu() for k, v in state_of(model).items()},
                       list(net.history), dict(net.meta))
     trained.tensors = {k: v.to(net.tensors[k].dtype) if v.is_floating_point() else v
@@ -295,6 +308,47 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
         "seconds": sum(h.seconds for h in history),
         "metrics": [h.to_json() for h in history]})
     return trained.check(), history
+
+
+class _DeferredInterrupt:
+    """Ctrl-C (SIGINT) during a step is acted on when the step is done, so the state saved
+    on an interrupt is never half an update (BN statistics moved by the forward pass but no
+    optimizer step, or some parameters stepped and others not). A second Ctrl-C stops at
+    once (``TrainingError(message)``). Only in the main thread of a single process: DDP
+    ranks would each stop at a different step and leave the others in an all-reduce."""
+
+    def __init__(self, message: str, enabled: bool = True) -> None:
+        self.message = message
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.pending = False
+        self._old: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.pending:
+            raise TrainingError(self.message)
+        self.pending = True
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if self.enabled:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _check_loss(bad: torch.Tensor, loss: torch.Tensor, epoch: int, step: int, every: int,
+                spath: Path, *, kept: bool) -> None:
+    """Raise ``TrainingError`` if any loss since the last check was not finite."""
+    if not bool(bad):
+        return
+    last = (f"the last good state is {spath} (epoch {epoch}): --resume retries from it with "
+            f"the same options; or " if kept else "no epoch finished, so no state was kept; ")
+    where = (f"step {step + 1}" if every == 1 else
+             f"a step up to {step + 1} (checked every {every} steps)")
+    raise TrainingError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                        f"{where}; stopped: {last}start again with a lower --lr or a --warmup")
 
 
 def _sync_buffers(model: torch.nn.Module, dist: Dist) -> None:

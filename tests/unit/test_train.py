@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import types
 from pathlib import Path
 
@@ -82,7 +84,9 @@ def test_lr_milestones_above_one_are_epochs_and_gamma_applies():
 
 def test_lr_linear_warmup_then_steps():
     cfg = train.TrainConfig(epochs=10, lr=0.1, warmup=2.0)
-    assert cfg.lr_at(0) == pytest.approx(0.0, abs=1e-9)
+    assert cfg.lr_at(0) == 0.0
+    assert cfg.lr_at(0, 0.25) == pytest.approx(0.0125, rel=1e-12)  # ramps to the step's end
+    assert cfg.lr_at(1.9, 0.25) == 0.1  # never past the peak
     assert cfg.lr_at(0.5) == pytest.approx(0.025, rel=1e-6)
     assert cfg.lr_at(1.0) == pytest.approx(0.05, rel=1e-6)
     assert cfg.lr_at(2.0) == 0.1 and cfg.lr_at(4.9) == 0.1
@@ -223,6 +227,71 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, reference, small
     assert_same_tensors(resumed.tensors, ref.tensors)
     assert [h.epoch for h in history] == [1, 2]
     assert history[-1].test_error == ref_history[-1].test_error
+
+
+def sigint_after_forward(monkeypatch, *, at_call: int, times: int = 1) -> list[int]:
+    """Send SIGINT to this process from inside the training loss (after the forward pass
+    moved the BN statistics, before backward and the optimizer step) at the at_call-th
+    loss; ``times`` signals in a row. Returns the call counter."""
+    calls = [0]
+    real = F.cross_entropy
+
+    def loss(*a, **kw):
+        calls[0] += 1
+        if calls[0] == at_call:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train.F, "cross_entropy", loss)
+    return calls
+
+
+def test_ctrl_c_mid_step_finishes_the_step_then_saves(tmp_path, reference, small,
+                                                      monkeypatch):
+    """SIGINT between forward and optimizer step: the step is finished before the state is
+    saved, so --resume ends bit-identical to the uninterrupted run (saving at once would
+    keep the forward's BN statistics without the step, and resume would redo the forward)."""
+    _, ref, _, _ = reference
+    out = tmp_path / "r.safetensors"
+    sigint_after_forward(monkeypatch, at_call=2)  # the second of 4 steps of epoch 1
+    with pytest.raises(TrainingError, match=r"interrupted at epoch 1, step 3;.*--resume"):
+        train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small)
+    state = torch.load(train.state_path(out), weights_only=True)
+    assert (state["epoch"], state["step"]) == (0, 2)  # two whole steps applied
+    monkeypatch.undo()
+    resumed, _ = train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small,
+                             resume=True)
+    assert_same_tensors(resumed.tensors, ref.tensors)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_second_ctrl_c_stops_at_once_and_keeps_the_last_epoch_state(tmp_path, small,
+                                                                    monkeypatch):
+    out = tmp_path / "r.safetensors"
+    sigint_after_forward(monkeypatch, at_call=6, times=2)  # epoch 2, second step (4 a epoch)
+    with pytest.raises(TrainingError, match="interrupted twice: stopped at once"):
+        train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small)
+    state = torch.load(train.state_path(out), weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 0)  # the end of epoch 1, untouched
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_testing_stops_after_the_epoch(tmp_path, small, monkeypatch):
+    out = tmp_path / "r.safetensors"
+    real = train.top1_error
+
+    def top1(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train, "top1_error", top1)
+    with pytest.raises(TrainingError, match=r"interrupted after epoch 1; state saved to "):
+        train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small,
+                    metrics=f"{out}.metrics.jsonl")
+    state = torch.load(train.state_path(out), weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 0)
+    assert len(Path(f"{out}.metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_resume_a_finished_run_trains_no_more(reference, small):
