@@ -4,11 +4,11 @@ Every morph edits a copy of the parent's description, inserts the solved filters
 the result (``Network.check()``) and appends a history entry with its seed, residual and
 the node pairs (parent, child) whose outputs must agree, which ``verify`` compares.
 
-Exactness at image borders: a module replaces a "same"-padded conv by one zero padding of
-the module's margin at its input, unpadded convs inside, and joins that centre-crop every
-path to the common size. Each path then computes its composed filter over the same padded
-input, so the module equals the layer at every pixel (per-layer padding would not; see
-``naive_module_output`` in the tests).
+Exactness at image borders: a module replaces a conv with kernel K and zero padding p by
+one zero padding at its input, p plus the module's margin beyond K, unpadded convs inside,
+and joins that centre-crop every path to the common size. Each path then computes its
+composed filter over the same padded input, so the module equals the layer at every pixel
+(per-layer padding would not; see ``naive_module_output`` in the tests).
 """
 
 from __future__ import annotations
@@ -232,13 +232,14 @@ class _Site:
     bias: torch.Tensor | None
     conv_index: int | None  # position of the conv node (None for a shortcut)
     add_name: str | None  # the join whose identity input is replaced
+    padding: tuple[int, int] = (0, 0)  # the layer's zero padding (a shortcut has none)
 
 
 def _site(net: Network, layer: str) -> _Site:
     nodes = net.nodes
     if layer in nodes and nodes[layer]["op"] == "conv":
         n = nodes[layer]
-        k, s, p, d = n["kernel"], n["stride"], n["padding"], n["dilation"]
+        s, p, d = n["stride"], n["padding"], n["dilation"]
         if s != [1, 1]:
             raise MorphError(f"{layer!r} is a strided conv (stride {s}); only stride-1 convs "
                              "can be morphed in this version")
@@ -247,12 +248,9 @@ def _site(net: Network, layer: str) -> _Site:
         if n["groups"] != 1:
             raise MorphError(f"{layer!r} is a grouped conv ({n['groups']} groups); "
                              "not supported")
-        if p != [k[0] // 2, k[1] // 2]:
-            raise MorphError(f"{layer!r} has padding {p}, not 'same' padding for its "
-                             f"{k[0]}×{k[1]} kernel; not supported")
         bias = net.tensors.get(f"{layer}.bias")
         return _Site(layer, n["inputs"][0], net.tensors[f"{layer}.weight"], bias,
-                     _index(net.description)[layer], None)
+                     _index(net.description)[layer], None, (p[0], p[1]))
     m = re.fullmatch(r"(.+)\.shortcut", layer)
     if m and f"{m[1]}.add" in nodes:
         add = nodes[f"{m[1]}.add"]
@@ -336,8 +334,12 @@ def _module_nodes(spec: ModuleGraph, filters: dict[str, torch.Tensor], site: _Si
     """Nodes realizing ``spec`` with one input padding and centre-cropping joins."""
     k_eff = spec.effective_kernel()
     pre = f"{layer}."
+    k = site.weight.shape[2:]
+    # the layer's own padding plus the module's margin beyond its kernel: G̃ is G with a
+    # zero ring of that margin, so over this input it reads exactly what G read
     nodes = [node(f"{pre}input_pad", "pad", [site.source],
-                  pad=[(k_eff[0] - 1) // 2, (k_eff[1] - 1) // 2])]
+                  pad=[site.padding[0] + (k_eff[0] - k[0]) // 2,
+                       site.padding[1] + (k_eff[1] - k[1]) // 2])]
     blob_out = {spec.source: f"{pre}input_pad"}
     sink_edges = spec.in_edges[spec.sink]
     for b in spec.blobs[1:]:

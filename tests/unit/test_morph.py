@@ -356,7 +356,8 @@ def test_morphing_a_morphed_child(parent64, x64):
 
 
 def small_net(dtype: torch.dtype = torch.float32) -> Network:
-    """input (4, 8, 8) → conv 3×3 (bias) → grouped conv → dilated conv → conv → GAP → fc."""
+    """input (4, 8, 8) → conv 3×3 (bias) → grouped conv → dilated conv → unpadded conv →
+    conv padded by 2 → conv → GAP → fc."""
     desc = {"format": FORMAT, "arch": "small", "input": [4, 8, 8], "num_classes": 2,
             "output": "fc", "nodes": [
                 node("c1", "conv", ["input"], **{"in": 4, "out": 4}, kernel=[3, 3],
@@ -366,7 +367,9 @@ def small_net(dtype: torch.dtype = torch.float32) -> Network:
                 node("dilated", "conv", ["grouped"], **{"in": 4, "out": 4}, kernel=[3, 3],
                      padding=[2, 2], dilation=[2, 2]),
                 node("valid", "conv", ["dilated"], **{"in": 4, "out": 4}, kernel=[3, 3]),
-                node("c3", "conv", ["valid"], **{"in": 4, "out": 4}, kernel=[3, 3],
+                node("wide", "conv", ["valid"], **{"in": 4, "out": 4}, kernel=[3, 3],
+                     padding=[2, 2]),
+                node("c3", "conv", ["wide"], **{"in": 4, "out": 4}, kernel=[3, 3],
                      padding=[1, 1]),
                 node("g", "gap", ["c3"]),
                 node("fc", "linear", ["g"], **{"in": 4, "out": 2})]}
@@ -376,12 +379,35 @@ def small_net(dtype: torch.dtype = torch.float32) -> Network:
     return Network(desc, tensors).check()
 
 
+@pytest.mark.parametrize("layer", ["valid", "wide"])
+@pytest.mark.parametrize("name", ["A", "C"])
+def test_convs_with_any_zero_padding_morph_exactly(layer, name):
+    """A conv padded by p (0: 'valid', 2: wider than 'same') becomes a module whose one
+    input padding is p plus the module's margin beyond the kernel; outputs equal the
+    parent's at every pixel, sizes included."""
+    net = small_net(torch.float64)
+    spec = load_spec(MODULES / f"{name}.json")
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    child = morph_at(net, spec, layer, seed=2)
+    margin = (spec.effective_kernel()[0] - 3) // 2  # A: 3×3 (none), C: 7×7 (2)
+    assert child.nodes[f"{layer}.input_pad"]["pad"] == [net.nodes[layer]["padding"][0] + margin] * 2
+    logits, module = site_error(net, child, x)
+    assert logits <= F64 and module <= F64, (logits, module)
+
+
+def test_a_3c1_childs_unpadded_inner_conv_morphs_again(parent64, x64):
+    once = morph_preset(parent64, "3c1")
+    inner = once.nodes["layer3.1.morph1.conv1"]
+    assert inner["kernel"] == [3, 3] and inner["padding"] == [0, 0]
+    twice = morph_at(once, load_spec(MODULES / "C.json"), "layer3.1.morph1.conv1", seed=1)
+    assert rel_err(run(twice, x64[:2]), run(parent64, x64[:2])) <= F64
+
+
 @pytest.mark.parametrize("layer,match", [
     ("grouped", r"'grouped' is a grouped conv \(2 groups\)"),
     ("dilated", r"'dilated' is a dilated conv \(dilation \[2, 2\]\)"),
-    ("valid", r"'valid' has padding \[0, 0\], not 'same' padding"),
 ])
-def test_refuses_grouped_dilated_and_unpadded_convs(layer, match):
+def test_refuses_grouped_and_dilated_convs(layer, match):
     with pytest.raises(MorphError, match=match):
         morph_at(small_net(), load_spec(MODULES / "A.json"), layer)
 
