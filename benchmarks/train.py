@@ -17,9 +17,10 @@ batch size and SGD (momentum 0.9, weight decay 1e-4, lr 0.1), in one process:
 - **model only** (context, not a target): the same step on one fixed batch already on the
   device: no data pipeline at all, the ceiling for any loader at this precision.
 
-``--variants`` adds model-only steps with channels_last and with bf16 autocast (CPU or
-CUDA), to show where CPU time goes. Rounds alternate the sides to spread machine noise;
-ratios are taken within a round and their median is reported. Targets (issue 5): ≥ 1.5×
+``--variants`` adds netmorph with ``--precision bf16`` and model-only steps with
+channels_last and with bf16 autocast (CPU or CUDA), to show where CPU time goes. Rounds
+alternate the sides to spread machine noise; ratios are taken within a round and their
+median is reported. Targets (issue 5): ≥ 1.5×
 the baseline on the 2-core CPU machine; ≥ 30,000 images/s for ResNet-20 on one H100
 (``--device cuda``).
 """
@@ -86,9 +87,10 @@ def _step(model, opt, xb, yb, amp: bool, device: torch.device) -> None:
     opt.step()
 
 
-def run_netmorph(ds: data.Dataset, batch: int, device: torch.device, compile_: bool) -> float:
+def run_netmorph(ds: data.Dataset, batch: int, device: torch.device, compile_: bool,
+                 precision: str = "auto") -> float:
     cfg = train.TrainConfig(dataset="synthetic", epochs=2, batch_size=batch, seed=0,
-                            compile=compile_)
+                            compile=compile_, precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         _, history = train.train(zoo.create("resnet20", seed=0), cfg, Path(tmp) / "b.st",
                                  device=device, dataset=ds)
@@ -179,6 +181,8 @@ def main() -> None:
                    run_baseline(ds, args.batch, steps, w, device))
         record("model only (fp32)", run_model_only(args.batch, steps, device))
         if args.variants:
+            record("netmorph --precision bf16",
+                   run_netmorph(ds, args.batch, device, args.compile, "bf16"))
             record("model only, channels_last", run_model_only(args.batch, steps, device,
                                                                channels_last=True))
             record("model only, bf16 autocast", run_model_only(args.batch, steps, device,
@@ -200,6 +204,11 @@ def main() -> None:
     target = "≥ 30,000 images/s" if cuda else "≥ 1.5× the best baseline"
     print(f"netmorph / best baseline: {ratio:.2f}× (median over rounds); netmorph "
           f"{statistics.median(ours):,.0f} images/s (target {target})")
+    if "netmorph --precision bf16" in results:
+        bf16 = results["netmorph --precision bf16"]
+        r16 = statistics.median(a / b for a, b in zip(bf16, base, strict=True))
+        print(f"netmorph --precision bf16 / best (float32) baseline: {r16:.2f}×; "
+              f"{statistics.median(bf16):,.0f} images/s")
 
 if __name__ == "__main__":
     main()

@@ -376,7 +376,11 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N [default: cuda if present].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
+@click.option("--precision", type=click.Choice(("auto", "bf16", "fp32")), default="auto",
+              show_default=True,
+              help="auto: bf16 autocast on CUDA, float32 on CPU; bf16: autocast on any "
+                   "device (≈ 2× on CPUs with bf16 units); fp32: float32 everywhere.")
+@click.option("--no-amp", is_flag=True, hidden=True, help="Same as --precision fp32.")
 @click.option("--resume", is_flag=True, help="Continue the run that writes OUT from its state.")
 @click.option("--metrics", default=None, metavar="FILE",
               help="JSONL of per-epoch metrics [default: OUT.metrics.jsonl].")
@@ -385,7 +389,7 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
 def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, epochs: int, lr: float,
               batch_size: int, milestones: str, warmup: float, momentum: float,
               weight_decay: float, seed: int, device: str | None, compile_: bool,
-              no_amp: bool, resume: bool, metrics: str | None, quiet: bool,
+              precision: str, no_amp: bool, resume: bool, metrics: str | None, quiet: bool,
               force: bool) -> None:
     """Train a checkpoint (a parent or a morphed child) with the paper's CIFAR recipe.
 
@@ -410,7 +414,7 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, epochs: i
     cfg = TrainConfig(dataset=dataset, epochs=epochs, lr=lr, batch_size=batch_size,
                       momentum=momentum, weight_decay=weight_decay,
                       milestones=parse_milestones(milestones), warmup=warmup, seed=seed,
-                      amp=not no_amp, compile=compile_)
+                      precision="fp32" if no_amp else precision, compile=compile_)
     net = load(ckpt)
     dist = init_distributed(dev)
     from .report import TrainProgress

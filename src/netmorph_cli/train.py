@@ -43,9 +43,15 @@ class TrainConfig:
     gamma: float = 0.1  # lr factor at each milestone
     warmup: float = 0.0  # epochs of linear warm-up
     seed: int = 0
-    amp: bool = True  # bf16 autocast (CUDA only)
+    # "auto": bf16 autocast on CUDA, float32 elsewhere; "bf16": autocast on any device (on
+    # CPUs with bf16 units, ≈ 2× faster than float32); "fp32": float32 everywhere
+    precision: str = "auto"
     channels_last: bool = True  # NHWC activations: ~1.35× on these CPUs, faster on GPUs
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
 
     def lr_at(self, epoch: float, step: float = 0.0) -> float:
         """Learning rate of a step that starts at fractional ``epoch`` and lasts ``step``
@@ -219,7 +225,7 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
     n_local = len(x_train) // dist.world
     b_local = max(cfg.batch_size // dist.world, 1)
     steps = math.ceil(n_local / b_local)
-    amp = cfg.amp and on_cuda
+    amp = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
     if metrics and dist.main:  # a fresh run starts a fresh file; a resumed one its history
         with open(metrics, "w") as fh:
             fh.writelines(json.dumps(h.to_json()) + "\n" for h in history)
@@ -396,7 +402,7 @@ def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
         raise TrainingError(f"--resume: cannot read {path}: {exc}") from None
     mine = _config_json(cfg)
-    diff = [k for k in mine if k not in ("compile", "amp", "channels_last")
+    diff = [k for k in mine if k not in ("compile", "precision", "channels_last")
             and saved.get(k) != mine[k]]
     if diff:
         raise TrainingError(f"--resume: options differ from the interrupted run "

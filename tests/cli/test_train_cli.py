@@ -125,6 +125,24 @@ def test_bad_milestones(capsys, tmp_path, parent, data_dir, milestones):
     assert not out.exists() and not train.state_path(out).exists()
 
 
+def test_unknown_precision(capsys, tmp_path, parent, data_dir):
+    out = tmp_path / "p.safetensors"
+    code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir,
+                                                     "--precision", "fp16"))
+    assert_one_error_line(code, stdout, err, "--precision", "fp16")
+    assert not out.exists() and not train.state_path(out).exists()
+
+
+@pytest.mark.parametrize("flags, precision", [((), "auto"), (("--precision", "bf16"), "bf16"),
+                                              (("--no-amp",), "fp32")])
+def test_precision_is_recorded(capsys, tmp_path, parent, data_dir, flags, precision):
+    out = tmp_path / "p.safetensors"
+    code, _, err = run_main(capsys, *train_args(parent, out, data_dir, "--epochs", "1",
+                                                "--quiet", *flags))
+    assert code == 0, err
+    assert ck.load(out).history[-1]["config"]["precision"] == precision
+
+
 def test_unknown_dataset(capsys, tmp_path, parent):
     code, out, err = run_main(capsys, "train", str(parent), "--dataset", "mnist",
                               "-o", str(tmp_path / "o.safetensors"))

@@ -302,6 +302,33 @@ def test_resume_a_finished_run_trains_no_more(reference, small):
     assert [h.to_json() for h in history] == [h.to_json() for h in ref_history]
 
 
+def test_bf16_precision_trains_in_bf16_on_cpu_too(tmp_path, reference, small):
+    """--precision bf16 autocasts on the CPU: one epoch ends with other weights than the
+    float32 run from the same start (and the same weights on a second run)."""
+    _, _, ref_history, _ = reference
+    runs = [train.train(zoo.create("resnet20", seed=0), config(epochs=1, precision="bf16"),
+                        tmp_path / f"b{i}.safetensors", dataset=small) for i in range(2)]
+    (a, ha), (b, _) = runs
+    fp32, _ = train.train(zoo.create("resnet20", seed=0), config(epochs=1, precision="fp32"),
+                          tmp_path / "f.safetensors", dataset=small)
+    assert not torch.equal(a.tensors["conv1.weight"], fp32.tensors["conv1.weight"])
+    assert_same_tensors(a.tensors, b.tensors)
+    assert a.history[-1]["config"]["precision"] == "bf16"
+    assert math.isfinite(ha[-1].train_loss) and 0 <= ha[-1].test_error <= 1
+
+
+def test_auto_precision_is_float32_on_cpu(tmp_path, reference, small):
+    _, ref, _, _ = reference  # trained with the default, "auto"
+    fp32, _ = train.train(zoo.create("resnet20", seed=0), config(precision="fp32"),
+                          tmp_path / "f.safetensors", dataset=small)
+    assert_same_tensors(fp32.tensors, ref.tensors)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be auto, bf16 or fp32, not 'fp16'"):
+        config(precision="fp16")
+
+
 @pytest.mark.parametrize("change, needle", [
     (dict(lr=0.05), "lr: 0.1 → 0.05"),
     (dict(epochs=3), "epochs: 2 → 3"),
