@@ -408,6 +408,9 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, epochs: i
     from .runtime import default_device, parse_milestones, resolve_device
     from .train import TrainConfig, init_distributed, train
 
+    if no_amp and precision != "auto":
+        raise click.UsageError(f"--no-amp (an old name of --precision fp32) contradicts "
+                               f"--precision {precision}")
     dev = resolve_device(device) if device else default_device()
     if not resume:
         check_output(out, force=force, protect=[ckpt])

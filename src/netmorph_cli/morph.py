@@ -24,7 +24,7 @@ import torch
 from .algebra import compose, pad_to
 from .errors import MorphError
 from .graph import ModuleGraph
-from .network import Network, node, validate_description
+from .network import Network, as_pair, node, validate_description
 from .solve import _Rng, decompose_type1, morph_filter
 
 PRESET_RE = re.compile(r"^(\d+)c(\d+)(_2branch)?(_half)?$")
@@ -239,18 +239,22 @@ def _site(net: Network, layer: str) -> _Site:
     nodes = net.nodes
     if layer in nodes and nodes[layer]["op"] == "conv":
         n = nodes[layer]
-        s, p, d = n["stride"], n["padding"], n["dilation"]
-        if s != [1, 1]:
-            raise MorphError(f"{layer!r} is a strided conv (stride {s}); only stride-1 convs "
-                             "can be morphed in this version")
-        if d != [1, 1]:
-            raise MorphError(f"{layer!r} is a dilated conv (dilation {d}); not supported")
+        k, s, p, d = (as_pair(n[a]) for a in ("kernel", "stride", "padding", "dilation"))
+        if s != (1, 1):
+            raise MorphError(f"{layer!r} is a strided conv (stride {list(s)}); only stride-1 "
+                             "convs can be morphed in this version")
+        if d != (1, 1):
+            raise MorphError(f"{layer!r} is a dilated conv (dilation {list(d)}); not supported")
         if n["groups"] != 1:
             raise MorphError(f"{layer!r} is a grouped conv ({n['groups']} groups); "
                              "not supported")
+        if k[0] % 2 == 0 or k[1] % 2 == 0:
+            raise MorphError(f"{layer!r} has an even {k[0]}×{k[1]} kernel; a module's "
+                             "filter is centred in its effective kernel, which needs odd "
+                             "sizes")
         bias = net.tensors.get(f"{layer}.bias")
         return _Site(layer, n["inputs"][0], net.tensors[f"{layer}.weight"], bias,
-                     _index(net.description)[layer], None, (p[0], p[1]))
+                     _index(net.description)[layer], None, p)
     m = re.fullmatch(r"(.+)\.shortcut", layer)
     if m and f"{m[1]}.add" in nodes:
         add = nodes[f"{m[1]}.add"]

@@ -50,7 +50,7 @@ def param_shapes(node: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """The tensors a node owns, by parameter name, with their shapes."""
     op = node["op"]
     if op == "conv":
-        shapes = {"weight": (node["out"], node["in"] // node["groups"], *node["kernel"])}
+        shapes = {"weight": (node["out"], node["in"] // node["groups"], *_pair(node["kernel"]))}
         if node["bias"]:
             shapes["bias"] = (node["out"],)
         return shapes
@@ -80,7 +80,7 @@ def _pair(v: Any) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
 
-def _pair2(v: Any) -> tuple[int, int]:
+def as_pair(v: Any) -> tuple[int, int]:
     a, b = _pair(v)
     return a, b
 
@@ -131,6 +131,16 @@ def validate_description(desc: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _two_ints(n: Mapping[str, Any], attr: str, lo: int) -> list[int]:
+    """A conv's kernel/stride/padding/dilation (or a pad's pad): [h, w], ints ≥ ``lo``."""
+    v = n[attr]
+    if not (isinstance(v, list) and len(v) == 2
+            and all(type(i) is int and i >= lo for i in v)):
+        raise ValueError(f"{attr} must be a list of two integers ≥ {lo} (e.g. [{max(lo, 1)}, "
+                         f"{max(lo, 1)}]), not {v!r}")
+    return v
+
+
 def _out_shape(n: Mapping[str, Any], ins: list[tuple[int, ...]]) -> tuple[int, ...]:
     op, x = n["op"], ins[0]
     if op != "add" and len(ins) != 1:
@@ -143,7 +153,8 @@ def _out_shape(n: Mapping[str, Any], ins: list[tuple[int, ...]]) -> tuple[int, .
             raise ValueError(f"expects {n['in']} input channels, gets {x[0]}")
         if n["in"] % n["groups"] or n["out"] % n["groups"]:
             raise ValueError("channels not divisible by groups")
-        k, s, p, d = (_pair(n[a]) for a in ("kernel", "stride", "padding", "dilation"))
+        k, s, p, d = (_two_ints(n, a, lo) for a, lo in
+                      (("kernel", 1), ("stride", 1), ("padding", 0), ("dilation", 1)))
         hw = [(x[i + 1] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
         if min(hw) < 1:
             raise ValueError(f"output would be empty for input {x}")
@@ -166,7 +177,7 @@ def _out_shape(n: Mapping[str, Any], ins: list[tuple[int, ...]]) -> tuple[int, .
             raise ValueError(f"inputs {ins} cannot be centre-cropped to a common size")
         return (x[0], h, w)
     if op == "pad":
-        p = _pair(n["pad"])
+        p = _two_ints(n, "pad", 0)
         return (x[0], x[1] + 2 * p[0], x[2] + 2 * p[1])
     if op == "shortcut_a":
         if x[0] != n["in"] or (n["out"] - n["in"]) % 2 or n["out"] < n["in"]:
@@ -200,8 +211,8 @@ def _check_module_paths(nodes: list[Mapping[str, Any]]) -> None:
 def _make_layer(n: Mapping[str, Any]) -> nn.Module:
     op = n["op"]
     if op == "conv":
-        return nn.Conv2d(n["in"], n["out"], _pair2(n["kernel"]), stride=_pair2(n["stride"]),
-                         padding=_pair2(n["padding"]), dilation=_pair2(n["dilation"]),
+        return nn.Conv2d(n["in"], n["out"], as_pair(n["kernel"]), stride=as_pair(n["stride"]),
+                         padding=as_pair(n["padding"]), dilation=as_pair(n["dilation"]),
                          groups=n["groups"], bias=n["bias"])
     if op == "bn":
         return nn.BatchNorm2d(n["channels"], eps=n["eps"], momentum=n["momentum"])

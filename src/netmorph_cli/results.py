@@ -10,7 +10,9 @@ phase, no lineage).
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,11 @@ def _from_metrics(p: Path) -> Run:
     epochs: list[int] = []
     test: list[float] = []
     train: list[float] = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read run {p}: {exc}") from None
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -93,15 +99,18 @@ def _from_metrics(p: Path) -> Run:
         if not isinstance(row, dict):
             raise DataError(f"{p}:{i}: not an epoch record (a JSON object with 'epoch', "
                             f"'train_error' and 'test_error')")
-        try:
-            epochs.append(int(row["epoch"]))
-            test.append(float(row["test_error"]))
-            train.append(float(row["train_error"]))
-        except KeyError as exc:
-            raise DataError(f"{p}:{i}: the epoch record has no {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{p}:{i}: epoch, train_error and test_error must be numbers "
-                            f"({exc})") from None
+        missing = [k for k in ("epoch", "train_error", "test_error") if k not in row]
+        if missing:
+            raise DataError(f"{p}:{i}: the epoch record has no {missing[0]!r}")
+        epoch, te, tr = row["epoch"], row["test_error"], row["train_error"]
+        if type(epoch) is not int or epoch < 1:
+            raise DataError(f"{p}:{i}: epoch must be a positive integer, not {epoch!r}")
+        if not all(type(v) in (int, float) and 0 <= v <= 1 for v in (te, tr)):
+            raise DataError(f"{p}:{i}: train_error and test_error must be fractions in "
+                            f"[0, 1], not {tr!r} and {te!r}")
+        epochs.append(epoch)
+        test.append(float(te))
+        train.append(float(tr))
     name = p.name.removesuffix(".metrics.jsonl").removesuffix(".jsonl")
     return Run(name, str(p), tuple(epochs), tuple(test), tuple(train), (), (), None, None)
 
@@ -115,7 +124,7 @@ def table(runs: list[Run], baseline: Run | None = None) -> list[dict[str, Any]]:
         err = r.final_error
         row: dict[str, Any] = {"net": r.name, "phases": list(r.phases), "error": err,
                                "flops": r.flops, "run": r.path, "epochs": len(r.epochs)}
-        if base is not None and r.path != base.path:
+        if base is not None and not _same_run(r, base):
             row["abs_improvement"] = base.final_error - err
             row["rel_improvement"] = (base.final_error - err) / base.final_error \
                 if base.final_error else None
@@ -123,6 +132,10 @@ def table(runs: list[Run], baseline: Run | None = None) -> list[dict[str, Any]]:
         row["rel_flops"] = r.flops / ref if r.flops and ref else None
         rows.append(row)
     return rows
+
+
+def _same_run(a: Run, b: Run) -> bool:
+    return Path(a.path).resolve() == Path(b.path).resolve()
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -181,14 +194,23 @@ def plot(runs: list[Run], out: str | Path, *, train: bool = False,
     atomically: a failure leaves no half-written file."""
     fig = figure(runs, train=train, title=title)
     import matplotlib.pyplot as plt
+
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
     try:
-        fig.savefig(tmp, format=out.suffix[1:].lower() or "png")
-        tmp.replace(out)
-    except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        plt.close(fig)
         raise DataError(f"cannot write {out}: {exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=out.suffix[1:].lower() or "png")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, ValueError)):
+            raise DataError(f"cannot write {out}: {exc}") from None
+        raise
     finally:
         plt.close(fig)
     return out

@@ -231,9 +231,7 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
             fh.writelines(json.dumps(h.to_json()) + "\n" for h in history)
     if hooks.on_start:
         hooks.on_start(start_epoch, cfg.epochs, steps)
-    # a GPU checks the loss every few steps (each check waits for the device); a bad loss
-    # never reaches a saved state: every save comes right after a check
-    check_every = 25 if on_cuda else 1
+    check_every = loss_check_interval(device)
     ctrl_c = _DeferredInterrupt(
         f"interrupted twice: stopped at once, mid-step; the last saved state is {spath} "
         f"(written after every epoch): continue with --resume", enabled=dist.world == 1)
@@ -248,6 +246,7 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
             seen = 0
             first = start_step if epoch == start_epoch else 0
             done = first  # steps of this epoch whose update is applied (where to resume)
+            step, loss = first, torch.zeros((), device=device)  # for an interrupt before any
             try:
                 for step in range(first, steps):
                     lr = cfg.lr_at(epoch + step / steps, 1 / steps)
@@ -277,9 +276,12 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                         el = time.perf_counter() - t0
                         hooks.on_step(epoch, step + 1, steps, float(loss.detach()), lr,
                                       seen * dist.world / max(el, 1e-9))
-                    if ctrl_c.pending:
+                    if ctrl_c.pending and step + 1 < steps:  # else: after the epoch
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
+                # never save weights a bad loss has reached (on CUDA the last check may be
+                # a few steps back): that raises instead and keeps the last epoch's state
+                _check_loss(bad, loss, epoch, step, check_every, spath, kept=epoch > 0 or resume)
                 if dist.main:
                     _save_state(spath, model, opt, cfg, epoch, done, history)
                 raise TrainingError(f"interrupted at epoch {epoch + 1}, step {done + 1}; state "
@@ -316,6 +318,13 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
     return trained.check(), history
 
 
+def loss_check_interval(device: torch.device) -> int:
+    """Steps between checks that the loss is finite. A check waits for the device, so a
+    GPU checks every 25 steps; a bad loss still never reaches a saved state, since every
+    save (end of epoch, Ctrl-C) checks first."""
+    return 25 if device.type == "cuda" else 1
+
+
 class _DeferredInterrupt:
     """Ctrl-C (SIGINT) during a step is acted on when the step is done, so the state saved
     on an interrupt is never half an update (BN statistics moved by the forward pass but no
@@ -335,13 +344,15 @@ class _DeferredInterrupt:
         self.pending = True
 
     def __enter__(self) -> _DeferredInterrupt:
+        if self.enabled and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            self.enabled = False  # started with SIGINT ignored (nohup, `&`): keep it so
         if self.enabled:
             self._old = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._old)
+        if self.enabled:  # None: a handler not set from Python; the default is closest
+            signal.signal(signal.SIGINT, self._old if self._old is not None else signal.SIG_DFL)
 
 
 def _check_loss(bad: torch.Tensor, loss: torch.Tensor, epoch: int, step: int, every: int,

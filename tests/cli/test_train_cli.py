@@ -133,6 +133,14 @@ def test_unknown_precision(capsys, tmp_path, parent, data_dir):
     assert not out.exists() and not train.state_path(out).exists()
 
 
+def test_no_amp_contradicting_precision(capsys, tmp_path, parent, data_dir):
+    out = tmp_path / "p.safetensors"
+    code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir, "--no-amp",
+                                                     "--precision", "bf16"))
+    assert_one_error_line(code, stdout, err, "--no-amp", "--precision bf16")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("flags, precision", [((), "auto"), (("--precision", "bf16"), "bf16"),
                                               (("--no-amp",), "fp32")])
 def test_precision_is_recorded(capsys, tmp_path, parent, data_dir, flags, precision):

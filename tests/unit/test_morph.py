@@ -403,6 +403,19 @@ def test_a_3c1_childs_unpadded_inner_conv_morphs_again(parent64, x64):
     assert rel_err(run(twice, x64[:2]), run(parent64, x64[:2])) <= F64
 
 
+def test_even_kernels_are_refused():
+    """A module's filter is centred in its odd effective kernel: an even kernel is a
+    MorphError, not a crash."""
+    desc = {"format": FORMAT, "arch": "even", "input": [2, 6, 6], "num_classes": 2,
+            "output": "fc", "nodes": [
+                node("e", "conv", ["input"], **{"in": 2, "out": 2}, kernel=[2, 2]),
+                node("g", "gap", ["e"]),
+                node("fc", "linear", ["g"], **{"in": 2, "out": 2})]}
+    net = Network(desc, zoo.init_tensors(desc)).check()
+    with pytest.raises(MorphError, match=r"'e' has an even 2×2 kernel"):
+        morph_at(net, load_spec(MODULES / "A.json"), "e")
+
+
 @pytest.mark.parametrize("layer,match", [
     ("grouped", r"'grouped' is a grouped conv \(2 groups\)"),
     ("dilated", r"'dilated' is a dilated conv \(dilation \[2, 2\]\)"),

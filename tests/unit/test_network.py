@@ -180,6 +180,10 @@ def _bad_cases() -> list[tuple[str, dict, tuple[str, ...]]]:
         ("inside a layer", inside, ("'c1.extra'", "inside layer 'c1'")),
         ("two inputs to a conv", _with(d, 4, inputs=["pd", "pd"]), ("'c2'", "one input")),
         ("empty conv output", _with(d, 0, kernel=[13, 13]), ("'c1'", "empty")),
+        ("int padding", _with(d, 0, padding=1), ("'c1'", "padding must be a list of two")),
+        ("int kernel", _with(d, 0, kernel=3), ("'c1'", "kernel must be a list of two")),
+        ("zero stride", _with(d, 0, stride=[0, 1]), ("'c1'", "stride", "≥ 1")),
+        ("negative padding", _with(d, 0, padding=[-1, 1]), ("'c1'", "padding", "≥ 0")),
         ("format", {**d, "format": 99}, ("format 99",)),
         ("no nodes key", {k: v for k, v in d.items() if k != "nodes"}, ("'nodes'",)),
     ]

@@ -8,6 +8,7 @@ morphs between them are real (``morph_network``). The CLI tests train for real.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -107,13 +108,23 @@ def test_metrics_jsonl_is_a_run(tmp_path):
     ('{"epoch": 1, "train_error": 0.6, "test_error": 0.5}\nnot json\n', r"r.jsonl:2: not JSON"),
     ('{"epoch": 1, "train_error": 0.6}\n', r"r.jsonl:1: .*'test_error'"),
     ('[1, 2]\n', r"r.jsonl:1: .*not an epoch record"),
-    ('{"epoch": "x", "train_error": 0.6, "test_error": 0.5}\n', r"r.jsonl:1: .*epoch"),
+    ('{"epoch": "x", "train_error": 0.6, "test_error": 0.5}\n', r"r.jsonl:1: epoch must be"),
+    ('{"epoch": 1.7, "train_error": 0.6, "test_error": 0.5}\n', r"r.jsonl:1: epoch must be"),
+    ('{"epoch": true, "train_error": 0.6, "test_error": 0.5}\n', r"r.jsonl:1: epoch must be"),
+    ('{"epoch": 1, "train_error": NaN, "test_error": 0.5}\n', r"r.jsonl:1: .*fractions"),
+    ('{"epoch": 1, "train_error": 0.5, "test_error": 7}\n', r"r.jsonl:1: .*fractions"),
 ])
 def test_bad_metrics_jsonl_is_refused_with_its_line(tmp_path, text, match):
     p = tmp_path / "r.jsonl"
     p.write_text(text)
     with pytest.raises(DataError, match=match):
         results.load_run(p)
+
+
+def test_binary_metrics_file_is_refused(tmp_path):
+    (tmp_path / "b.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match=r"cannot read run .*b\.jsonl"):
+        results.load_run(tmp_path / "b.jsonl")
 
 
 def test_missing_run_is_refused(tmp_path):
@@ -157,6 +168,15 @@ def test_table_with_a_separate_baseline_and_flops_from_the_root():
     assert rows[1]["abs_improvement"] == pytest.approx(0.05, abs=1e-15)
     assert rows[1]["rel_flops"] == pytest.approx(1.1, abs=1e-15)  # over its root's FLOPs
     assert rows[0]["rel_flops"] is None
+
+
+def test_baseline_is_recognized_under_another_spelling_of_its_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = results.Run("resnet20", "cont.st", (1,), (0.1,), (0.1,), (), (), None, None)
+    b = results.Run("resnet20", f"./{tmp_path.name}/../{tmp_path.name}/cont.st", (1,),
+                    (0.1,), (0.1,), (), (), None, None)
+    b = dataclasses.replace(b, path=str(tmp_path / "cont.st"))
+    assert "abs_improvement" not in results.table([a], b)[0]
 
 
 def test_markdown_has_the_papers_columns_and_format():

@@ -391,6 +391,66 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path, reference, small
     assert_same_tensors(resumed.tensors, ref.tensors)
 
 
+def test_ctrl_c_never_saves_weights_a_bad_loss_reached(tmp_path, small, monkeypatch):
+    """With the loss checked every 25 steps (as on a GPU), a NaN at step 1 and Ctrl-C at
+    step 2 stop with the NaN error and write no state: the save checks first."""
+    monkeypatch.setattr(train, "loss_check_interval", lambda device: 25)
+    out = tmp_path / "n.safetensors"
+    calls = [0]
+
+    def cross_entropy(logits, y):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        loss = F.cross_entropy(logits, y)
+        return loss * float("nan") if calls[0] == 1 else loss
+
+    monkeypatch.setattr(train, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, a step up to 2 "
+                                            r"\(checked every 25 steps\).*no state was kept"):
+        train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_between_checks_is_caught_at_the_end_of_the_epoch(tmp_path, small, monkeypatch):
+    monkeypatch.setattr(train, "loss_check_interval", lambda device: 25)  # > 4 steps
+    calls = [0]
+
+    def cross_entropy(logits, y):
+        calls[0] += 1
+        loss = F.cross_entropy(logits, y)
+        return loss * float("nan") if calls[0] == 2 else loss
+
+    monkeypatch.setattr(train, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    with pytest.raises(TrainingError, match=r"at epoch 1, a step up to 4 \(checked every 25"):
+        train.train(zoo.create("resnet20", seed=0), config(), tmp_path / "n.safetensors",
+                    dataset=small)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_in_the_last_step_stops_after_the_epoch(tmp_path, small, monkeypatch):
+    out = tmp_path / "r.safetensors"
+    sigint_after_forward(monkeypatch, at_call=4)  # the last of epoch 1's 4 steps
+    with pytest.raises(TrainingError, match=r"interrupted after epoch 1; state saved"):
+        train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small)
+    state = torch.load(train.state_path(out), weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 0)
+
+
+def test_sigint_ignored_stays_ignored(tmp_path, small, monkeypatch):
+    """A run started with SIGINT ignored (nohup, a shell's `&`) is not made interruptible,
+    and the ignore is still in place afterwards."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sigint_after_forward(monkeypatch, at_call=2)
+        trained, history = train.train(zoo.create("resnet20", seed=0), config(epochs=1),
+                                       tmp_path / "r.safetensors", dataset=small)
+        assert len(history) == 1
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_divergence_from_a_huge_lr_is_a_training_error(tmp_path):
     with pytest.raises(TrainingError, match=r"loss became (nan|inf) at epoch 1"):
         train.train(zoo.create("resnet20"), config(lr=1e12, epochs=1),
