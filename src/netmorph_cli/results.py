@@ -168,16 +168,25 @@ def figure(runs: list[Run], *, train: bool = False, title: str | None = None) ->
     except ImportError:
         raise DataError("netmorph plot needs matplotlib: pip install 'netmorph[plot]' "
                         "(or pip install matplotlib)") from None
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    marks: dict[int, list[tuple[str, str]]] = {}  # epoch → (what, colour) of each morph
     for r in runs:
         (line,) = ax.plot(r.epochs, [100 * e for e in r.test_error], label=f"{r.name} (test)")
         if train:
             ax.plot(r.epochs, [100 * e for e in r.train_error], linestyle="--",
                     color=line.get_color(), alpha=0.6, label=f"{r.name} (train)")
         for epoch, what in r.morph_epochs:
-            ax.axvline(epoch + 0.5, color=line.get_color(), linestyle=":", alpha=0.7)
-            ax.annotate(f"morph {what}", (epoch + 0.5, 1), xycoords=("data", "axes fraction"),
-                        rotation=90, va="top", ha="right", fontsize=7, color=line.get_color())
+            marks.setdefault(epoch, []).append((what, line.get_color()))
+    for epoch, here in marks.items():  # one line per epoch: runs morphed together share it
+        whats = list(dict.fromkeys(w for w, _ in here))
+        colour = here[0][1] if len(here) == 1 else "0.4"
+        ax.axvline(epoch + 0.5, color=colour, linestyle=":", alpha=0.7)
+        ax.annotate(f"morph {', '.join(whats)}", (epoch + 0.5, 1),
+                    xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                    fontsize=7, color=colour)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
     ax.grid(alpha=0.3)

@@ -208,6 +208,18 @@ def test_figure_draws_every_run_and_marks_the_morphs(lineage):
     assert ax.get_title() == "t" and ax.get_ylabel() == "error (%)"
 
 
+def test_runs_morphed_at_the_same_epoch_share_one_mark(lineage):
+    pytest.importorskip("matplotlib")
+    child = results.load_run(lineage["child"])
+    other = dataclasses.replace(child, name="morph20_3c1", morph_epochs=((3, "3c1"),))
+    twin = dataclasses.replace(child, name="again")  # the same morph again
+    ax = results.figure([child, other, twin]).axes[0]
+    marks = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
+    assert [m.get_xdata()[0] for m in marks] == [3.5]
+    assert [t.get_text() for t in ax.texts] == ["morph 1c1, 3c1"]
+    assert all(t == int(t) for t in ax.get_xticks())  # epochs are whole numbers
+
+
 def test_plot_writes_the_format_its_suffix_names(tmp_path, lineage):
     pytest.importorskip("matplotlib")
     runs = [results.load_run(lineage["child"])]
