@@ -171,7 +171,7 @@ def figure(runs: list[Run], *, train: bool = False, title: str | None = None) ->
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    marks: dict[int, list[tuple[str, str]]] = {}  # epoch → (what, colour) of each morph
+    marks: dict[int, list[tuple[str, Any]]] = {}  # epoch → (what, colour) of each morph
     for r in runs:
         (line,) = ax.plot(r.epochs, [100 * e for e in r.test_error], label=f"{r.name} (test)")
         if train:

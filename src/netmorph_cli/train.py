@@ -282,10 +282,14 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                 # never save weights a bad loss has reached (on CUDA the last check may be
                 # a few steps back): that raises instead and keeps the last epoch's state
                 _check_loss(bad, loss, epoch, step, check_every, spath, kept=epoch > 0 or resume)
-                if dist.main:
-                    _save_state(spath, model, opt, cfg, epoch, done, history)
-                raise TrainingError(f"interrupted at epoch {epoch + 1}, step {done + 1}; state "
-                                    f"saved to {spath}: continue with --resume") from None
+                if done == steps and dist.world == 1:  # every step done: finish the epoch
+                    ctrl_c.pending = True  # (its test pass and state), then stop
+                else:
+                    if dist.main:
+                        _save_state(spath, model, opt, cfg, epoch, done, history)
+                    raise TrainingError(f"interrupted at epoch {epoch + 1}, step {done + 1}; "
+                                        f"state saved to {spath}: continue with --resume"
+                                        ) from None
             _sync_buffers(model, dist)
             seconds = time.perf_counter() - t0
             stats = EpochStats(epoch + 1, float(loss_sum) / max(seen, 1),

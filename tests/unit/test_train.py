@@ -437,6 +437,26 @@ def test_ctrl_c_in_the_last_step_stops_after_the_epoch(tmp_path, small, monkeypa
     assert (state["epoch"], state["step"]) == (1, 0)
 
 
+def test_keyboard_interrupt_after_the_last_step_finishes_the_epoch(tmp_path, small):
+    """A KeyboardInterrupt raised after an epoch's last step (here by a progress hook) ends
+    the epoch properly instead of saving "step 4 of 4", which a resume would record as an
+    epoch with no training statistics."""
+    out = tmp_path / "r.safetensors"
+
+    def interrupt(epoch, step, steps, loss, lr, ips):
+        if epoch == 0 and step == steps:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingError, match=r"interrupted after epoch 1; state saved"):
+        train.train(zoo.create("resnet20", seed=0), config(), out, dataset=small,
+                    hooks=train.TrainHooks(on_step=interrupt),
+                    metrics=f"{out}.metrics.jsonl")
+    state = torch.load(train.state_path(out), weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 0)
+    rows = [json.loads(x) for x in Path(f"{out}.metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["train_loss"] > 0
+
+
 def test_sigint_ignored_stays_ignored(tmp_path, small, monkeypatch):
     """A run started with SIGINT ignored (nohup, a shell's `&`) is not made interruptible,
     and the ignore is still in place afterwards."""
