@@ -200,10 +200,12 @@ def _read_official(name: str, path: Path) -> Dataset:
                                     "y_test": y_test}, str(path))
 
 
-def synthetic(n_train: int = 2048, n_test: int = 512, classes: int = 10,
+def synthetic(n_train: int = 4096, n_test: int = 512, classes: int = 10,
               seed: int = 0) -> Dataset:
     """A learnable 32×32 set made here: each class is a fixed random colour pattern plus
-    noise, so a network can drive its error well below chance in a few epochs."""
+    noise, so a network can drive its error well below chance in a few epochs. 4096
+    training images (32 steps of 128 an epoch): with 2048, BN's running statistics had not
+    settled after the demo's 2 epochs (train error 25%, test error 88%; 0% and 0% now)."""
     rng = np.random.default_rng(seed)
     protos = rng.uniform(0, 255, size=(classes, 8, 8, 3))
     protos = protos.repeat(4, axis=1).repeat(4, axis=2)  # (classes, 32, 32, 3)

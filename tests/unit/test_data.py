@@ -466,7 +466,7 @@ def test_synthetic_is_deterministic_and_well_formed():
     assert a.num_classes == 10 and 0 <= a.y_train.min() and a.y_train.max() <= 9
     c = data.synthetic(64, 32, seed=4)
     assert not np.array_equal(a.x_train, c.x_train)
-    assert data.load_dataset("synthetic").x_train.shape == (2048, 32, 32, 3)
+    assert data.load_dataset("synthetic").x_train.shape == (4096, 32, 32, 3)
 
 
 def test_synthetic_classes_are_separable_by_their_prototype():
