@@ -13,7 +13,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ class Run:
     phases: tuple[str, ...]  # intermediate architectures before the final one
     flops: int | None
     root_flops: int | None
-    extra: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None  # of the last training phase (None: not recorded)
 
     @property
     def final_error(self) -> float:
@@ -59,8 +59,10 @@ def load_run(path: str | Path) -> Run:
     train: list[float] = []
     morphs: list[tuple[int, str]] = []
     archs: list[str] = []
+    dataset = None
     for h in net.history:
         if h.get("op") == "train":
+            dataset = h.get("dataset")
             for m in h.get("metrics", []):
                 epochs.append(len(epochs) + 1)
                 test.append(m["test_error"])
@@ -76,7 +78,7 @@ def load_run(path: str | Path) -> Run:
         name += " (scratch)"  # a morphed architecture trained from a fresh init
     return Run(name, str(p), tuple(epochs),
                tuple(test), tuple(train), tuple(morphs), tuple(archs[:-1]),
-               count_flops(net.description), root.get("flops"))
+               count_flops(net.description), root.get("flops"), dataset)
 
 
 def _from_metrics(p: Path) -> Run:
@@ -119,6 +121,14 @@ def table(runs: list[Run], baseline: Run | None = None) -> list[dict[str, Any]]:
     """Rows in the paper's columns. Improvements are over ``baseline`` (default: the first
     run); relative FLOPs are over the baseline's FLOPs, else the run's root architecture."""
     base = baseline or (runs[0] if runs else None)
+    by_data: dict[str, list[str]] = {}
+    for r in [*runs, *([base] if base is not None else [])]:
+        if r.dataset:
+            by_data.setdefault(r.dataset, []).append(Path(r.path).name)
+    if len(by_data) > 1:  # errors on different test sets do not compare
+        what = "; ".join(f"{d}: {', '.join(dict.fromkeys(names))}" for d, names in by_data.items())
+        raise DataError(f"the runs were trained on different data sets ({what}); report "
+                        f"them separately")
     rows = []
     for r in runs:
         err = r.final_error

@@ -179,6 +179,22 @@ def test_baseline_is_recognized_under_another_spelling_of_its_path(tmp_path, mon
     assert "abs_improvement" not in results.table([a], b)[0]
 
 
+def test_runs_on_different_data_sets_are_not_compared():
+    a = dataclasses.replace(make_run("resnet20", [0.1]), dataset="cifar10")
+    b = dataclasses.replace(make_run("morph20_1c1", [0.3]), dataset="cifar100")
+    c = make_run("other", [0.2])  # a metrics file: data set unknown, not held against it
+    assert len(results.table([a, c])) == 2
+    with pytest.raises(DataError, match=r"different data sets \(cifar10: resnet20; "
+                                        r"cifar100: morph20_1c1\); report them separately"):
+        results.table([a, b])
+    with pytest.raises(DataError, match="different data sets"):
+        results.table([b], a)  # the baseline counts too
+
+
+def test_run_records_its_data_set(lineage):
+    assert results.load_run(lineage["child"]).dataset == "cifar10"
+
+
 def test_markdown_has_the_papers_columns_and_format():
     rows = results.table([make_run("resnet20", [0.0875], flops=40_800_000),
                           make_run("morph20_1c1", [0.0735], flops=44_000_000)])
