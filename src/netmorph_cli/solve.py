@@ -361,9 +361,103 @@ def algorithm2(graph: ModuleGraph, target: torch.Tensor, widths: Mapping[str, in
     """
     k_eff = graph.effective_kernel()
     target = resize(target, k_eff)
+    if init:
+        starts = [dict(init)]
+    else:
+        random = {e.name: rng.filter(widths[e.dst], widths[e.src], e.kernel)
+                  for e in graph.edges}
+        compact = compact_prefixes(graph, random, widths[graph.source], support(target))
+        starts = [compact, random] if compact is not None else [random]
+    for i, start in enumerate(starts):
+        try:
+            return _sweeps(graph, target, start, widths, tol=tol, max_sweeps=max_sweeps,
+                           dense_jacobian=dense_jacobian)
+        except SolverError:
+            if i == len(starts) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def compact_prefixes(graph: ModuleGraph, filters: Mapping[str, torch.Tensor], source_channels: int,
+                     needed: Kernel) -> dict[str, torch.Tensor] | None:
+    """A start for Algorithm 2 in which every inner blob's prefix P(v) keeps to the kernel
+    of v's own in-edges (the smallest correction of its in-edge filters, one dense
+    minimum-norm solve per blob), or None where that changes nothing or would leave the
+    module unable to reach the ``needed`` support.
+
+    Why: from random filters, P(v) spans the sum of its paths' kernels, and whatever G̃
+    does not have there must cancel. For module D (G̃ a 3×3 filter in a 7×7 frame) the ring
+    of P(c) ⊛ F6 is reached by F6 alone, so every exact solve left F6 a 1×1 filter padded
+    to 3×3; with P(c) kept to 3×3, F6 keeps live off-centre taps like every other filter.
+    """
+    ref = next(iter(filters.values()))
+    out = dict(filters)
+    pre = {graph.source: identity_filter(source_channels, dtype=ref.dtype, device=ref.device)}
+    changed = False
+    for v in graph.blobs[1:]:
+        ins = graph.in_edges[v]
+        own = (max(e.kernel[0] for e in ins), max(e.kernel[1] for e in ins))
+        full = (max(e.kernel[0] + kernel_of(pre[e.src])[0] - 1 for e in ins),
+                max(e.kernel[1] + kernel_of(pre[e.src])[1] - 1 for e in ins))
+        if v == graph.sink:  # what the module can reach from this start
+            if not changed or not fits(needed, full):
+                return None
+            return out
+        if not fits(full, own):
+            deltas = _ring_correction(ins, out, pre, own, full)
+            if deltas is None:
+                return None
+            for name, d in deltas.items():
+                out[name] = out[name] + d
+            changed = True
+        acc = torch.zeros((), dtype=ref.dtype, device=ref.device)
+        for e in ins:
+            acc = acc + pad_to(compose(out[e.name], pre[e.src]), full)
+        pre[v] = crop_to(acc, own)  # exact: zero outside ``own`` (or ``full`` is ``own``)
+    raise AssertionError("the sink is the last blob")
+
+
+def _ring_correction(ins: list[Edge], filters: Mapping[str, torch.Tensor],
+                     pre: Mapping[str, torch.Tensor], own: Kernel, full: Kernel
+                     ) -> dict[str, torch.Tensor] | None:
+    """Minimum-norm corrections of the in-edge filters of one blob that zero its prefix
+    outside the centred ``own`` kernel; None when no exact correction exists."""
+    c_src = pre[ins[0].src].shape[1]
+    shapes = [(1, filters[e.name].shape[1], *e.kernel) for e in ins]
+    sizes = [math.prod(sh) for sh in shapes]
+
+    def op(flat: torch.Tensor) -> torch.Tensor:
+        acc = torch.zeros((), dtype=flat.dtype, device=flat.device)
+        for e, part, sh in zip(ins, flat.split(sizes), shapes, strict=True):
+            acc = acc + pad_to(compose(part.reshape(sh), pre[e.src]), full)
+        return acc
+
+    ring = torch.ones(full, dtype=torch.bool, device=filters[ins[0].name].device)
+    dh, dw = (full[0] - own[0]) // 2, (full[1] - own[1]) // 2
+    ring[dh:dh + own[0], dw:dw + own[1]] = False
+    rows = ring.expand(c_src, *full).reshape(-1)
+    like = filters[ins[0].name].new_zeros(sum(sizes))
+    a = dense_matrix(op, like)[rows]  # (C_src · ring taps, Σ sizes)
+    current = torch.zeros((), dtype=like.dtype, device=like.device)
+    for e in ins:
+        current = current + pad_to(compose(filters[e.name], pre[e.src]), full)
+    rhs = -current.reshape(current.shape[0], -1)[:, rows].T  # (ring rows, w_v)
+    x = dense_min_norm(a, rhs)  # float64
+    b = rhs.to(torch.float64)
+    if float(torch.linalg.vector_norm(a.to(torch.float64) @ x - b)) > 1e-9 * max(
+            float(torch.linalg.vector_norm(b)), 1e-300):
+        return None
+    x = x.to(like.dtype)
+    return {e.name: part.T.reshape(-1, *sh[1:])
+            for e, part, sh in zip(ins, x.split(sizes), shapes, strict=True)}
+
+
+def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
+            widths: Mapping[str, int], *, tol: float, max_sweeps: int,
+            dense_jacobian: bool) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Algorithm 2's sweeps from ``filters`` (see ``algorithm2``)."""
+    k_eff = graph.effective_kernel()
     tnorm = float(torch.linalg.vector_norm(target)) or 1.0
-    filters = dict(init) if init else {
-        e.name: rng.filter(widths[e.dst], widths[e.src], e.kernel) for e in graph.edges}
     # LSQR cannot go below a few ulps of the working precision; asking more only
     # accumulates rounding.
     inner_rtol = max(tol * 1e-2, 30 * torch.finfo(target.dtype).eps)
