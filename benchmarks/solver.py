@@ -24,7 +24,8 @@ import os
 # Before torch loads OpenMP: with the default (active) wait policy, MKL's threads spin
 # while they wait, and on a shared 2-core machine any other busy process turns that into
 # 3-200× slowdowns of LAPACK calls (svdvals of a 160×1440 matrix: 3.1 s instead of
-# 0.02 s). Passive waiting costs nothing measurable when the machine is idle.
+# 0.02 s). Passive waiting costs little in these LAPACK-bound solves on an idle machine
+# (it costs 15-45% in the many small ops of morph/verify: see README.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
@@ -81,14 +82,23 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object
     return time.perf_counter() - t0, out
 
 
+def off_centre_share(f: torch.Tensor) -> float:
+    """‖f without its centre tap‖ / ‖f‖: 0 for a 1×1 filter padded to K×K."""
+    off = f.clone()
+    off[..., f.shape[-2] // 2, f.shape[-1] // 2] = 0
+    return float(torch.linalg.vector_norm(off) / torch.linalg.vector_norm(f))
+
+
 def run_ours(graph: ModuleGraph, g: torch.Tensor, seed: int, tol: float, device,
-             repeat: int) -> tuple[float, float, int]:
-    """Best wall time of ``repeat`` solves, the residual (recomputed) and the sweeps."""
+             repeat: int) -> tuple[float, float, int, float]:
+    """Best wall time of ``repeat`` solves, the residual (recomputed), the sweeps and the
+    smallest off-centre share over the solved filters (a degenerate solve shows 0)."""
     best, res = math.inf, None
     for _ in range(repeat):
         t, res = timed(lambda: morph_filter(g, graph, seed=seed, tol=tol), device)
         best = min(best, t)
-    return best, relative_residual(graph, res.filters, g), res.sweeps
+    share = min(off_centre_share(f) for f in res.filters.values())
+    return best, relative_residual(graph, res.filters, g), res.sweeps, share
 
 
 def run_dense(graph: ModuleGraph, g: torch.Tensor, seed: int, tol: float, device
@@ -153,7 +163,7 @@ def main() -> None:
             dtype, tol = DTYPES[name], TOL[name]
             g = _Rng(args.seed + 1_000_003, dtype, "cpu").filter(c, c, (3, 3)).to(device)
             repeat = args.repeat if c <= 32 else 1
-            t_ours, r_ours, sw = run_ours(graph, g, args.seed, tol, device, repeat)
+            t_ours, r_ours, sw, share = run_ours(graph, g, args.seed, tol, device, repeat)
             ours = f"{t_ours:.3f} s ({r_ours:.1e}, {sw} sw)"
             gb = dense_bytes(graph, c) / 1e9
             if args.no_baseline:
@@ -166,11 +176,12 @@ def main() -> None:
                          f"{gb:.1f} GB; 1 run)")
                 ratio = f"{t_dense / t_ours:.0f}×"
             ok = "yes" if r_ours <= tol else "NO"
-            rows.append((str(c), str(math.ceil(WIDEN * c)), name, ours, ok, dense, ratio))
+            rows.append((str(c), str(math.ceil(WIDEN * c)), name, ours, ok, f"{share:.2f}",
+                         dense, ratio))
             print(" | ".join(rows[-1]), flush=True)
 
     head = ("C", "inner", "dtype", "morph_filter (residual, sweeps)", "≤ tol",
-            "dense-Jacobian baseline", "baseline / ours")
+            "min off-centre share", "dense-Jacobian baseline", "baseline / ours")
     print()
     print("| " + " | ".join(head) + " |")
     print("| " + " | ".join("---:" for _ in head) + " |")
