@@ -39,6 +39,7 @@ from netmorph_cli.lsq import dense_lstsq, dense_matrix, dense_min_norm, lsqr
 from netmorph_cli.solve import (
     _Rng,
     algorithm2,
+    compact_prefixes,
     decompose_type1,
     edge_map,
     module_widths,
@@ -291,6 +292,46 @@ def test_d_filters_have_live_off_centre_taps(modules):
     # to zero in every exact solve; Algorithm 2 starts from compact prefixes instead
     res = morph_filter(rng(5).filter(16, 16, (3, 3)), modules["D"], seed=0)
     assert_off_centre_taps_live(res)
+
+
+def response_at_c(f: dict[str, torch.Tensor], c: int) -> torch.Tensor:
+    """Blob c of module D for a unit impulse in each input channel (direct convolutions,
+    each padded 'same'; the 9×9 image is large enough that no border is reached)."""
+    x = torch.zeros(c, c, 9, 9, dtype=torch.float64)
+    x[range(c), range(c), 4, 4] = 1
+    a, b = F.conv2d(x, f["F1"], padding=1), F.conv2d(x, f["F2"], padding=1)
+    return F.conv2d(a, f["F3"], padding=1) + F.conv2d(b, f["F4"], padding=1)
+
+
+def test_compact_prefixes_keep_each_prefix_to_its_own_kernel(modules):
+    """From random filters blob c of D sees a 5×5 neighbourhood of the input; the compact
+    start corrects F3 and F4 (only) so that it sees 3×3, as its own in-edges do."""
+    graph = dataclasses.replace(modules["D"], channels={"a": 20, "b": 20, "c": 20})
+    widths = module_widths(graph, 8, 8)
+    r = rng(3)
+    random = {e.name: r.filter(widths[e.dst], widths[e.src], e.kernel) for e in graph.edges}
+    compact = compact_prefixes(graph, random, 8, (3, 3))
+    assert compact is not None
+    ring = torch.ones(9, 9, dtype=torch.bool)
+    ring[3:6, 3:6] = False  # the impulse at (4, 4) and its 3×3 neighbourhood
+    before, after = response_at_c(random, 8), response_at_c(compact, 8)
+    assert float(before[..., ring].abs().max()) > 0.1 * float(before.abs().max())
+    assert float(after[..., ring].abs().max()) <= 1e-12 * float(after.abs().max())
+    changed = {k for k in random if not torch.equal(random[k], compact[k])}
+    assert changed == {"F3", "F4"}
+
+
+def test_compact_start_is_skipped_when_the_layer_needs_the_whole_kernel(modules):
+    """A 7×7 layer needs D's full 7×7 reach, which compact prefixes (5×5) do not have: the
+    plain random start is used, and the solve is exact."""
+    graph = dataclasses.replace(modules["D"], channels={"a": 40, "b": 40, "c": 40})
+    widths = module_widths(graph, 8, 8)
+    r = rng(4)
+    random = {e.name: r.filter(widths[e.dst], widths[e.src], e.kernel) for e in graph.edges}
+    assert compact_prefixes(graph, random, 8, (7, 7)) is None
+    assert compact_prefixes(graph, random, 8, (5, 5)) is not None
+    res = morph_filter(rng(5).filter(8, 8, (7, 7)), graph, seed=0)
+    assert res.residual <= ITER_F64
 
 
 def test_d_filters_have_live_off_centre_taps_above_3c(modules):
