@@ -366,7 +366,10 @@ def algorithm2(graph: ModuleGraph, target: torch.Tensor, widths: Mapping[str, in
     else:
         random = {e.name: rng.filter(widths[e.dst], widths[e.src], e.kernel)
                   for e in graph.edges}
-        compact = compact_prefixes(graph, random, widths[graph.source], support(target))
+        # (not where the widths already rule exactness out: a second start would only
+        # double the time it takes to say so)
+        compact = None if width_advice(graph, widths, k_eff) is not None else \
+            compact_prefixes(graph, random, widths[graph.source], support(target))
         starts = [compact, random] if compact is not None else [random]
     for i, start in enumerate(starts):
         try:
