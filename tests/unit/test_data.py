@@ -106,6 +106,15 @@ def archive_bytes(folder: str, members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def write_official(root: Path, form: str, archive: str, folder: str,
+                   members: dict[str, bytes]) -> None:
+    """The official python-version files as the ``archive`` (.tar.gz) or its ``folder``."""
+    if form == "archive":
+        (root / archive).write_bytes(archive_bytes(folder, members))
+    else:
+        write_folder(root, folder, members)
+
+
 def write_npz(path: Path, x_train, y_train, x_test, y_test, **extra) -> Path:
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, **extra)
     return path
@@ -209,11 +218,7 @@ def test_official_row_layout_is_channel_planes_row_major(tmp_path):
 @pytest.mark.parametrize("form", ["archive", "folder"])
 def test_cifar10_official_files(tmp_path, form):
     members, x_tr, y_tr, x_te, y_te = cifar10_members()
-    if form == "archive":
-        (tmp_path / "cifar-10-python.tar.gz").write_bytes(
-            archive_bytes("cifar-10-batches-py", members))
-    else:
-        write_folder(tmp_path, "cifar-10-batches-py", members)
+    write_official(tmp_path, form, "cifar-10-python.tar.gz", "cifar-10-batches-py", members)
     ds = data.load_dataset("cifar10", tmp_path, download=False)
     assert ds.num_classes == 10
     assert np.array_equal(ds.x_train, x_tr)  # data_batch_1 … 5 in order, NHWC
@@ -236,11 +241,7 @@ def test_numpy2_written_batches_are_read_too(tmp_path):
 @pytest.mark.parametrize("form", ["archive", "folder"])
 def test_cifar100_official_files_use_fine_labels(tmp_path, form):
     members, x_tr, y_tr, x_te, y_te = cifar100_members()
-    if form == "archive":
-        (tmp_path / "cifar-100-python.tar.gz").write_bytes(
-            archive_bytes("cifar-100-python", members))
-    else:
-        write_folder(tmp_path, "cifar-100-python", members)
+    write_official(tmp_path, form, "cifar-100-python.tar.gz", "cifar-100-python", members)
     ds = data.load_dataset("cifar100", tmp_path, download=False)
     assert ds.num_classes == 100
     assert np.array_equal(ds.x_train, x_tr) and np.array_equal(ds.x_test, x_te)
@@ -327,11 +328,7 @@ def test_restricted_unpickler_refuses_a_malicious_batch(tmp_path, form):
         {b"data": Payload(marker), b"labels": [0]}, protocol=2)
     root = tmp_path / "data"
     root.mkdir()
-    if form == "archive":
-        (root / "cifar-10-python.tar.gz").write_bytes(
-            archive_bytes("cifar-10-batches-py", members))
-    else:
-        write_folder(root, "cifar-10-batches-py", members)
+    write_official(root, form, "cifar-10-python.tar.gz", "cifar-10-batches-py", members)
     with pytest.raises(DataError, match=r"data_batch_1: not a CIFAR batch \(.*forbidden"):
         data.load_dataset("cifar10", root, download=False)
     assert not marker.exists()
