@@ -317,8 +317,14 @@ def edge_map(pre: torch.Tensor, suf: torch.Tensor, kernel: Kernel) -> LinearMap:
 
 def _cut_update(block: _Block, filters: Mapping[str, torch.Tensor], residual: torch.Tensor,
                 pre: Mapping[str, torch.Tensor], suf: Mapping[str, torch.Tensor],
-                kernel: Kernel) -> dict[str, torch.Tensor]:
-    """Minimum-norm corrections of a sink or source cut, one shared dense matrix."""
+                kernel: Kernel, *, rows: torch.Tensor | None = None, exact: bool = False
+                ) -> dict[str, torch.Tensor] | None:
+    """Minimum-norm corrections of a sink or source cut, one shared dense matrix (float64).
+
+    A "sink" block may be the in-edges of any blob (``residual`` then lives at that blob).
+    ``rows`` keeps only those entries of each output row / input column (a boolean mask
+    over its C·kh·kw taps); with ``exact``, None unless the corrections meet them exactly
+    (relative 1e-9 in float64)."""
     sink = block.kind == "sink"
     c_out, c_in = residual.shape[:2]
     # one output row (sink) / input column (source) of every filter in the cut
@@ -337,7 +343,14 @@ def _cut_update(block: _Block, filters: Mapping[str, torch.Tensor], residual: to
     like = residual.new_zeros(sum(sizes))
     a = dense_matrix(op, like)  # (C_in·K or C_out·K, Σ sizes)
     rhs = residual.reshape(c_out, -1).T if sink else residual.transpose(0, 1).reshape(c_in, -1).T
-    x = dense_min_norm(a, rhs)  # (Σ sizes, C_out or C_in)
+    if rows is not None:
+        a, rhs = a[rows], rhs[rows]
+    x = dense_min_norm(a, rhs)  # (Σ sizes, C_out or C_in), float64
+    if exact:
+        b = rhs.to(torch.float64)
+        if float(torch.linalg.vector_norm(a.to(torch.float64) @ x - b)) > 1e-9 * max(
+                float(torch.linalg.vector_norm(b)), 1e-300):
+            return None
     deltas = {}
     for e, part, sh in zip(block.edges, x.split(sizes), shapes, strict=True):
         if sink:  # part: (w_u·kh·kw, C_out) → (C_out, w_u, kh, kw)
@@ -411,7 +424,7 @@ def compact_prefixes(graph: ModuleGraph, filters: Mapping[str, torch.Tensor], so
             if deltas is None:
                 return None
             for name, d in deltas.items():
-                out[name] = out[name] + d
+                out[name] = out[name] + d.to(out[name].dtype)
             changed = True
         acc = torch.zeros((), dtype=ref.dtype, device=ref.device)
         for e in ins:
@@ -425,34 +438,16 @@ def _ring_correction(ins: list[Edge], filters: Mapping[str, torch.Tensor],
                      ) -> dict[str, torch.Tensor] | None:
     """Minimum-norm corrections of the in-edge filters of one blob that zero its prefix
     outside the centred ``own`` kernel; None when no exact correction exists."""
-    c_src = pre[ins[0].src].shape[1]
-    shapes = [(1, filters[e.name].shape[1], *e.kernel) for e in ins]
-    sizes = [math.prod(sh) for sh in shapes]
-
-    def op(flat: torch.Tensor) -> torch.Tensor:
-        acc = torch.zeros((), dtype=flat.dtype, device=flat.device)
-        for e, part, sh in zip(ins, flat.split(sizes), shapes, strict=True):
-            acc = acc + pad_to(compose(part.reshape(sh), pre[e.src]), full)
-        return acc
-
-    ring = torch.ones(full, dtype=torch.bool, device=filters[ins[0].name].device)
-    dh, dw = (full[0] - own[0]) // 2, (full[1] - own[1]) // 2
-    ring[dh:dh + own[0], dw:dw + own[1]] = False
-    rows = ring.expand(c_src, *full).reshape(-1)
-    like = filters[ins[0].name].new_zeros(sum(sizes))
-    a = dense_matrix(op, like)[rows]  # (C_src · ring taps, Σ sizes)
-    current = torch.zeros((), dtype=like.dtype, device=like.device)
+    ref = filters[ins[0].name]
+    current = torch.zeros((), dtype=ref.dtype, device=ref.device)
     for e in ins:
         current = current + pad_to(compose(filters[e.name], pre[e.src]), full)
-    rhs = -current.reshape(current.shape[0], -1)[:, rows].T  # (ring rows, w_v)
-    x = dense_min_norm(a, rhs)  # float64
-    b = rhs.to(torch.float64)
-    if float(torch.linalg.vector_norm(a.to(torch.float64) @ x - b)) > 1e-9 * max(
-            float(torch.linalg.vector_norm(b)), 1e-300):
-        return None
-    x = x.to(like.dtype)
-    return {e.name: part.T.reshape(-1, *sh[1:])
-            for e, part, sh in zip(ins, x.split(sizes), shapes, strict=True)}
+    ring = torch.ones(full, dtype=torch.bool, device=ref.device)
+    dh, dw = (full[0] - own[0]) // 2, (full[1] - own[1]) // 2
+    ring[dh:dh + own[0], dw:dw + own[1]] = False
+    rows = ring.expand(current.shape[1], *full).reshape(-1)
+    return _cut_update(_Block("sink", tuple(ins)), filters, -current, pre, {}, full,
+                       rows=rows, exact=True)
 
 
 def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
@@ -484,7 +479,9 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
                 deltas = {e.name: solve_linear(op, residual, filters[e.name], rtol=inner_rtol,
                                                max_iter=max_iter)}
             else:
-                deltas = _cut_update(block, filters, residual, pre, suf, k_eff)
+                cut = _cut_update(block, filters, residual, pre, suf, k_eff)
+                assert cut is not None  # only an ``exact`` update can decline
+                deltas = cut
             trial = dict(filters)
             for name, d in deltas.items():
                 trial[name] = filters[name] + d.to(filters[name].dtype)
