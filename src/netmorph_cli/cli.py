@@ -104,6 +104,7 @@ def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dt
     if result is not None:
         console.print(solve_report(result, channels, kernel, dtype, device))
 
+_DATASETS = ["cifar10", "cifar100", "cifar10-mini", "cifar100-mini", "synthetic"]
 _FORCE = click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 _OUT = click.option("-o", "--output", "out", required=True, metavar="OUT",
                     help="Checkpoint to write (.safetensors, or .pt).")
@@ -190,16 +191,33 @@ def import_(file: str, out: str, arch: str | None, force: bool) -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
               help="Store the child in this dtype [default: the parent's].")
 @click.option("--no-check", is_flag=True, help="Skip the quick verification before writing.")
+@click.option("--calibrate", "calibrate_on", type=click.Choice(_DATASETS), default=None,
+              metavar="DATASET",
+              help="Set the new BN layers from this data set's training images, so the child "
+                   "keeps the parent's function in training mode too (eval mode stays exact).")
+@click.option("--data-dir", default=None, metavar="DIR",
+              help="--calibrate: where data sets live [default: $NETMORPH_DATA, else "
+                   "~/.cache/netmorph].")
+@click.option("--calibrate-batches", type=click.IntRange(min=1, max=1000), default=32,
+              show_default=True, help="--calibrate: batches of 128 training images.")
 @_JSON
 @_FORCE
 def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_all: bool,
           no_bn: bool, act: str, paper_bn: bool, dtype: str | None, no_check: bool,
+          calibrate_on: str | None, data_dir: str | None, calibrate_batches: int,
           as_json: bool, force: bool) -> None:
     """Morph a checkpoint into a larger one that computes the same function.
+
+    New BN layers start as the identity on (mean 0, var 1): exact in eval mode, but not in
+    training mode, where BN divides by each batch's own statistics. A child that will be
+    trained should be morphed with --calibrate DATASET: the new BN layers then take the
+    statistics of their inputs over 32 batches of training images (eq. 9 with the data's
+    mean and variance); eval mode stays exact and training mode keeps the parent's loss.
 
     \b
     Examples:
       netmorph morph resnet20.safetensors --module 1c1 -o morph20_1c1.safetensors
+      netmorph morph r20.safetensors --module 1c1 --calibrate cifar10 -o c.safetensors
       netmorph morph resnet20.safetensors --module examples/modules/D.json \\
           --at layer1.1.conv1 -o morph20_D.safetensors
     """
@@ -209,11 +227,27 @@ def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_a
     from .runtime import resolve_dtype
     from .verify import verify
 
+    if calibrate_on and paper_bn:
+        raise click.UsageError("--calibrate sets the new BN layers from data; --paper-bn "
+                               "keeps the paper's gamma=1, beta=0: choose one")
+    if data_dir is not None and not calibrate_on:
+        raise click.UsageError("--data-dir applies to --calibrate")
     check_output(out, force=force, protect=[parent])
     net = load(parent)
+    batches = None
+    if calibrate_on:  # read the data first: a missing set fails before the solve
+        from .train import training_batches
+
+        batches = training_batches(net, calibrate_on, data_dir, batches=calibrate_batches,
+                                   seed=seed, purpose="calibrate")
     child = morph_network(net, module, at=at, seed=seed, prelu=prelu_all, bn=not no_bn, act=act,
                           exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
                           parent_sha256=file_sha256(parent))
+    if batches is not None:
+        from .calibrate import calibrate
+
+        assert calibrate_on is not None
+        child = calibrate(child, [x for x, _ in batches], dataset=calibrate_on, seed=seed)
     report = None
     if not no_check and not paper_bn:
         report = verify(net, child, dtype=child.dtype, samples=4)
@@ -231,6 +265,10 @@ def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_a
     click.echo(f"morphed {net.description['arch']} → {child.description['arch']} at {where}: "
                f"solver residual {entry['residual']:.2e}, FLOPs {format_flops(f0)} → "
                f"{format_flops(f1)} ({f1 / f0:.2f}×)")
+    cal = entry.get("calibration")
+    if cal:
+        click.echo(f"calibrated {len(cal['layers'])} new BN layers on {cal['images']} "
+                   f"{cal['dataset']} training images (train-mode batch statistics)")
     if report:
         click.echo(f"check: {report.samples} random inputs in {report.dtype}, max relative "
                    f"error {report.max_rel_err:.2e}")
@@ -259,25 +297,49 @@ def _check_failed(report: Any) -> NetmorphError:
 @click.option("--tol", type=float, default=None,
               help="Max relative error of the logits [default: 1e-5 float32, 1e-10 float64].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--mode", type=click.Choice(["eval", "train"]), default="eval",
+              show_default=True,
+              help="eval: random inputs, BN on running statistics; train: real training "
+                   "images, BN on batch statistics (needs --dataset).")
+@click.option("--dataset", type=click.Choice(_DATASETS), default=None,
+              help="--mode train: the data set whose training images are used.")
+@click.option("--data-dir", default=None, metavar="DIR",
+              help="Where data sets live [default: $NETMORPH_DATA, else ~/.cache/netmorph].")
+@click.option("--batches", type=click.IntRange(min=1, max=10000), default=8,
+              show_default=True, help="--mode train: number of batches.")
+@click.option("--batch-size", type=click.IntRange(min=2, max=65536), default=128,
+              show_default=True, help="--mode train: images per batch.")
 def verify_cmd(parent: str, child: str, as_json: bool, dtype: str | None, samples: int,
-               seed: int,
-               tol: float | None, device: str) -> None:
-    """Check that CHILD computes PARENT's function (eval mode).
+               seed: int, tol: float | None, device: str, mode: str, dataset: str | None,
+               data_dir: str | None, batches: int, batch_size: int) -> None:
+    """Check that CHILD computes PARENT's function.
 
-    Runs both on the same random inputs and compares the logits (max absolute error, max
-    relative error ‖Δ‖∞/‖logits‖∞, top-1 agreement) and every morphed module's output.
-    Exit 0 within tolerance, 1 outside it. A float32 child (new filters rounded to
-    float32) is checked in float32 by default; morph with --dtype float64 to check
-    exactness to 1e-10.
+    --mode eval (default): runs both on the same random inputs and compares the logits (max
+    absolute error, max relative error ‖Δ‖∞/‖logits‖∞, top-1 agreement) and every morphed
+    module's output. Exit 0 within tolerance, 1 outside it. A float32 child (new filters
+    rounded to float32) is checked in float32 by default; morph with --dtype float64 to
+    check exactness to 1e-10.
+
+    --mode train: runs both in training mode (BN on the statistics of each batch, as
+    `train` runs them; nothing is updated) on the same training images, no augmentation,
+    and reports each network's loss and accuracy and the max relative logit difference.
+    Passes when child loss ≤ 1.10 × parent loss + 0.01: a morph to be trained must keep
+    the function there too (see morph --calibrate).
 
     \b
-    Example:
+    Examples:
       netmorph verify resnet20.safetensors morph20_1c1.safetensors --dtype float64
+      netmorph verify r20.safetensors c.safetensors --mode train --dataset cifar10
     """
     from .checkpoint import load
     from .runtime import resolve_device, resolve_dtype
     from .verify import verify
 
+    if mode == "train":
+        return _verify_train(parent, child, as_json, dtype, seed, tol, device, dataset,
+                             data_dir, batches, batch_size)
+    if dataset is not None:
+        raise click.UsageError("--dataset applies to --mode train")
     p, c = load(parent), load(child)
     report = verify(p, c, dtype=resolve_dtype(dtype) if dtype else c.dtype, samples=samples,
                     seed=seed, tol=tol, device=resolve_device(device))
@@ -287,6 +349,35 @@ def verify_cmd(parent: str, child: str, as_json: bool, dtype: str | None, sample
         from .report import verify_report
 
         _console().print(verify_report(report))
+    if not report.passed:
+        raise click.exceptions.Exit(1)
+
+
+def _verify_train(parent: str, child: str, as_json: bool, dtype: str | None, seed: int,
+                  tol: float | None, device: str, dataset: str | None, data_dir: str | None,
+                  batches: int, batch_size: int) -> None:
+    from .checkpoint import load
+    from .runtime import resolve_device, resolve_dtype
+    from .train import training_batches
+    from .verify import verify_train_mode
+
+    if dataset is None:
+        raise click.UsageError("--mode train needs --dataset (the training images to run)")
+    if tol is not None:
+        raise click.UsageError("--tol applies to --mode eval (train mode passes on the loss: "
+                               "child ≤ 1.10 × parent + 0.01)")
+    p, c = load(parent), load(child)
+    dev = resolve_device(device)
+    data = training_batches(p, dataset, data_dir, batches=batches, batch_size=batch_size,
+                            seed=seed, purpose="verify", device=dev)
+    report = verify_train_mode(p, c, data, dtype=resolve_dtype(dtype) if dtype else c.dtype,
+                               inputs_name=dataset, device=dev)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        from .report import train_mode_report
+
+        _console().print(train_mode_report(report))
     if not report.passed:
         raise click.exceptions.Exit(1)
 
@@ -316,9 +407,7 @@ def info(ckpt: str, as_json: bool) -> None:
 
 
 _DATA = [
-    click.option("--dataset", required=True,
-                 type=click.Choice(["cifar10", "cifar100", "cifar10-mini", "cifar100-mini",
-                                    "synthetic"]),
+    click.option("--dataset", required=True, type=click.Choice(_DATASETS),
                  help="Data set (read from --data-dir; downloaded when missing and online)."),
     click.option("--data-dir", default=None, metavar="DIR",
                  help="Where data sets live [default: $NETMORPH_DATA, else ~/.cache/netmorph]."),
@@ -361,13 +450,22 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
 @click.argument("ckpt", metavar="CKPT")
 @_data_options
 @_OUT
-@click.option("--epochs", type=click.IntRange(min=1), default=164, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1,
-              show_default=True, help="Peak learning rate (per global batch).")
+@click.option("--recipe", type=click.Choice(["paper", "continue"]), default="paper",
+              show_default=True,
+              help="paper: from scratch, 164 epochs, lr 0.1 ÷10 at 50%/75%; continue: a "
+                   "trained or morphed network, 10 epochs, cosine from lr 0.02 to 0. "
+                   "Options below override the recipe's values.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs [recipe: 164 paper, 10 continue].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate per global batch [recipe: 0.1 paper, 0.02 continue].")
+@click.option("--schedule", type=click.Choice(["step", "cosine"]), default=None,
+              help="step: lr ÷10 at --milestones; cosine: from --lr to 0 [recipe's].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Global batch size (split over torchrun ranks).")
-@click.option("--milestones", default="0.5,0.75", show_default=True,
-              help="lr ÷10 points: fractions of training (≤ 1) or epochs.")
+@click.option("--milestones", default=None,
+              help="Step schedule's lr ÷10 points: fractions of training (≤ 1) or epochs "
+                   "[0.5,0.75].")
 @click.option("--warmup", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Epochs of linear lr warm-up.")
 @click.option("--momentum", type=click.FloatRange(min=0, max=1), default=0.9,
@@ -386,27 +484,32 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
               help="JSONL of per-epoch metrics [default: OUT.metrics.jsonl].")
 @click.option("--quiet", is_flag=True, help="No progress bar; only the summary.")
 @_FORCE
-def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, epochs: int, lr: float,
-              batch_size: int, milestones: str, warmup: float, momentum: float,
+def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: str,
+              epochs: int | None, lr: float | None, schedule: str | None, batch_size: int,
+              milestones: str | None, warmup: float, momentum: float,
               weight_decay: float, seed: int, device: str | None, compile_: bool,
               precision: str, no_amp: bool, resume: bool, metrics: str | None, quiet: bool,
               force: bool) -> None:
-    """Train a checkpoint (a parent or a morphed child) with the paper's CIFAR recipe.
+    """Train a checkpoint (a parent or a morphed child).
 
-    SGD (momentum 0.9, weight decay 1e-4), batch 128, lr 0.1 divided by 10 at 50% and 75%
-    of training, pad-4 random crop + flip, a fresh optimizer. Writes OUT at the end,
+    SGD (momentum 0.9, weight decay 1e-4), batch 128, pad-4 random crop + flip, a fresh
+    optimizer. --recipe paper (default) is the paper's CIFAR schedule for training from
+    scratch: 164 epochs, lr 0.1 divided by 10 at 50% and 75%. --recipe continue is for a
+    trained parent or a morphed child: 10 epochs of cosine annealing from lr 0.02 to 0
+    (restarting at 0.1 throws away much of what the network knew). Writes OUT at the end,
     OUT.state.pt every epoch (for --resume) and OUT.metrics.jsonl. Runs under
     torchrun --nproc-per-node N as DistributedDataParallel.
 
     \b
     Examples:
-      netmorph train morph20_1c1.safetensors --dataset cifar10 -o trained.safetensors
+      netmorph train morph20_1c1.safetensors --dataset cifar10 --recipe continue \\
+          -o trained.safetensors
       torchrun --nproc-per-node 2 -m netmorph_cli train r20.safetensors \\
           --dataset cifar10 -o r20_trained.safetensors
     """
     from .checkpoint import check_output, load, save
     from .runtime import default_device, parse_milestones, resolve_device
-    from .train import TrainConfig, init_distributed, train
+    from .train import RECIPES, TrainConfig, init_distributed, train
 
     if no_amp and precision != "auto":
         raise click.UsageError(f"--no-amp (an old name of --precision fp32) contradicts "
@@ -414,9 +517,14 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, epochs: i
     dev = resolve_device(device) if device else default_device()
     if not resume:
         check_output(out, force=force, protect=[ckpt])
-    cfg = TrainConfig(dataset=dataset, epochs=epochs, lr=lr, batch_size=batch_size,
-                      momentum=momentum, weight_decay=weight_decay,
-                      milestones=parse_milestones(milestones), warmup=warmup, seed=seed,
+    given = {"epochs": epochs, "lr": lr, "schedule": schedule,
+             "milestones": parse_milestones(milestones) if milestones is not None else None}
+    chosen = {**RECIPES[recipe][1], **{k: v for k, v in given.items() if v is not None}}
+    if milestones is not None and chosen["schedule"] != "step":
+        raise click.UsageError(f"--milestones applies to the step schedule, not "
+                               f"{chosen['schedule']} (recipe {recipe})")
+    cfg = TrainConfig(dataset=dataset, batch_size=batch_size, momentum=momentum,
+                      weight_decay=weight_decay, warmup=warmup, seed=seed, **chosen,
                       precision="fp32" if no_amp else precision, compile=compile_)
     net = load(ckpt)
     dist = init_distributed(dev)

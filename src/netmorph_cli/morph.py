@@ -72,6 +72,11 @@ def _put(tensors: dict[str, torch.Tensor], name: str, values: dict[str, torch.Te
 def _finish(net: Network, desc: dict[str, Any], tensors: dict[str, torch.Tensor],
             entry: dict[str, Any]) -> Network:
     validate_description(desc)
+    old = net.nodes
+    # BN layers this morph added: identity in eval mode on (mean 0, var 1) until
+    # ``calibrate`` sets them from data for training mode
+    entry["new_bn"] = [n["name"] for n in desc["nodes"]
+                       if n["op"] == "bn" and n["name"] not in old]
     child = Network(desc, tensors, [*net.history, entry], dict(net.meta))
     return child.check()
 

@@ -11,7 +11,7 @@ from rich.text import Text
 from .graph import Kernel
 from .reduce import ReductionPlan
 from .solve import SolveResult
-from .verify import VerifyReport
+from .verify import TrainModeReport, VerifyReport
 
 
 def kernel_text(k: Kernel | list[int]) -> str:
@@ -102,6 +102,21 @@ def verify_report(r: VerifyReport) -> Group:
     return Group(*parts)
 
 
+def train_mode_report(r: TrainModeReport) -> Group:
+    verdict = ("PASSED", "bold green") if r.passed else ("FAILED", "bold red")
+    head = Text.assemble(verdict, f" — training mode (BN on batch statistics), {r.batches} "
+                         f"batches of {r.batch_size} {r.inputs} training images in {r.dtype}")
+    table = Table()
+    for col in ("network", "loss", "accuracy"):
+        table.add_column(col)
+    table.add_row("parent", f"{r.parent_loss:.4f}", f"{100 * r.parent_accuracy:.1f}%")
+    table.add_row("child", f"{r.child_loss:.4f}", f"{100 * r.child_accuracy:.1f}%")
+    tail = Text(f"child loss limit {r.limit:.4f} (1.10 × parent + 0.01); child − parent per "
+                f"batch: std {r.loss_diff_std:.4f}; max relative logit difference "
+                f"{r.max_rel_err:.3e}")
+    return Group(head, table, tail)
+
+
 def info_report(s: dict[str, Any]) -> Group:
     from .flops import format_flops
 
@@ -133,8 +148,13 @@ def info_report(s: dict[str, Any]) -> Group:
             what = h.get("preset") or h.get("module") or h.get("op")
             where = h.get("at") or (f"{len(h['blocks'])} blocks" if "blocks" in h else "all")
             res = h.get("residual")
-            table.add_row(str(i), str(what), str(where), str(h.get("seed", "")),
-                          f"{res:.2e}" if isinstance(res, float) else "")
+            result = f"{res:.2e}" if isinstance(res, float) else ""
+            cal = h.get("calibration")
+            if isinstance(cal, dict):
+                result += f", BN calibrated on {cal.get('images')} {cal.get('dataset')} images"
+            elif h.get("new_bn"):
+                result += f", {len(h['new_bn'])} new BN uncalibrated"
+            table.add_row(str(i), str(what), str(where), str(h.get("seed", "")), result)
         lines.append(Text("morph history:", style="bold"))
         lines.append(table)
     else:

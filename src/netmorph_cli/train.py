@@ -39,6 +39,9 @@ class TrainConfig:
     batch_size: int = 128  # global, over all ranks
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # "step": the paper's step decay (lr × gamma at each milestone); "cosine": cosine
+    # annealing from lr to 0 over the run (continuing a trained or morphed network)
+    schedule: str = "step"
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training (≤ 1) or epochs
     gamma: float = 0.1  # lr factor at each milestone
     warmup: float = 0.0  # epochs of linear warm-up
@@ -52,18 +55,40 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be {' or '.join(SCHEDULES)}, not "
+                             f"{self.schedule!r}")
 
     def lr_at(self, epoch: float, step: float = 0.0) -> float:
         """Learning rate of a step that starts at fractional ``epoch`` and lasts ``step``
         epochs: linear warm-up (to the step's end, so the first step does not go at lr 0),
-        then step decay at milestones."""
+        then step decay at milestones, or cosine annealing from lr (end of warm-up) to 0 at
+        the end of training (taken at the step's start, so the last step is not at lr 0)."""
         if self.warmup > 0 and epoch < self.warmup:
             return self.lr * min(epoch + step, self.warmup) / self.warmup
+        if self.schedule == "cosine":
+            span = max(self.epochs - self.warmup, 1e-12)
+            t = min(max(epoch - self.warmup, 0.0) / span, 1.0)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * t))
         steps = sum(1 for m in self.milestone_epochs() if epoch >= m)
         return self.lr * self.gamma ** steps
 
     def milestone_epochs(self) -> list[float]:
         return [m * self.epochs if m <= 1 else m for m in self.milestones]
+
+
+SCHEDULES = ("step", "cosine")
+
+# Named recipes: (what it is for, the TrainConfig fields it sets). Options given on the
+# command line override a recipe's values.
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "paper": ("training from scratch (He et al. 2015, the paper's phases): 164 epochs, lr "
+              "0.1 ÷10 at 50% and 75%",
+              {"schedule": "step", "lr": 0.1, "epochs": 164, "milestones": (0.5, 0.75)}),
+    "continue": ("continuing a trained or morphed network for a short budget: 10 epochs, "
+                 "cosine from lr 0.02 to 0 (as NASH after each morph)",
+                 {"schedule": "cosine", "lr": 0.02, "epochs": 10}),
+}
 
 
 @dataclass
@@ -175,6 +200,31 @@ def _check_fits(net: Network, data: Dataset) -> None:
     if net.description["num_classes"] != data.num_classes:
         raise DataError(f"the network has {net.description['num_classes']} classes, "
                         f"{data.name} has {data.num_classes}")
+
+
+def training_batches(net: Network, dataset: str, data_dir: str | Path | None = None, *,
+                     batches: int, batch_size: int = 128, seed: int = 0, purpose: str = "",
+                     device: torch.device | str = "cpu", data: Dataset | None = None
+                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``batches`` batches of ``batch_size`` training images (a seeded random draw without
+    replacement, no augmentation), normalized as the checkpoint says, with their labels: the
+    inputs of calibration and of train-mode verification. ``purpose`` ("calibrate",
+    "verify") picks an independent draw for each use of one seed, so a verification does
+    not reuse the calibration's images. Fewer batches when the set is smaller; a
+    ``DataError`` when the data do not fit the network or hold less than one batch."""
+    data = data or load_dataset(dataset, data_dir)
+    _check_fits(net, data)
+    n = min(batches, len(data.x_train) // batch_size)
+    if n < 1:
+        raise DataError(f"{data.name} has {len(data.x_train)} training images, fewer than "
+                        f"one batch of {batch_size}")
+    mean, std = normalization(net)
+    stream = int.from_bytes(purpose.encode()[:7], "little")
+    gen = _seeded(seed, stream, 1)
+    pick = torch.randperm(len(data.x_train), generator=gen)[:n * batch_size].numpy()
+    x = to_tensor(data.x_train[pick], mean, std, device)
+    y = torch.from_numpy(data.y_train[pick]).to(device)
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
 
 
 # -- training ----------------------------------------------------------------------------
@@ -417,8 +467,9 @@ def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
         raise TrainingError(f"--resume: cannot read {path}: {exc}") from None
     mine = _config_json(cfg)
+    defaults = _config_json(TrainConfig())  # states written before a field existed
     diff = [k for k in mine if k not in ("compile", "precision", "channels_last")
-            and saved.get(k) != mine[k]]
+            and saved.get(k, defaults[k]) != mine[k]]
     if diff:
         raise TrainingError(f"--resume: options differ from the interrupted run "
                             f"({', '.join(f'{k}: {saved.get(k)} → {mine[k]}' for k in diff)})")

@@ -118,3 +118,77 @@ def verify(parent: Network, child: Network, *, dtype: torch.dtype = torch.float6
     finite = all(v == v for v in (max_abs, rel))  # NaN never passes
     return VerifyReport(finite and rel <= tol, max_abs, rel, agree / n if n else 1.0,
                         str(dtype).removeprefix("torch."), n, tol, inputs_name, sites)
+
+
+# -- training mode ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainModeReport:
+    """Parent and child in training mode (BN on batch statistics) on the same batches."""
+
+    passed: bool
+    parent_loss: float  # mean cross-entropy over all images
+    child_loss: float
+    parent_accuracy: float
+    child_accuracy: float
+    max_rel_err: float  # ‖Δ logits‖∞ / ‖parent logits‖∞ over all batches
+    loss_diff_std: float  # std over batches of (child − parent) batch loss
+    batches: int
+    batch_size: int
+    dtype: str
+    inputs: str
+    limit: float  # the child loss that passes: 1.10 · parent_loss + 0.01
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "mode": "train", "dtype": self.dtype,
+                "inputs": self.inputs,
+                "train_mode": {"parent_loss": self.parent_loss, "child_loss": self.child_loss,
+                               "parent_accuracy": self.parent_accuracy,
+                               "child_accuracy": self.child_accuracy,
+                               "max_rel_err": self.max_rel_err,
+                               "loss_diff_std": self.loss_diff_std, "limit": self.limit,
+                               "batches": self.batches, "batch_size": self.batch_size}}
+
+
+def train_mode_limit(parent_loss: float) -> float:
+    """The loss a child may reach in training mode and pass: new BN layers add batch-
+    statistic noise that moves the loss a few percent either way."""
+    return parent_loss * 1.10 + 0.01
+
+
+def verify_train_mode(parent: Network, child: Network,
+                      batches: list[tuple[torch.Tensor, torch.Tensor]], *,
+                      dtype: torch.dtype = torch.float32, inputs_name: str = "data",
+                      device: torch.device | str = "cpu") -> TrainModeReport:
+    """Run both networks in training mode on ``batches`` (normalized images, labels) and
+    compare losses, accuracies and logits. Neither network is changed: the modules are
+    copies, their running statistics are thrown away."""
+    check_pair(parent, child)
+    if not batches:
+        raise VerificationError("no batches to verify in training mode")
+    pnet = parent.module(dtype, device).train()
+    cnet = child.module(dtype, device).train()
+    p_loss, c_loss, diffs = [], [], []
+    p_right = c_right = n = 0
+    max_abs = scale = 0.0
+    with torch.no_grad():
+        for x, y in batches:
+            x, y = x.to(device=device, dtype=dtype), y.to(device)
+            py, cy = pnet(x), cnet(x)
+            lp = float(torch.nn.functional.cross_entropy(py.double(), y))
+            lc = float(torch.nn.functional.cross_entropy(cy.double(), y))
+            p_loss.append(lp * len(y))
+            c_loss.append(lc * len(y))
+            diffs.append(lc - lp)
+            p_right += int((py.argmax(1) == y).sum())
+            c_right += int((cy.argmax(1) == y).sum())
+            n += len(y)
+            max_abs = _worst(max_abs, float((cy - py).abs().max()))
+            scale = _worst(scale, float(py.abs().max()))
+    pl, cl = sum(p_loss) / n, sum(c_loss) / n
+    spread = float(torch.tensor(diffs, dtype=torch.float64).std()) if len(diffs) > 1 else 0.0
+    limit = train_mode_limit(pl)
+    rel = max_abs / scale if scale > 0 else max_abs
+    return TrainModeReport(cl == cl and cl <= limit, pl, cl, p_right / n, c_right / n, rel,
+                           spread, len(batches), len(batches[0][1]),
+                           str(dtype).removeprefix("torch."), inputs_name, limit)

@@ -1,0 +1,112 @@
+"""Data-calibrated BN: a morph that keeps the parent's function in training mode too.
+
+A new BN layer of a morph is the identity in eval mode when its running statistics and its
+affine parameters agree: running_mean = β = μ and running_var = σ², γ = √(σ² + ε) give
+(x − μ)/√(σ² + ε)·γ + β = x for *any* μ, σ² (the paper's eq. 9). Which μ, σ² does not matter
+in eval mode; in training mode it does: BN then normalizes by the batch's own mean μ_B and
+variance σ²_B, and the layer computes (x − μ_B)·√(σ² + ε)/√(σ²_B + ε) + μ, the identity
+only where μ_B ≈ μ and σ²_B ≈ σ². The uncalibrated choice (μ = 0, σ² = 1) is far from a
+real feature map's statistics, so a child in training mode is a much worse network than
+its parent (train-mode loss 0.13 → 3.8 on a trained ResNet-20 with 1c1).
+
+``calibrate`` runs the child over training batches *in training mode* (the parent's BN
+layers on batch statistics, as ``train`` will run them) with its new BN layers in eval mode
+(the identity), records at each new BN the average over batches of the per-channel batch
+mean and (biased) batch variance of its input — exactly the μ_B and σ²_B that training-mode
+BN divides by — and sets μ, σ² to them. Eval mode stays the identity to rounding (≤ 1e-10
+in float64); training mode is the identity up to batch-to-batch noise.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import MorphError
+from .network import Network
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a calibration did, as recorded in the morph's history entry."""
+
+    dataset: str
+    batches: int
+    batch_size: int
+    seed: int
+    layers: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": "train-mode batch statistics (eq. 9 with the data's mean and "
+                          "variance)", "dataset": self.dataset, "batches": self.batches,
+                "batch_size": self.batch_size, "images": self.batches * self.batch_size,
+                "seed": self.seed, "layers": list(self.layers)}
+
+
+def uncalibrated_layers(net: Network) -> list[str]:
+    """New BN layers of the last morph that no calibration has set yet."""
+    if not net.history or "new_bn" not in net.history[-1]:
+        return []
+    entry = net.history[-1]
+    return [] if entry.get("calibration") else list(entry["new_bn"])
+
+
+def calibrate(net: Network, batches: Iterable[torch.Tensor], *, dataset: str, seed: int = 0,
+              layers: Sequence[str] | None = None, device: torch.device | str = "cpu"
+              ) -> Network:
+    """A copy of ``net`` whose BN layers ``layers`` (default: the new BN layers of its last
+    morph) are set from the training-mode statistics of their inputs over ``batches``
+    (normalized images, (N, C, H, W)), and the calibration recorded in the last history
+    entry. Raises ``MorphError`` when there is nothing to calibrate or no batch."""
+    names = list(layers) if layers is not None else uncalibrated_layers(net)
+    if not names:
+        raise MorphError("nothing to calibrate: the last morph added no BN layer (or it is "
+                         "calibrated already)")
+    nodes = net.nodes
+    for name in names:
+        if nodes.get(name, {}).get("op") != "bn":
+            raise MorphError(f"cannot calibrate {name!r}: not a BN layer of the network")
+    model = net.module(None, device).train()  # a throwaway copy: its running stats may move
+    sums = {n: torch.zeros(2, nodes[n]["channels"], dtype=torch.float64) for n in names}
+    hooks = []
+    for name in names:
+        layer = model.get_submodule(name)
+        layer.eval()  # the identity while the statistics are gathered
+
+        def record(mod: torch.nn.Module, args: tuple[torch.Tensor, ...], name: str = name
+                   ) -> None:
+            x = args[0].detach().to(torch.float64)
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)  # what train-mode BN uses
+            sums[name] += torch.stack([mean, var]).cpu()
+
+        hooks.append(layer.register_forward_pre_hook(record))
+    count, size = 0, 0
+    try:
+        with torch.no_grad():
+            for xb in batches:
+                model(xb.to(device=device, dtype=net.dtype))
+                count, size = count + 1, max(size, len(xb))
+    finally:
+        for h in hooks:
+            h.remove()
+    if count == 0:
+        raise MorphError("no data to calibrate with (0 batches)")
+    tensors = dict(net.tensors)
+    for name in names:
+        mean, var = sums[name] / count
+        eps = nodes[name]["eps"]
+        values = {"running_mean": mean, "running_var": var,
+                  "weight": torch.sqrt(var + eps), "bias": mean}
+        for k, v in values.items():
+            tensors[f"{name}.{k}"] = v.to(net.tensors[f"{name}.{k}"].dtype).contiguous()
+    history = copy.deepcopy(net.history)
+    if history and layers is None:
+        history[-1]["calibration"] = Calibration(dataset, count, size, seed,
+                                                 tuple(names)).to_json()
+    return Network(copy.deepcopy(net.description), tensors, history,
+                   copy.deepcopy(net.meta)).check()
+
