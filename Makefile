@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.netmorph-installed
 # CPU build on these machines; see README for CUDA builds.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test demo lint bench clean reproduce-quick reproduce-full
+.PHONY: install test demo lint bench clean reproduce-quick reproduce-full grow-quick
 
 install: $(STAMP)
 
@@ -40,6 +40,14 @@ reproduce-quick: install
 reproduce-full: install
 	PATH=$(VENV)/bin:$$PATH $(PY) examples/reproduce/run.py --scale full --data-dir "$(DATA_DIR)" \
 	    --out examples/reproduce/results-full
+
+# Calibrated morphs of the real akamaster ResNet-20 vs the parent trained on (issue: does a
+# grown network beat its parent?). WEIGHTS: resnet20-12fca82f.th; EPOCHS per run.
+WEIGHTS ?= $(DATA_DIR)/../weights/akamaster_resnet20-12fca82f.th
+EPOCHS ?= 4
+grow-quick: install
+	PATH=$(VENV)/bin:$$PATH $(PY) examples/grow/run.py --weights "$(WEIGHTS)" \
+	    --data-dir "$(DATA_DIR)" --epochs $(EPOCHS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache demo-out

@@ -25,7 +25,7 @@ from .algebra import compose, pad_to
 from .errors import MorphError
 from .graph import ModuleGraph
 from .network import Network, as_pair, node, validate_description
-from .solve import _Rng, decompose_type1, morph_filter
+from .solve import _Rng, conditioning, decompose_type1, morph_filter
 
 PRESET_RE = re.compile(r"^(\d+)c(\d+)(_2branch)?(_half)?$")
 
@@ -109,15 +109,16 @@ def morph_preset(net: Network, preset: str, *, seed: int = 0, exact_bn: bool = T
         raise MorphError("no residual block to morph: the network has no layerL.I.add joins "
                          "beyond the first block of each stage")
     rng = _Rng(seed, torch.float64, "cpu")
-    worst = 0.0
+    worst, cond = 0.0, 0.0
     compare = []
     for stage, i in blocks:
         prefix = f"layer{stage}.{i}."
-        worst = max(worst, _morph_block(desc, tensors, prefix, p, rng, dtype, exact_bn))
+        res, c = _morph_block(desc, tensors, prefix, p, rng, dtype, exact_bn)
+        worst, cond = max(worst, res), max(cond, c)
         compare.append([f"{prefix}add", f"{prefix}add"])
     entry = {"op": "preset", "preset": preset, "seed": seed, "residual": worst,
-             "blocks": [f"layer{s}.{i}" for s, i in blocks], "compare": compare,
-             "exact_bn": exact_bn}
+             "condition": cond, "blocks": [f"layer{s}.{i}" for s, i in blocks],
+             "compare": compare, "exact_bn": exact_bn}
     desc["arch"] = _arch_name(desc["arch"], preset)
     return _finish(net, desc, tensors, entry)
 
@@ -128,7 +129,10 @@ def _arch_name(arch: str, preset: str) -> str:
 
 
 def _morph_block(desc: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str,
-                 p: Preset, rng: _Rng, dtype: torch.dtype, exact_bn: bool) -> float:
+                 p: Preset, rng: _Rng, dtype: torch.dtype, exact_bn: bool
+                 ) -> tuple[float, float]:
+    """Morph one block; returns the worst relative residual of its splits and the worst
+    condition number of its new factors (``solve.conditioning``; 0 when nothing is new)."""
     idx = _index(desc)
     add = desc["nodes"][idx[f"{prefix}add"]]
     existing = [b for b in (1, 2) if f"{prefix}morph{b}.conv1" in idx]
@@ -136,7 +140,7 @@ def _morph_block(desc: dict[str, Any], tensors: dict[str, torch.Tensor], prefix:
         _grow_branch(desc, tensors, f"{prefix}morph{b}.", p.k1, p.k2)
     new = [b for b in range(1, p.branches + 1) if b not in existing]
     if not new:
-        return 0.0
+        return 0.0, 0.0
     sc = add.get("shortcut")
     if sc is None:
         raise MorphError(f"block {prefix[:-1]!r} has no identity shortcut left to morph")
@@ -148,7 +152,7 @@ def _morph_block(desc: dict[str, Any], tensors: dict[str, torch.Tensor], prefix:
     keep_identity = p.branches == 1
     share = c / 2 if keep_identity else c / len(new)
     width = desc["nodes"][idx[f"{prefix}bn2"]]["channels"]
-    worst = 0.0
+    worst, cond = 0.0, 0.0
     pos = idx[f"{prefix}add"]
     for b in new:
         g = share * torch.eye(width, dtype=torch.float64).reshape(width, width, 1, 1)
@@ -156,6 +160,7 @@ def _morph_block(desc: dict[str, Any], tensors: dict[str, torch.Tensor], prefix:
         kk = p.k1 + p.k2 - 1
         err = float(torch.linalg.vector_norm(compose(f2, f1) - pad_to(g, (kk, kk))))
         worst = max(worst, err / float(torch.linalg.vector_norm(g)))
+        cond = max(cond, conditioning(f1), conditioning(f2))
         bp = f"{prefix}morph{b}."
         margin = (p.k1 - 1) // 2 + (p.k2 - 1) // 2
         nodes = [
@@ -183,7 +188,7 @@ def _morph_block(desc: dict[str, Any], tensors: dict[str, torch.Tensor], prefix:
     else:
         del add["inputs"][sc], add["coeffs"][sc]
         add["shortcut"] = None
-    return worst
+    return worst, cond
 
 
 def _grow_branch(desc: dict[str, Any], tensors: dict[str, torch.Tensor], bp: str, k1: int,

@@ -194,6 +194,13 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: _Rng
     target = resize(g, kk)
     area, a1, a2 = kk[0] * kk[1], k1[0] * k1[1], k2[0] * k2[1]
     gnorm = float(torch.linalg.vector_norm(target)) or 1.0
+    if gk == (1, 1) and mid >= c_in:
+        # a 1×1 G (ResNet's 0.5·I): unimodular factors first. Deconvolution would draw a
+        # random square Gaussian factor and solve the other as its inverse, with condition
+        # numbers that grow with the width (7.3e3 at 32 channels: float32 children then
+        # miss their 1e-5 check) and a dense solve that takes minutes at 512 channels;
+        # V = P(I + N)Q has cond(V) ≤ (1 + ‖N‖)² ≈ 6 at any width and costs two einsums.
+        return _unimodular_split(g, k1, k2, mid, rng)
     # eq. 3, per output row (F1 random) or per input column (F2 random)
     options = []
     if mid * a2 >= c_in * area:
@@ -207,16 +214,6 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: _Rng
             solved = "deconvolution (least squares)"
             drawn = "deconvolution (random factor)"
             return (f1, f2, (drawn, solved)) if which == "f1" else (f1, f2, (solved, drawn))
-    if gk == (1, 1) and mid >= c_in:
-        ku = (min(k1[0], k2[0]), min(k1[1], k2[1]))
-        v, v_inv = unimodular_pair(c_in, ku, rng)
-        e, e_perp = _embedding(mid, c_in, rng)
-        f1 = pad_to(torch.einsum("mc,cikl->mikl", e, v), k1)
-        if e_perp is not None:
-            f1 = f1 + torch.einsum("mr,rikl->mikl", e_perp, rng.filter(mid - c_in, c_in, k1))
-        g1 = resize(g, (1, 1))[:, :, 0, 0]
-        f2 = pad_to(torch.einsum("oc,cikl,mi->omkl", g1, v_inv, e), k2)
-        return f1, f2, ("unimodular", "unimodular")
     if fits(gk, k1) and mid >= c_out:
         e, e_perp = _embedding(mid, c_out, rng)
         f1 = torch.einsum("mo,oikl->mikl", e, resize(target, k1))
@@ -241,6 +238,22 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: _Rng
         f"TYPE-I split of a {c_out}×{c_in} filter into {k1[0]}×{k1[1]} then {k2[0]}×{k2[1]} "
         f"through {mid} channels is not exact: eq. 3 needs max(C_l·C_i·K1², C_j·C_l·K2²) ≥ "
         f"C_j·C_i·(K1+K2−1)², i.e. a middle width of at least {need}{smaller}")
+
+
+def _unimodular_split(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: _Rng
+                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, str]]:
+    """F1 = E V, F2 = G V⁻¹ Eᵀ for a 1×1 G and mid ≥ C_in (E: orthonormal columns; the rows
+    of F1 beyond C_in are random and F2 ignores them)."""
+    c_in = g.shape[1]
+    ku = (min(k1[0], k2[0]), min(k1[1], k2[1]))
+    v, v_inv = unimodular_pair(c_in, ku, rng)
+    e, e_perp = _embedding(mid, c_in, rng)
+    f1 = pad_to(torch.einsum("mc,cikl->mikl", e, v), k1)
+    if e_perp is not None:
+        f1 = f1 + torch.einsum("mr,rikl->mikl", e_perp, rng.filter(mid - c_in, c_in, k1))
+    g1 = resize(g, (1, 1))[:, :, 0, 0]
+    f2 = pad_to(torch.einsum("oc,cikl,mi->omkl", g1, v_inv, e), k2)
+    return f1, f2, ("unimodular", "unimodular")
 
 
 def _deconvolve(target: torch.Tensor, which: str, k1: Kernel, k2: Kernel, mid: int, rng: _Rng,
