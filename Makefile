@@ -44,7 +44,7 @@ reproduce-full: install
 # Calibrated morphs of the real akamaster ResNet-20 vs the parent trained on (issue: does a
 # grown network beat its parent?). WEIGHTS: resnet20-12fca82f.th; EPOCHS per run.
 WEIGHTS ?= $(DATA_DIR)/../weights/akamaster_resnet20-12fca82f.th
-EPOCHS ?= 4
+EPOCHS ?= 5
 grow-quick: install
 	PATH=$(VENV)/bin:$$PATH $(PY) examples/grow/run.py --weights "$(WEIGHTS)" \
 	    --data-dir "$(DATA_DIR)" --epochs $(EPOCHS)

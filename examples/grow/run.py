@@ -13,7 +13,7 @@ Each step is skipped when its output exists and an interrupted training resumes,
 script can be run again after a kill. Results (metrics, verify JSON, report.md, error.png,
 run.json) go to --out.
 
-    python examples/grow/run.py --weights resnet20-12fca82f.th --data-dir DIR [--epochs 4]
+    python examples/grow/run.py --weights resnet20-12fca82f.th --data-dir DIR [--epochs 5]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--weights", required=True, help="akamaster resnet20-12fca82f.th")
     ap.add_argument("--data-dir", default=os.environ.get("NETMORPH_DATA", ""))
     ap.add_argument("--dataset", default="cifar10")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--out", default=str(HERE / "results"))

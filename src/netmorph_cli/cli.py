@@ -479,6 +479,9 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
               help="auto: bf16 autocast on CUDA, float32 on CPU; bf16: autocast on any "
                    "device (≈ 2× on CPUs with bf16 units); fp32: float32 everywhere.")
 @click.option("--no-amp", is_flag=True, hidden=True, help="Same as --precision fp32.")
+@click.option("--no-calibrate", is_flag=True,
+              help="Train a morphed child as it is: do not set its uncalibrated new BN "
+                   "layers from training data before the first step.")
 @click.option("--resume", is_flag=True, help="Continue the run that writes OUT from its state.")
 @click.option("--metrics", default=None, metavar="FILE",
               help="JSONL of per-epoch metrics [default: OUT.metrics.jsonl].")
@@ -488,15 +491,18 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
               epochs: int | None, lr: float | None, schedule: str | None, batch_size: int,
               milestones: str | None, warmup: float, momentum: float,
               weight_decay: float, seed: int, device: str | None, compile_: bool,
-              precision: str, no_amp: bool, resume: bool, metrics: str | None, quiet: bool,
-              force: bool) -> None:
+              precision: str, no_amp: bool, no_calibrate: bool, resume: bool,
+              metrics: str | None, quiet: bool, force: bool) -> None:
     """Train a checkpoint (a parent or a morphed child).
 
     SGD (momentum 0.9, weight decay 1e-4), batch 128, pad-4 random crop + flip, a fresh
     optimizer. --recipe paper (default) is the paper's CIFAR schedule for training from
     scratch: 164 epochs, lr 0.1 divided by 10 at 50% and 75%. --recipe continue is for a
     trained parent or a morphed child: 10 epochs of cosine annealing from lr 0.02 to 0
-    (restarting at 0.1 throws away much of what the network knew). Writes OUT at the end,
+    (restarting at 0.1 throws away much of what the network knew). A child morphed without
+    --calibrate has its new BN layers set from 32 batches of training images first (as
+    morph --calibrate does), so it starts training from its parent's function; --no-calibrate
+    trains it as it is. Writes OUT at the end,
     OUT.state.pt every epoch (for --resume) and OUT.metrics.jsonl. Runs under
     torchrun --nproc-per-node N as DistributedDataParallel.
 
@@ -525,8 +531,12 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
                                f"{chosen['schedule']} (recipe {recipe})")
     cfg = TrainConfig(dataset=dataset, batch_size=batch_size, momentum=momentum,
                       weight_decay=weight_decay, warmup=warmup, seed=seed, **chosen,
-                      precision="fp32" if no_amp else precision, compile=compile_)
+                      precision="fp32" if no_amp else precision, compile=compile_,
+                      calibrate=not no_calibrate)
     net = load(ckpt)
+    from .calibrate import uncalibrated_layers
+
+    pending = uncalibrated_layers(net) if cfg.calibrate else []
     dist = init_distributed(dev)
     from .report import TrainProgress
 
@@ -537,6 +547,11 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
     if dist.main:
         sha = save(trained, out, force=True, protect=[ckpt])
         last = history[-1]
+        if pending:
+            cal = next(h["calibration"] for h in reversed(trained.history)
+                       if h.get("calibration"))
+            click.echo(f"calibrated {len(pending)} new BN layers on {cal['images']} "
+                       f"{cal['dataset']} training images before the first step")
         click.echo(f"trained {len(history)} epochs: test error {100 * last.test_error:.2f}%, "
                    f"train loss {last.train_loss:.4f}, {last.images_per_s:,.0f} images/s")
         _wrote(out, sha, trained.description["arch"])

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .calibrate import calibrate, uncalibrated_layers
 from .data import CIFAR_MEAN, CIFAR_STD, Dataset, augment, load_dataset, to_tensor
 from .errors import DataError, TrainingError
 from .network import Network, state_of
@@ -51,6 +52,9 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True  # NHWC activations: ~1.35× on these CPUs, faster on GPUs
     compile: bool = False
+    # set a morph's uncalibrated new BN layers from training data before the first step
+    # (calibrate.py): without it a child starts training far from its parent's function
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -78,6 +82,7 @@ class TrainConfig:
 
 
 SCHEDULES = ("step", "cosine")
+CALIBRATION_BATCHES = 32  # of 128 images: see README, "Training mode"
 
 # Named recipes: (what it is for, the TrainConfig fields it sets). Options given on the
 # command line override a recipe's values.
@@ -245,6 +250,12 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
     dist = init_distributed(device)
     data = dataset or load_dataset(cfg.dataset, data_dir)
     _check_fits(net, data)
+    if cfg.calibrate and uncalibrated_layers(net):  # deterministic: a resumed run repeats it
+        batches = training_batches(net, cfg.dataset, batches=CALIBRATION_BATCHES,
+                                   batch_size=min(128, len(data.x_train)), seed=cfg.seed,
+                                   purpose="calibrate", device=device, data=data)
+        net = calibrate(net, [x for x, _ in batches], dataset=data.name, seed=cfg.seed,
+                        device=device)
     mean, std = normalization(net)
     x_train = to_tensor(data.x_train, mean, std, device)
     y_train = torch.from_numpy(data.y_train).to(device)
@@ -468,7 +479,7 @@ def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
         raise TrainingError(f"--resume: cannot read {path}: {exc}") from None
     mine = _config_json(cfg)
     defaults = _config_json(TrainConfig())  # states written before a field existed
-    diff = [k for k in mine if k not in ("compile", "precision", "channels_last")
+    diff = [k for k in mine if k not in ("compile", "precision", "channels_last", "calibrate")
             and saved.get(k, defaults[k]) != mine[k]]
     if diff:
         raise TrainingError(f"--resume: options differ from the interrupted run "

@@ -178,6 +178,10 @@ def test_a_morphed_child_trains(tmp_path, small):
     trained, history = train.train(child, config(epochs=1), tmp_path / "child.safetensors",
                                    dataset=small)
     assert trained.description == child.description
+    # the morph entry gains the calibration that train did before the first step
+    calibration = trained.history[0].pop("calibration")
+    assert calibration["layers"] == child.history[0]["new_bn"]
+    assert calibration["dataset"] == "synthetic"
     assert trained.history[:-1] == child.history
     assert [h["op"] for h in trained.history] == ["preset", "train"]
     assert trained.meta["parent"] == child.meta["parent"]
