@@ -525,7 +525,7 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
         check_output(out, force=force, protect=[ckpt])
     given = {"epochs": epochs, "lr": lr, "schedule": schedule,
              "milestones": parse_milestones(milestones) if milestones is not None else None}
-    chosen = {**RECIPES[recipe][1], **{k: v for k, v in given.items() if v is not None}}
+    chosen = {**RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}}
     if milestones is not None and chosen["schedule"] != "step":
         raise click.UsageError(f"--milestones applies to the step schedule, not "
                                f"{chosen['schedule']} (recipe {recipe})")

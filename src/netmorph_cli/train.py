@@ -84,15 +84,13 @@ class TrainConfig:
 SCHEDULES = ("step", "cosine")
 CALIBRATION_BATCHES = 32  # of 128 images: see README, "Training mode"
 
-# Named recipes: (what it is for, the TrainConfig fields it sets). Options given on the
-# command line override a recipe's values.
-RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "paper": ("training from scratch (He et al. 2015, the paper's phases): 164 epochs, lr "
-              "0.1 ÷10 at 50% and 75%",
-              {"schedule": "step", "lr": 0.1, "epochs": 164, "milestones": (0.5, 0.75)}),
-    "continue": ("continuing a trained or morphed network for a short budget: 10 epochs, "
-                 "cosine from lr 0.02 to 0 (as NASH after each morph)",
-                 {"schedule": "cosine", "lr": 0.02, "epochs": 10}),
+# Named recipes: the TrainConfig fields each sets (the CLI's --recipe; options given on the
+# command line override them). "paper": training from scratch (He et al. 2015, the paper's
+# phases); "continue": a trained parent or a morphed child for a short budget, cosine from a
+# moderate lr to 0 as NASH does after each morph (lr 0.02: README, "Training").
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"schedule": "step", "lr": 0.1, "epochs": 164, "milestones": (0.5, 0.75)},
+    "continue": {"schedule": "cosine", "lr": 0.02, "epochs": 10},
 }
 
 

@@ -72,6 +72,40 @@ def test_lr_steps_at_half_and_three_quarters():
     assert cfg.lr_at(9.99) == pytest.approx(0.001, rel=1e-12)
 
 
+def test_cosine_schedule_anneals_from_lr_to_zero():
+    cfg = train.TrainConfig(epochs=10, lr=0.02, schedule="cosine")
+    assert cfg.lr_at(0) == 0.02
+    assert cfg.lr_at(5) == pytest.approx(0.01, rel=1e-12)
+    assert cfg.lr_at(2.5) == pytest.approx(0.01 * (1 + math.cos(math.pi / 4)), rel=1e-12)
+    assert cfg.lr_at(10) == pytest.approx(0.0, abs=1e-18)
+    assert cfg.lr_at(12) == pytest.approx(0.0, abs=1e-18)  # never negative or rising
+    lrs = [cfg.lr_at(e / 4) for e in range(41)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))  # monotone
+    # milestones do not apply to cosine (a ÷10 at epoch 1 would give 0.0019 here)
+    assert train.TrainConfig(epochs=10, lr=0.02, schedule="cosine",
+                             milestones=(1,)).lr_at(1.5) == cfg.lr_at(1.5)
+
+
+def test_cosine_after_warmup_starts_at_the_peak():
+    cfg = train.TrainConfig(epochs=10, lr=0.1, schedule="cosine", warmup=2)
+    assert cfg.lr_at(0, 0.5) == pytest.approx(0.025, rel=1e-12)
+    assert cfg.lr_at(2) == pytest.approx(0.1, rel=1e-12)
+    assert cfg.lr_at(6) == pytest.approx(0.05, rel=1e-12)  # half-way through 8 epochs
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="schedule must be step or cosine"):
+        train.TrainConfig(schedule="linear")
+
+
+def test_recipes_set_known_fields():
+    for name, fields in train.RECIPES.items():
+        cfg = train.TrainConfig(**fields)
+        assert cfg.lr > 0 and cfg.epochs >= 1, name
+    assert train.TrainConfig(**train.RECIPES["continue"]).schedule == "cosine"
+    assert train.TrainConfig(**train.RECIPES["paper"]) == train.TrainConfig()
+
+
 def test_lr_milestones_above_one_are_epochs_and_gamma_applies():
     cfg = train.TrainConfig(epochs=164, lr=0.2, milestones=(82, 123), gamma=0.5)
     assert cfg.milestone_epochs() == [82, 123]
