@@ -80,7 +80,8 @@ def main() -> None:
                                                     indent=2) + "\n")
     lines = ["| parent | morph | new BN | train-mode loss child / parent (ratio) | "
              "accuracy child / parent | max rel. logit diff (train mode) | "
-             "eval max rel. err (float32) | verify --mode train |", "|---|---|---|---|---|---|---|---|"]
+             "eval max rel. err (float32) | verify --mode train |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| resnet{r['depth']} | {r['morph']} | {r['bn']} | {r['child_loss']:.3f} "
                      f"/ {r['parent_loss']:.3f} ({r['ratio']:.2f}×) | "
