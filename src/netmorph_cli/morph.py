@@ -334,8 +334,10 @@ def morph_at(net: Network, spec: ModuleGraph, layer: str, *, seed: int = 0, bn: 
         sc = add["shortcut"]
         add["inputs"][sc], add["coeffs"][sc], add["shortcut"] = out, 1.0, None
         compare = [[site.add_name, site.add_name]]
+    cond = max(conditioning(f) for f in result.filters.values())
     entry = {"op": "module", "module": spec.name or "module", "spec": spec.to_spec(),
-             "at": layer, "seed": seed, "residual": result.residual, "sweeps": result.sweeps,
+             "at": layer, "seed": seed, "residual": result.residual, "condition": cond,
+             "sweeps": result.sweeps,
              "methods": result.methods, "output": out, "compare": compare,
              "exact_bn": exact_bn, "bn": bn, "act": act}
     desc["arch"] = desc["arch"] if "+" in desc["arch"] else desc["arch"] + "+module"

@@ -149,6 +149,9 @@ def info_report(s: dict[str, Any]) -> Group:
             where = h.get("at") or (f"{len(h['blocks'])} blocks" if "blocks" in h else "all")
             res = h.get("residual")
             result = f"{res:.2e}" if isinstance(res, float) else ""
+            cond = h.get("condition")
+            if isinstance(cond, float) and cond > 0:
+                result += f", cond {cond:.3g}"
             cal = h.get("calibration")
             if isinstance(cal, dict):
                 result += f", BN calibrated on {cal.get('images')} {cal.get('dataset')} images"

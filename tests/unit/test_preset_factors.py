@@ -91,3 +91,25 @@ def test_every_preset_every_depth_ten_seeds(depth, preset):
     parent = trained_like(depth)
     for seed in range(10):
         check(parent, preset, seed)
+
+
+def test_module_morph_records_the_worst_filter_condition():
+    """morph --at records max over the module's filters of σ_max/σ_min of each filter as a
+    (C_out, C_in·kh·kw) matrix, computed here with numpy's SVD on the stored float64 filters."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from netmorph_cli.morph import morph_at
+    from netmorph_cli.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "modules" / "B.json")
+    parent = zoo.create("resnet20").to(torch.float64)
+    child = morph_at(parent, spec, "layer2.1.conv1", seed=0)
+    worst = 0.0
+    for e in spec.edges:
+        w = child.tensors[f"layer2.1.conv1.{e.name}.weight"].numpy()
+        s = np.linalg.svd(w.reshape(w.shape[0], -1), compute_uv=False)
+        worst = max(worst, s[0] / s[-1])
+    assert child.history[-1]["condition"] == pytest.approx(worst, rel=1e-9)
+    assert 1.0 < worst < 1e4
