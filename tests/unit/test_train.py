@@ -563,3 +563,39 @@ def test_eval_on_images_of_another_size_is_a_data_error(tmp_path):
     net = Network(zoo.describe("resnet18", num_classes=10), {})  # only the description is read
     with pytest.raises(DataError, match="224×224 inputs, cifar10-mini has 32×32 images"):
         train.evaluate(net, "cifar10-mini", tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# batches for calibration and train-mode verification
+
+def test_training_batches_are_normalized_training_images_without_replacement(small):
+    net = zoo.create("resnet20")
+    got = train.training_batches(net, "synthetic", batches=3, batch_size=16, seed=1,
+                                 purpose="verify", data=small)
+    assert [tuple(x.shape) for x, _ in got] == [(16, 3, 32, 32)] * 3
+    x = torch.cat([b[0] for b in got])
+    y = torch.cat([b[1] for b in got])
+    mean, std = train.normalization(net)
+    ref = data.to_tensor(small.x_train, mean, std)
+    # every image is a training image with its label, none twice
+    idx = [int(((ref - xi).abs().flatten(1).amax(1) == 0).nonzero()[0]) for xi in x]
+    assert len(set(idx)) == 48
+    assert torch.equal(y, torch.from_numpy(small.y_train[idx]))
+    again = train.training_batches(net, "synthetic", batches=3, batch_size=16, seed=1,
+                                   purpose="verify", data=small)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, again, strict=True))
+    other = train.training_batches(net, "synthetic", batches=3, batch_size=16, seed=1,
+                                   purpose="calibrate", data=small)
+    assert not torch.equal(other[0][0], got[0][0])  # an independent draw per purpose
+
+
+def test_training_batches_are_capped_by_the_set_and_refuse_less_than_one(small):
+    net = zoo.create("resnet20")
+    n = len(small.x_train)
+    got = train.training_batches(net, "synthetic", batches=1000, batch_size=n // 2, data=small)
+    assert len(got) == 2
+    with pytest.raises(DataError, match="fewer than one batch"):
+        train.training_batches(net, "synthetic", batches=1, batch_size=n + 1, data=small)
+    with pytest.raises(DataError, match="100 classes"):
+        train.training_batches(zoo.create("resnet20", num_classes=100), "synthetic",
+                               batches=1, data=small)
