@@ -338,8 +338,9 @@ def verify_cmd(parent: str, child: str, as_json: bool, dtype: str | None, sample
     if mode == "train":
         return _verify_train(parent, child, as_json, dtype, seed, tol, device, dataset,
                              data_dir, batches, batch_size)
-    if dataset is not None:
-        raise click.UsageError("--dataset applies to --mode train")
+    if dataset is not None or data_dir is not None:
+        raise click.UsageError(f"{'--dataset' if dataset else '--data-dir'} applies to "
+                               "--mode train")
     p, c = load(parent), load(child)
     report = verify(p, c, dtype=resolve_dtype(dtype) if dtype else c.dtype, samples=samples,
                     seed=seed, tol=tol, device=resolve_device(device))

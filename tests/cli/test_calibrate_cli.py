@@ -116,6 +116,7 @@ def test_verify_train_mode_fails_a_child_that_does_not_keep_the_loss(capsys, chi
 @pytest.mark.parametrize("args, needles", [
     (["--mode", "train"], ["--mode train needs --dataset"]),
     (["--dataset", "synthetic"], ["--dataset applies to --mode train"]),
+    (["--data-dir", "EMPTY"], ["--data-dir applies to --mode train"]),
     (["--mode", "train", "--dataset", "synthetic", "--tol", "1e-3"], ["--tol applies"]),
     (["--mode", "train", "--dataset", "cifar10", "--data-dir", "EMPTY"],
      ["data set 'cifar10' not found"]),
