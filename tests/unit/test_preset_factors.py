@@ -66,9 +66,9 @@ def check(parent, preset: str, seed: int) -> None:
 
 
 @pytest.mark.parametrize("depth, preset, seeds", [
-    (56, "1c1_2branch", range(5)),  # 5/10 seeds failed with deconvolution factors
-    (56, "1c1", range(3)),
-    (110, "1c1", range(2)),
+    (56, "1c1_2branch", range(3)),  # 5/10 seeds failed with deconvolution factors
+    (56, "1c1", range(2)),
+    (110, "1c1", range(1)),
     (20, "3c3_2branch_half", range(1)),
     (20, "3c1", range(1)),
 ])
