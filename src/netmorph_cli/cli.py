@@ -8,6 +8,7 @@ errors (``NetmorphError``) become one ``Error: …`` line on stderr with the err
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -275,6 +276,15 @@ def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_a
     _wrote(out, sha, child.description["arch"])
 
 
+def _positive_finite(value: float | None, param: Any) -> float | None:
+    """A tolerance must be a positive finite number (NaN or a negative one would make
+    every comparison fail or pass regardless of the networks)."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise click.BadParameter(f"must be a positive finite number, got {value}",
+                                 param=param)
+    return value
+
+
 def _check_failed(report: Any) -> NetmorphError:
     from .errors import VerificationError
 
@@ -294,7 +304,7 @@ def _check_failed(report: Any) -> NetmorphError:
 @click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Number of inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
-@click.option("--tol", type=float, default=None,
+@click.option("--tol", type=float, default=None, callback=lambda ctx, p, v: _positive_finite(v, p),
               help="Max relative error of the logits [default: 1e-5 float32, 1e-10 float64].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--mode", type=click.Choice(["eval", "train"]), default="eval",

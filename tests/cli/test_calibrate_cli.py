@@ -203,3 +203,10 @@ def test_recipe_bad_input(capsys, children, tmp_path):
     code, out, err = run_main(capsys, *base, "--schedule", "linear")
     assert_one_error_line(code, out, err, "--schedule")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("tol", ["-1", "nan", "0", "inf"])
+def test_verify_refuses_a_tolerance_that_is_not_positive_and_finite(capsys, children, tol):
+    code, out, err = run_main(capsys, "verify", str(children / "parent.safetensors"),
+                              str(children / "calibrated.safetensors"), "--tol", tol)
+    assert_one_error_line(code, out, err, "--tol", "positive finite")
