@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--work", default=None, help="checkpoints [default: OUT/../work]")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: report the runs that have finished")
     args = ap.parse_args()
     if not args.data_dir:
         sys.exit(f"Error: pass --data-dir (or set NETMORPH_DATA) to where {args.dataset} lives")
@@ -109,10 +111,15 @@ def main() -> None:
     checks: dict[str, list[dict]] = {c: [] for c in CHILDREN}
     for seed in seeds:  # every run of seed 0 first: a cut-short run still has one full seed
         control = work / f"control_s{seed}.safetensors"
-        train(parent, control, args, seed)
-        runs["control"].append(control)
+        if not args.report_only:
+            train(parent, control, args, seed)
+        if control.exists():
+            runs["control"].append(control)
         for name, how in CHILDREN.items():
             child = work / f"{name}_s{seed}_init.safetensors"
+            trained = work / f"{name}_s{seed}.safetensors"
+            if args.report_only and not trained.exists():
+                continue
             if not child.exists():
                 netmorph("morph", str(parent), *how, "--seed", str(seed), "--calibrate",
                          args.dataset, "--data-dir", args.data_dir, "-o", str(child))
@@ -123,9 +130,9 @@ def main() -> None:
                              args.data_dir)
             checks[name].append({"seed": seed, "eval_max_rel_err": ev["max_rel_err"],
                                  **tm["train_mode"], "passed": tm["passed"]})
-            trained = work / f"{name}_s{seed}.safetensors"
             train(child, trained, args, seed)
             runs[name].append(trained)
+    runs = {k: v for k, v in runs.items() if v}
 
     every = [str(p) for ps in runs.values() for p in ps]
     table = netmorph("report", *every, "--baseline", str(runs["control"][0]), "--markdown",
