@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.netmorph-installed
 # CPU build on these machines; see README for CUDA builds.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test demo lint bench clean reproduce-quick reproduce-full grow-quick
+.PHONY: install test test-all demo lint bench clean reproduce-quick reproduce-full grow-quick
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+# everything, the slow tests too (e.g. every preset × depth × 10 seeds in float32)
+test-all: install
+	$(PY) -m pytest -q -m ""
 
 demo: install
 	bash examples/demo.sh
