@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/reduce.py
 	$(PY) benchmarks/solver.py
 	$(PY) benchmarks/morph.py
+	$(PY) benchmarks/presets.py
 	$(PY) benchmarks/train.py
 
 # The paper's Table 1 protocol; DATA_DIR must hold cifar10 (.npz, folder or archive).
