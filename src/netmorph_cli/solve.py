@@ -183,7 +183,8 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: _Rng
     as ResNet's 0.5·I) and mid ≥ C_in: F1 = E V, F2 = G V⁻¹ Eᵀ, well conditioned at any
     width; ``deconvolution`` when eq. 3 holds (one factor random, the other by least
     squares); ``identity-padding`` when G fits in one factor's kernel and mid is wide
-    enough (the other factor is a centred embedding). Otherwise ``InfeasibleError`` states eq. 3 and the smallest mid width.
+    enough (the other factor is a centred embedding). Otherwise ``InfeasibleError`` states
+    eq. 3 and the smallest mid width.
     """
     c_out, c_in = g.shape[:2]
     gk = support(g)
