@@ -10,6 +10,14 @@ in the same run on the same graph: a bare linear pass that builds the adjacency 
 linear dynamic program over the blobs). Their ratios show reduction costs a small constant
 factor of linear work; the 10k → 100k scaling shows near-linear time.
 Target (issue 2): under 2 s for 100,000 edges on the 2-core CPU machine.
+
+Then three shapes at the extremes (issue 13): ``parallel`` (N parallel s→t edges: one
+bundle merged N−1 times), ``chain`` (N edges in series) and ``wide`` (branches of 1–3
+parallel edges in series, side by side, with parallel s→t edges between them). Each is timed
+at ``--small`` edges and at each of ``--sizes``; the time per edge divided by that of the
+small case is the scaling ratio: it stays near 1 for linear time and grows with N for
+quadratic (before issue 13, 32,000 parallel edges took 11 s and 200,000 over 300 s).
+``--edges 0`` skips the series-parallel part, ``--shapes ""`` the shapes.
 """
 
 from __future__ import annotations
@@ -48,6 +56,41 @@ def series_parallel_module(n_edges: int, seed: int = 0) -> ModuleGraph:
     edges = tuple(Edge(f"e{i}", u, v, (rng.choice(odd), rng.choice(odd)))
                   for i, (u, v) in enumerate(zip(src, dst, strict=True)))
     return ModuleGraph("s", "t", edges).check()
+
+
+def parallel_module(n_edges: int) -> ModuleGraph:
+    """``n_edges`` parallel s→t edges: one TYPE-II bundle, merged n_edges − 1 times."""
+    return ModuleGraph("s", "t", tuple(Edge(f"e{i}", "s", "t", (3, 3))
+                                       for i in range(n_edges))).check()
+
+
+def chain_module(n_edges: int) -> ModuleGraph:
+    """``n_edges`` edges in series, s → b1 → … → t: n_edges − 1 TYPE-I reductions."""
+    blobs = ["s"] + [f"b{i}" for i in range(1, n_edges)] + ["t"]
+    edges = tuple(Edge(f"e{i}", blobs[i], blobs[i + 1], (3, 3)) for i in range(n_edges))
+    return ModuleGraph("s", "t", edges).check()
+
+
+def wide_module(n_edges: int, seed: int = 0) -> ModuleGraph:
+    """Mixed parallel and series edges, side by side: branches s ⇉ a ⇉ b ⇉ t whose three
+    links are bundles of 1–3 parallel edges, interleaved with parallel s→t edges."""
+    rng = random.Random(seed)
+    ends: list[tuple[str, str]] = []
+    while len(ends) + 9 <= n_edges:  # room for a whole branch
+        if rng.random() < 0.2:
+            ends.append(("s", "t"))
+            continue
+        a, b = f"a{len(ends)}", f"b{len(ends)}"
+        for link in (("s", a), (a, b), (b, "t")):
+            ends += [link] * rng.randint(1, 3)
+    ends += [("s", "t")] * (n_edges - len(ends))
+    odd = (1, 3, 5)
+    return ModuleGraph("s", "t", tuple(Edge(f"e{i}", u, v, (rng.choice(odd), rng.choice(odd)))
+                                       for i, (u, v) in enumerate(ends))).check()
+
+
+SHAPES: dict[str, Callable[[int], ModuleGraph]] = {
+    "parallel": parallel_module, "chain": chain_module, "wide": wide_module}
 
 
 def adjacency_pass(g: ModuleGraph) -> None:
@@ -97,14 +140,8 @@ def measure(n_edges: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--edges", type=int, default=100_000)
-    ap.add_argument("--small", type=int, default=10_000, help="size for the scaling ratio")
-    args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
-    rows = [measure(args.small), measure(args.edges)]
+def series_parallel_table(small_edges: int, n_edges: int) -> None:
+    rows = [measure(small_edges), measure(n_edges)]
     print(f"{'edges':>8} {'blobs':>8} {'reduce s':>9} {'adjacency s':>12} "
           f"{'path_count s':>13} {'reduce/adj':>11} {'reduce/paths':>13}")
     for r in rows:
@@ -120,6 +157,53 @@ def main() -> None:
     verdict = "OK" if big["reduce"] < TARGET_S else "SLOWER THAN TARGET"
     print(f"reduce_module on {big['edges']} edges: {big['reduce']:.3f} s "
           f"(target < {TARGET_S:.0f} s): {verdict}")
+
+
+def measure_shape(shape: str, n_edges: int, repeat: int) -> dict[str, float]:
+    g = SHAPES[shape](n_edges)
+    plan = reduce_module(g)
+    assert plan.simple and len(plan.steps) == n_edges - 1, f"{shape} must reduce to M0"
+    assert plan.remainder.edges[0].kernel == g.effective_kernel()
+    seconds = best_of(lambda: reduce_module(fresh(g)), repeat)
+    adjacency = best_of(lambda: adjacency_pass(fresh(g)), repeat)
+    return {"edges": n_edges, "reduce": seconds, "us_per_edge": 1e6 * seconds / n_edges,
+            "adj_per_edge": adjacency / n_edges}
+
+
+def shapes_table(shapes: list[str], small: int, sizes: list[int], repeat: int) -> None:
+    """Time per edge of each shape at each size, against the same shape at ``small``."""
+    print(f"{'shape':>8} {'edges':>8} {'reduce s':>9} {'µs/edge':>8} {'per-edge ratio':>15} "
+          f"{'adjacency per-edge ratio':>25}")
+    for shape in shapes:
+        base = measure_shape(shape, small, repeat)
+        for n in [small, *sizes]:
+            r = base if n == small else measure_shape(shape, n, repeat)
+            print(f"{shape:>8} {n:>8} {r['reduce']:>9.3f} {r['us_per_edge']:>8.2f} "
+                  f"{r['us_per_edge'] / base['us_per_edge']:>15.2f} "
+                  f"{r['adj_per_edge'] / base['adj_per_edge']:>25.2f}", flush=True)
+    print(f"(per-edge ratio: time per edge ÷ time per edge at {small} edges, same shape, same "
+          "run; linear time keeps it near 1, quadratic grows it with the size. The adjacency "
+          "pass, linear by construction, shows what the memory hierarchy alone adds.)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--edges", type=int, default=100_000,
+                    help="series-parallel module size (0: skip that part)")
+    ap.add_argument("--small", type=int, default=10_000, help="size for the scaling ratio")
+    ap.add_argument("--shapes", default="parallel,chain,wide",
+                    help=f"comma-separated, of {', '.join(SHAPES)} (empty: skip)")
+    ap.add_argument("--sizes", default="32000,200000", help="shape sizes, comma-separated")
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many, for the shapes")
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")
+    shapes = [x for x in args.shapes.split(",") if x]
+    if args.edges:
+        series_parallel_table(args.small, args.edges)
+    if shapes:
+        sizes = [int(x) for x in args.sizes.split(",") if x]
+        shapes_table(shapes, args.small, sizes, args.repeat)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Inverse TYPE-I removes a blob with in-degree = out-degree = 1 (other than s and t) and joins
 its two edges into one; inverse TYPE-II joins two parallel edges. Reductions run from a
-worklist, so a module of E edges reduces in O(E) dictionary operations. The reduction
-system is confluent (series-parallel reduction), so the irreducible remainder does not
-depend on the order; ``reduce_module(…, rng=…)`` picks reductions at random to test that.
+worklist and parallel edges wait in a heap per pair of blobs, so a module of E edges
+reduces in O(E) dictionary operations and at most E heap pops (O(E log E) at worst, for E
+parallel edges). The reduction system is confluent (series-parallel reduction), so the
+irreducible remainder does not depend on the order; ``reduce_module(…, rng=…)`` picks
+reductions at random to test that (also O(E log E): it draws parallel edges by rank).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import gc
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from heapq import heappop
+from typing import cast
 
 from .graph import Edge, Kernel, ModuleGraph, compose_kernels, sum_kernels
 
@@ -101,6 +105,54 @@ class ReductionPlan:
         return self.remainder.equation(max_chars, edge_terms=expr)
 
 
+class _RankedIds:
+    """Edge ids in ascending order with O(log n) access by rank and O(log n) removal.
+
+    The random-order reduction draws two parallel edges by rank among their sorted ids;
+    sorting the bundle for every draw made k parallel edges cost O(k² log k). Ids only
+    ever grow (each new edge gets the next id), so appending keeps the order; a Fenwick
+    tree over the slots counts the live ones, and a rank is found by descending it.
+    """
+
+    __slots__ = ("ids", "slot", "tree")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []  # slot - 1 → id, ascending; removed ids stay as dead slots
+        self.slot: dict[int, int] = {}  # live id → slot (1-based)
+        self.tree: list[int] = [0]  # tree[k]: live slots in (k - lowbit(k), k]
+
+    def __len__(self) -> int:
+        return len(self.slot)
+
+    def append(self, i: int) -> None:
+        assert not self.ids or i > self.ids[-1], "ids must be appended in ascending order"
+        self.ids.append(i)
+        k = len(self.ids)
+        self.slot[i] = k
+        live, j, stop = 1, k - 1, k - (k & -k)
+        while j > stop:  # the live slots in (stop, k - 1]
+            live += self.tree[j]
+            j -= j & -j
+        self.tree.append(live)
+
+    def remove(self, i: int) -> None:
+        k = self.slot.pop(i)
+        while k < len(self.tree):
+            self.tree[k] -= 1
+            k += k & -k
+
+    def __getitem__(self, rank: int) -> int:
+        """The id of the given rank (0 = smallest live id)."""
+        pos, left, n = 0, rank + 1, len(self.ids)
+        step = 1 << n.bit_length()
+        while step:
+            if pos + step <= n and self.tree[pos + step] < left:
+                pos += step
+                left -= self.tree[pos]
+            step >>= 1
+        return self.ids[pos]  # slot pos + 1
+
+
 class _Names:
     """Fresh edge names that never clash with the module's own."""
 
@@ -139,14 +191,23 @@ def _reduce(module: ModuleGraph, rng: random.Random | None) -> ReductionPlan:
     edges: dict[int, tuple[str, str, Kernel]] = {}  # id → (src, dst, kernel)
     out_e: dict[str, set[int]] = {}
     in_e: dict[str, set[int]] = {}
-    pair: dict[tuple[str, str], set[int]] = {}
+    # (u, v) → ids of the parallel edges u→v. A TYPE-II reduction joins the two smallest
+    # ids: a heap (a list) gives them in O(log k), where sorting the bundle for each
+    # join cost O(k log k), so O(k² log k) for k parallel edges. Every new edge gets a
+    # larger id than any before, so appending one keeps the heap. The random order draws
+    # two ids by rank (_RankedIds).
+    bundle = list if rng is None else _RankedIds
+    pair: dict[tuple[str, str], list[int] | _RankedIds] = {}
     label: dict[int, str] = {}
     for i, e in enumerate(module.edges):
         edges[i] = (e.src, e.dst, e.kernel)
         label[i] = e.name
         out_e.setdefault(e.src, set()).add(i)
         in_e.setdefault(e.dst, set()).add(i)
-        pair.setdefault((e.src, e.dst), set()).add(i)
+        ids = pair.get((e.src, e.dst))
+        if ids is None:
+            ids = pair[(e.src, e.dst)] = bundle()
+        ids.append(i)
     out_e.setdefault(t, set())
     in_e.setdefault(s, set())
     next_id = len(module.edges)
@@ -160,17 +221,16 @@ def _reduce(module: ModuleGraph, rng: random.Random | None) -> ReductionPlan:
         edges[i] = (src, dst, kernel)
         out_e[src].add(i)
         in_e[dst].add(i)
-        pair.setdefault((src, dst), set()).add(i)
+        ids = pair.get((src, dst))
+        if ids is None:
+            ids = pair[(src, dst)] = bundle()
+        ids.append(i)
         return i
 
-    def drop(i: int) -> None:
+    def drop(i: int) -> None:  # the caller takes ``i`` out of its bundle
         src, dst, _ = edges.pop(i)
         out_e[src].discard(i)
         in_e[dst].discard(i)
-        p = pair[(src, dst)]
-        p.discard(i)
-        if not p:
-            del pair[(src, dst)]
 
     blob_q: list[str] = [b for b in module.blobs if b not in (s, t)]
     pair_q: list[tuple[str, str]] = [p for p, ids in pair.items() if len(ids) > 1]
@@ -192,7 +252,7 @@ def _reduce(module: ModuleGraph, rng: random.Random | None) -> ReductionPlan:
             k = compose_kernels(edges[a][2], edges[c][2])
             drop(a)
             drop(c)
-            del in_e[b], out_e[b]
+            del in_e[b], out_e[b], pair[(u, b)], pair[(b, v)]  # a and c were alone there
             n = add(u, v, k)
             record.append(("I", n, (a, c), b))
             if len(pair[(u, v)]) > 1:
@@ -202,11 +262,19 @@ def _reduce(module: ModuleGraph, rng: random.Random | None) -> ReductionPlan:
             ids = pair.get((u, v))
             if ids is None or len(ids) < 2:
                 continue
-            a, c = sorted(ids)[:2] if rng is None else rng.sample(sorted(ids), 2)
+            if rng is None:  # the two smallest ids (the bundle is a heap in this order)
+                heap = cast("list[int]", ids)
+                a, c = heappop(heap), heappop(heap)
+            else:
+                # rng.sample draws positions only: sampling range(len) and looking up those
+                # ranks draws what rng.sample(sorted(ids), 2) drew, without the sort
+                a, c = (ids[j] for j in rng.sample(range(len(ids)), 2))
+                ids.remove(a)
+                ids.remove(c)
             k = sum_kernels(edges[a][2], edges[c][2])
             drop(a)
             drop(c)
-            n = add(u, v, k)
+            n = add(u, v, k)  # into the same bundle, so it is never left empty
             record.append(("II", n, (a, c), None))
             if len(pair[(u, v)]) > 1:
                 pair_q.append((u, v))

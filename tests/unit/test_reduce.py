@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import gc
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netmorph_cli.graph import Edge, ModuleGraph, compose_kernels, sum_kernels
-from netmorph_cli.reduce import ReductionPlan, reduce_module, replay
+from netmorph_cli.reduce import ReductionPlan, _RankedIds, reduce_module, replay
 from netmorph_cli.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "modules"
@@ -272,3 +274,121 @@ def test_reduce_restores_the_garbage_collector_state(enabled):
         assert gc.isenabled() == enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+# -- work grows linearly with the number of edges (issue 13) --------------------------------
+SCANS = ("sorted", "min", "max", "list", "tuple", "set", "sum")  # builtins that scan
+
+
+def reduction_work(g: ModuleGraph, rng: random.Random | None,
+                   monkeypatch: pytest.MonkeyPatch) -> int:
+    """The work of ``reduce_module(g, rng)``, counted without a clock: Python bytecodes run
+    in every frame, plus the elements handed from reduce.py to the C builtins that scan a
+    whole container (a sorted() per TYPE-II merge was the quadratic part; bytecodes cannot
+    see inside it)."""
+    import netmorph_cli.reduce as red
+
+    count = 0
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            nonlocal count
+            if len(args) == 1 and hasattr(args[0], "__len__"):
+                count += len(args[0])
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def per_opcode(frame, event, arg):
+        nonlocal count
+        count += event == "opcode"
+        return per_opcode
+
+    def per_call(frame, event, arg):
+        frame.f_trace_opcodes = True
+        return per_opcode
+
+    with monkeypatch.context() as m:
+        for name in SCANS:  # module globals shadow the builtins
+            m.setattr(red, name, counted(getattr(builtins, name)), raising=False)
+        previous = sys.gettrace()
+        sys.settrace(per_call)
+        try:
+            reduce_module(g, rng=rng)
+        finally:
+            sys.settrace(previous)
+    return count
+
+
+def parallel_ends(n: int) -> list[tuple[str, str]]:
+    return [("s", "t")] * n
+
+
+def chain_ends(n: int) -> list[tuple[str, str]]:
+    blobs = ["s"] + [f"b{i}" for i in range(1, n)] + ["t"]
+    return [(blobs[i], blobs[i + 1]) for i in range(n)]
+
+
+def wide_ends(n: int) -> list[tuple[str, str]]:
+    """Branches s ⇉ a ⇉ b ⇉ t of 1–3 parallel edges per link, among parallel s→t edges."""
+    rng = random.Random(0)
+    ends: list[tuple[str, str]] = []
+    while len(ends) + 9 <= n:
+        if rng.random() < 0.2:
+            ends.append(("s", "t"))
+            continue
+        a, b = f"a{len(ends)}", f"b{len(ends)}"
+        for link in (("s", a), (a, b), (b, "t")):
+            ends += [link] * rng.randint(1, 3)
+    return ends + [("s", "t")] * (n - len(ends))
+
+
+@pytest.mark.parametrize("seed", [None, 1], ids=["in order", "random order"])
+@pytest.mark.parametrize("shape", [parallel_ends, chain_ends, wide_ends],
+                         ids=["parallel", "chain", "wide"])
+def test_reduction_work_is_linear_in_the_edges(shape, seed, monkeypatch):
+    # 4× the edges must cost about 4× the work: linear is 4.0, the random order's rank
+    # lookups (log n) 4.3; the old sort per merge made 4,000 parallel edges cost ~9× 1,000.
+    work = []
+    for n in (1000, 4000):
+        g = ModuleGraph("s", "t", tuple(Edge(f"F{i}", u, v, (3, 3))
+                                        for i, (u, v) in enumerate(shape(n)))).check()
+        work.append(reduction_work(g, None if seed is None else random.Random(seed),
+                                   monkeypatch))
+    assert work[1] <= 5 * work[0], f"work {work[0]} → {work[1]} ({work[1] / work[0]:.1f}×)"
+
+
+def test_parallel_edges_merge_in_the_same_order_as_before():
+    # the bundle structures replace sorted(ids)[:2] and rng.sample(sorted(ids), 2); the
+    # plans must not change (26 edges: rng.sample's set-based branch, above 21, too)
+    g = ModuleGraph("s", "t", tuple(Edge(f"F{i}", "s", "t", (1 + 2 * (i % 3), 3))
+                                    for i in range(26))).check()
+
+    def merges(rng):
+        plan = reduce_module(g, rng=rng)
+        return " ".join(f"{s.into[0].name}+{s.into[1].name}" for s in reversed(plan.steps))
+
+    assert merges(None) == (
+        "F0+F1 F2+F3 F4+F5 F6+F7 F8+F9 F10+F11 F12+F13 F14+F15 F16+F17 F18+F19 F20+F21 "
+        "F22+F23 F24+F25 G23+G24 G21+G22 G19+G20 G17+G18 G15+G16 G13+G14 G11+G12 G9+G10 "
+        "G7+G8 G5+G6 G3+G4 G1+G2")
+    assert merges(random.Random(7)) == (
+        "F4+F12 F2+F19 F14+F22 F21+F8 F3+F18 F5+F11 G24+F25 G23+F7 F1+G22 F17+F6 G21+F20 "
+        "G20+F9 G18+G19 F10+G17 F24+F13 G16+F0 G14+G15 G12+G13 G11+F23 G10+F16 F15+G9 "
+        "G7+G8 G5+G6 G3+G4 G1+G2")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2), max_size=300), st.integers(0, 2**32))
+def test_ranked_ids_match_a_sorted_list(ops, seed):
+    rng = random.Random(seed)
+    ranked, reference, next_id = _RankedIds(), [], 0
+    for op in ops:
+        if op and reference:  # remove one at random
+            i = reference.pop(rng.randrange(len(reference)))
+            ranked.remove(i)
+        else:  # append a larger id, sometimes skipping some
+            next_id += rng.randint(1, 3)
+            ranked.append(next_id)
+            reference.append(next_id)
+        assert len(ranked) == len(reference)
+        assert [ranked[r] for r in range(len(reference))] == reference
