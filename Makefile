@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.netmorph-installed
 # CPU build on these machines; see README for CUDA builds.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test test-all demo lint bench clean reproduce-quick reproduce-full grow-quick
+.PHONY: install test test-all demo lint bench clean reproduce-quick reproduce-full grow-quick \
+        readme-check
 
 install: $(STAMP)
 
@@ -26,8 +27,16 @@ test-all: install
 demo: install
 	bash examples/demo.sh
 
+# run every command the README shows and compare what it prints (tools/readme_check.py;
+# --write regenerates the outputs). Blocks that need CIFAR-10 or the akamaster weights
+# run when DATA_DIR / WEIGHTS_DIR hold them, else are reported as skipped.
+WEIGHTS_DIR ?= ../shared/weights
+readme-check: install
+	$(PY) tools/readme_check.py $(if $(DATA_DIR),--data-dir "$(DATA_DIR)") \
+	    --weights "$(WEIGHTS_DIR)"
+
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy src
 
 bench: install

@@ -48,24 +48,36 @@ class Calibration:
 
 
 def uncalibrated_layers(net: Network) -> list[str]:
-    """New BN layers of the last morph that no calibration has set yet."""
-    if not net.history or "new_bn" not in net.history[-1]:
-        return []
-    entry = net.history[-1]
-    return [] if entry.get("calibration") else list(entry["new_bn"])
+    """New BN layers of the morphs since the last training that no calibration has set yet
+    (a child morphed twice before training has both morphs' layers; training sets them)."""
+    nodes = net.nodes
+    return [name for entry in _pending(net.history) for name in entry["new_bn"]
+            if nodes.get(name, {}).get("op") == "bn"]
+
+
+def _pending(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History entries after the last training whose new BN layers are uncalibrated."""
+    entries: list[dict[str, Any]] = []
+    for entry in reversed(history):
+        if entry.get("op") == "train":
+            break
+        if entry.get("new_bn") and not entry.get("calibration"):
+            entries.insert(0, entry)
+    return entries
 
 
 def calibrate(net: Network, batches: Iterable[torch.Tensor], *, dataset: str, seed: int = 0,
               layers: Sequence[str] | None = None, device: torch.device | str = "cpu"
               ) -> Network:
-    """A copy of ``net`` whose BN layers ``layers`` (default: the new BN layers of its last
-    morph) are set from the training-mode statistics of their inputs over ``batches``
-    (normalized images, (N, C, H, W)), and the calibration recorded in the last history
-    entry. Raises ``MorphError`` when there is nothing to calibrate or no batch."""
+    """A copy of ``net`` whose BN layers ``layers`` (default: ``uncalibrated_layers``) are
+    set from the training-mode statistics of their inputs over ``batches`` (normalized
+    images, (N, C, H, W)), and the calibration recorded in the history entry of each morph
+    whose layers it set. Raises ``MorphError`` when there is nothing to calibrate or no
+    batch."""
     names = list(layers) if layers is not None else uncalibrated_layers(net)
     if not names:
-        raise MorphError("nothing to calibrate: the last morph added no BN layer (or it is "
-                         "calibrated already)")
+        raise MorphError("nothing to calibrate: no morph since the last training added a BN "
+                         "layer that is not calibrated already")
     nodes = net.nodes
     for name in names:
         if nodes.get(name, {}).get("op") != "bn":
@@ -104,9 +116,10 @@ def calibrate(net: Network, batches: Iterable[torch.Tensor], *, dataset: str, se
         for k, v in values.items():
             tensors[f"{name}.{k}"] = v.to(net.tensors[f"{name}.{k}"].dtype).contiguous()
     history = copy.deepcopy(net.history)
-    if history and layers is None:
-        history[-1]["calibration"] = Calibration(dataset, count, size, seed,
-                                                 tuple(names)).to_json()
+    if layers is None:  # each morph's entry records the calibration of its own layers
+        for entry in _pending(history):
+            mine = tuple(n for n in names if n in entry["new_bn"])
+            entry["calibration"] = Calibration(dataset, count, size, seed, mine).to_json()
     return Network(copy.deepcopy(net.description), tensors, history,
                    copy.deepcopy(net.meta)).check()
 

@@ -20,15 +20,10 @@ common CIFAR ResNet layout and of torchvision's resnet18/34.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
 import json
-import os
 import pickle
 import pickletools
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -39,15 +34,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors import torch as st
 
-from . import __version__, zoo
+from . import __version__, limits, outputs, zoo
 from .errors import CheckpointError, NetmorphError, NetworkError
 from .network import FORMAT as DESCRIPTION_FORMAT
-from .network import Network, expected_tensors
+from .network import (
+    Network,
+    expected_tensors,
+    validate_description,
+    validate_history,
+    validate_meta,
+)
 
 FORMAT = 1  # checkpoint container format this netmorph writes and reads
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not one
+_MAX_HEADER = limits.MAX_SAFETENSORS_HEADER  # a safetensors header larger than this is not one
 _WRAPPERS = ("state_dict", "model", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 _LIST = 8  # keys shown in an error before "… and N more"
@@ -59,25 +60,21 @@ TORCH_SUFFIXES = (".pt", ".pth")  # written with torch.save; every other suffix 
 
 def file_sha256(path: str | Path) -> str:
     """sha256 hex digest of a file's bytes (what ``meta['parent_sha256']`` refers to)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return outputs.sha256(path)
 
 
 def save(net: Network, path: str | Path, *, force: bool = False,
          protect: Iterable[str | Path] = ()) -> str:
-    """Write ``net`` to ``path`` atomically; return the sha256 of the written file.
+    """Write ``net`` to ``path`` under the write policy (``outputs.py``: atomic, exclusive
+    without ``force``, never over one of ``protect``, the inputs); return the sha256 of the
+    written file.
 
-    ``.pt``/``.pth`` write a torch.save dict, anything else safetensors. Refuses
-    (``CheckpointError``) an existing output without ``force``, an output that is one of
-    ``protect`` (the inputs) even with ``force``, and a missing output directory.
+    ``.pt``/``.pth`` write a torch.save dict, anything else safetensors.
     ``meta['sha256']`` is not written: a file cannot hold its own digest (see ``file_sha256``).
     """
     net.check()
     path = Path(path)
-    _check_output(path, force, protect)
+    outputs.check_outputs([path], inputs=protect, force=force)
     tensors = _plain_tensors(net.tensors)
     fields = {
         "description": _dumps(net.description, "description"),
@@ -93,9 +90,7 @@ def save(net: Network, path: str | Path, *, force: bool = False,
                     **fields}
         writer = lambda f: f.write(_canonical(st.save(tensors, metadata=metadata)))  # noqa: E731
     try:
-        return _atomic_write(path, writer)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write '{path}': {exc.strerror or exc}") from None
+        return outputs.write_file(path, writer, force=force, inputs=protect)
     except (SafetensorError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"cannot write '{path}': {_first_line(exc)}") from None
 
@@ -103,30 +98,7 @@ def save(net: Network, path: str | Path, *, force: bool = False,
 def check_output(path: str | Path, *, force: bool = False,
                  protect: Iterable[str | Path] = ()) -> None:
     """Refuse an output ``save`` would refuse, before any expensive work is done."""
-    _check_output(Path(path), force, protect)
-
-
-def _check_output(path: Path, force: bool, protect: Iterable[str | Path]) -> None:
-    for p in protect:
-        if p is not None and _same_file(path, Path(p)):
-            raise CheckpointError(f"refusing to overwrite the input '{p}'; "
-                                  f"choose another output path")
-    parent = path.parent
-    if not parent.is_dir():
-        raise CheckpointError(f"output directory '{parent}' does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"output '{path}' is a directory")
-    if (path.exists() or path.is_symlink()) and not force:
-        raise CheckpointError(f"'{path}' exists; pass --force to overwrite")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)  # hard links
-    except OSError:
-        return False
+    outputs.check_outputs([path], inputs=protect, force=force)
 
 
 def _canonical(blob: bytes) -> bytes:
@@ -139,37 +111,6 @@ def _canonical(blob: bytes) -> bytes:
     raw = header.encode()
     raw += b" " * (-len(raw) % 8)
     return len(raw).to_bytes(8, "little") + raw + blob[8 + n:]
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> str:
-    """Write through a temp file beside ``path``; the temp file never outlives a failure."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        digest = file_sha256(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return digest
-
-
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; done once per process
-    os.umask(mask)
-    return mask
 
 
 def _plain_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -248,6 +189,9 @@ def _sniff(path: Path) -> str:
         raise CheckpointError(f"'{path}' does not exist")
     if path.is_dir():
         raise CheckpointError(f"'{path}' is a directory, not a checkpoint file")
+    if not path.is_file():  # a FIFO would block the open; a device has no end
+        raise CheckpointError(f"'{path}' is not a regular file (a device, pipe or socket); "
+                              f"netmorph reads checkpoints from files")
     try:
         with open(path, "rb") as f:
             head = f.read(9)
@@ -276,7 +220,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tenso
         raise CheckpointError(f"'{path}' is truncated: its safetensors header needs {8 + n} "
                               f"bytes, the file has {len(data)}")
     try:
-        header = json.loads(data[8:8 + n])
+        header = limits.parse_json(data[8:8 + n])
         metadata = header.get("__metadata__") or {}
         tensors = st.load(data)
     except (ValueError, AttributeError, SafetensorError) as exc:
@@ -401,7 +345,10 @@ def _network(path: Path, fields: Mapping[str, Any], tensors: dict[str, torch.Ten
     for key, kind in (("description", dict), ("history", list), ("meta", dict)):
         raw = fields.get(key)
         try:
-            value = json.loads(raw) if isinstance(raw, str) else None
+            value = limits.parse_json(raw) if isinstance(raw, str) else None
+        except limits.JSONDepthError as exc:
+            raise CheckpointError(f"'{path}' is a damaged netmorph checkpoint: its {key} is "
+                                  f"{exc}") from None
         except ValueError:
             value = None
         if not isinstance(value, kind):
@@ -416,12 +363,42 @@ def _network(path: Path, fields: Mapping[str, Any], tensors: dict[str, torch.Ten
             f"{__version__} reads format {DESCRIPTION_FORMAT}: upgrade netmorph")
     net = Network(decoded["description"], tensors, decoded["history"], decoded["meta"])
     try:
+        validate_description(net.description)
+    except NetworkError as exc:
+        raise CheckpointError(f"'{path}' does not hold a valid network: {exc}") from None
+    try:
+        validate_history(net.history)
+        validate_meta(net.meta, net.description["input"][0])
+    except NetworkError as exc:
+        raise CheckpointError(f"'{path}' is a damaged netmorph checkpoint: {exc}") from None
+    try:
         net.check()
     except NetworkError as exc:
         raise CheckpointError(f"'{path}' does not hold a valid network: {exc}") from None
     # safetensors stores tensors in its own order; give them the description's (state_dict) order
     net.tensors = {k: tensors[k] for k in expected_tensors(net.description)}
+    _check_values(path, net.description, net.tensors)
     return net
+
+
+def _check_values(path: Path, desc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+                  ) -> None:
+    """Refuse NaN/inf in any floating tensor and a negative BN running variance: either makes
+    every output NaN, so eval would report chance accuracy and morph would verify nothing."""
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan = int(torch.isnan(t).sum())
+            what = ", ".join(f"{c} {w}" for c, w in ((nan, "NaN"), (int(torch.isinf(t).sum()),
+                                                                    "infinite")) if c)
+            raise CheckpointError(f"'{path}': tensor {k!r} holds non-finite values ({what} of "
+                                  f"{t.numel()}); a network's tensors must be finite (was it "
+                                  f"saved after training diverged?)")
+    for n in desc["nodes"]:
+        var = tensors.get(f"{n['name']}.running_var") if n["op"] == "bn" else None
+        if var is not None and bool((var < 0).any()):
+            raise CheckpointError(f"'{path}': tensor '{n['name']}.running_var' holds "
+                                  f"{int((var < 0).sum())} negative variances; a variance "
+                                  f"is ≥ 0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,6 +571,7 @@ def _map_tensors(path: Path, desc: Mapping[str, Any], sd: Mapping[str, torch.Ten
         elif k.endswith(".num_batches_tracked"):
             t = t.long()
         out[k] = t.contiguous()
+    _check_values(path, desc, out)
     return out
 
 

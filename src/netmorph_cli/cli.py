@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .errors import NetmorphError
+from .limits import MAX_KERNEL, MAX_WIDTH
 
 _DEBUG = False
 
@@ -48,21 +49,53 @@ _JSON = click.option("--json", "as_json", is_flag=True,
                      help="Print one JSON object on stdout instead of the report.")
 
 
+def _solver_limits(scope: str) -> Any:
+    """--max-seconds, --max-sweeps and --max-memory of a command that solves (``scope``
+    prefixes their help, e.g. "--solve")."""
+    opts = [
+        click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=600.0,
+                     show_default=True, help=f"{scope}: time limit of the solve, in seconds "
+                     "(a long solve reports its progress on stderr every few seconds)."),
+        click.option("--max-sweeps", type=click.IntRange(min=1), default=60, show_default=True,
+                     help=f"{scope}: Algorithm 2 sweeps at most."),
+        click.option("--max-memory", type=click.FloatRange(min=0, min_open=True), default=None,
+                     metavar="GiB", help=f"{scope}: refuse a solve whose memory estimate is "
+                     "larger [default: half the physical memory]."),
+    ]
+
+    def apply(f: Any) -> Any:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return apply
+
+
+def _solve_progress(p: Any) -> None:
+    """The solver's heartbeat (a ``SolveProgress``), on stderr."""
+    click.echo(f"solving: {p.line()}", err=True)
+
+
+def _gib(value: float | None) -> int | None:
+    return None if value is None else int(value * 2**30)
+
+
 @cli.command()
 @click.argument("spec", metavar="SPEC.json")
 @_JSON
 @click.option("--solve", is_flag=True,
               help="Also morph a random C→C K×K filter into the module and report the residual.")
-@click.option("--channels", type=click.IntRange(min=1), default=16, show_default=True,
-              help="--solve: width C of the morphed layer (s and t).")
-@click.option("--kernel", type=click.IntRange(min=1), default=3, show_default=True,
-              help="--solve: kernel K of the morphed layer (odd).")
+@click.option("--channels", type=click.IntRange(min=1, max=MAX_WIDTH), default=16,
+              show_default=True, help="--solve: width C of the morphed layer (s and t).")
+@click.option("--kernel", type=click.IntRange(min=1, max=MAX_KERNEL), default=3,
+              show_default=True, help="--solve: kernel K of the morphed layer (odd).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
               show_default=True, help="--solve: precision of the solve.")
 @click.option("--device", default="cpu", show_default=True, help="--solve: cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="--solve: random seed.")
+@_solver_limits("--solve")
 def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dtype: str,
-           device: str, seed: int) -> None:
+           device: str, seed: int, max_seconds: float, max_sweeps: int,
+           max_memory: float | None) -> None:
     """Classify a module and find its morphing sequence (Algorithm 1).
 
     Reduces SPEC.json by inverse TYPE-I/TYPE-II morphs, then prints the morphing sequence in
@@ -90,7 +123,8 @@ def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dt
             raise click.BadParameter(f"kernel must be odd, got {kernel}", param_hint="--kernel")
         result = solve_random(plan.module, channels=channels, kernel=kernel,
                               dtype=resolve_dtype(dtype), device=resolve_device(device),
-                              seed=seed)
+                              seed=seed, max_seconds=max_seconds, max_sweeps=max_sweeps,
+                              max_memory=_gib(max_memory), progress=_solve_progress)
     if as_json:
         out = plan.to_json()
         if result is not None:
@@ -118,7 +152,7 @@ def _wrote(path: str, sha: str, what: str) -> None:
 @cli.command()
 @click.argument("arch", metavar="ARCH")
 @_OUT
-@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+@click.option("--num-classes", type=click.IntRange(min=1, max=MAX_WIDTH), default=None,
               help="Classes of the classifier [default: 10 CIFAR, 1000 ImageNet].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialization seed.")
 @click.option("--shortcut", type=click.Choice(["A", "B"]), default="B", show_default=True,
@@ -201,11 +235,13 @@ def import_(file: str, out: str, arch: str | None, force: bool) -> None:
                    "~/.cache/netmorph].")
 @click.option("--calibrate-batches", type=click.IntRange(min=1, max=1000), default=32,
               show_default=True, help="--calibrate: batches of 128 training images.")
+@_solver_limits("SPEC.json")
 @_JSON
 @_FORCE
 def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_all: bool,
           no_bn: bool, act: str, paper_bn: bool, dtype: str | None, no_check: bool,
           calibrate_on: str | None, data_dir: str | None, calibrate_batches: int,
+          max_seconds: float, max_sweeps: int, max_memory: float | None,
           as_json: bool, force: bool) -> None:
     """Morph a checkpoint into a larger one that computes the same function.
 
@@ -243,7 +279,9 @@ def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_a
                                    seed=seed, purpose="calibrate")
     child = morph_network(net, module, at=at, seed=seed, prelu=prelu_all, bn=not no_bn, act=act,
                           exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
-                          parent_sha256=file_sha256(parent))
+                          parent_sha256=file_sha256(parent), max_seconds=max_seconds,
+                          max_sweeps=max_sweeps, max_memory=_gib(max_memory),
+                          progress=_solve_progress)
     if batches is not None:
         from .calibrate import calibrate
 
@@ -524,16 +562,14 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
       torchrun --nproc-per-node 2 -m netmorph_cli train r20.safetensors \\
           --dataset cifar10 -o r20_trained.safetensors
     """
-    from .checkpoint import check_output, load, save
+    from .checkpoint import load, save
     from .runtime import default_device, parse_milestones, resolve_device
-    from .train import RECIPES, TrainConfig, init_distributed, train
+    from .train import RECIPES, TrainConfig, check_run_files, init_distributed, state_path, train
 
     if no_amp and precision != "auto":
         raise click.UsageError(f"--no-amp (an old name of --precision fp32) contradicts "
                                f"--precision {precision}")
     dev = resolve_device(device) if device else default_device()
-    if not resume:
-        check_output(out, force=force, protect=[ckpt])
     given = {"epochs": epochs, "lr": lr, "schedule": schedule,
              "milestones": parse_milestones(milestones) if milestones is not None else None}
     chosen = {**RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}}
@@ -544,6 +580,8 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
                       weight_decay=weight_decay, warmup=warmup, seed=seed, **chosen,
                       precision="fp32" if no_amp else precision, compile=compile_,
                       calibrate=not no_calibrate)
+    metrics = metrics or f"{out}.metrics.jsonl"
+    check_run_files(out, cfg, source=ckpt, metrics=metrics, resume=resume, force=force)
     net = load(ckpt)
     from .calibrate import uncalibrated_layers
 
@@ -553,10 +591,14 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
 
     with TrainProgress(_console(), quiet=quiet or not dist.main) as progress:
         trained, history = train(net, cfg, out, data_dir=data_dir, device=dev, resume=resume,
-                                 metrics=metrics or f"{out}.metrics.jsonl",
-                                 hooks=progress.hooks())
+                                 metrics=metrics, hooks=progress.hooks(), source=ckpt,
+                                 force=force)
     if dist.main:
-        sha = save(trained, out, force=True, protect=[ckpt])
+        try:
+            sha = save(trained, out, force=force, protect=[ckpt])
+        except NetmorphError as exc:
+            raise type(exc)(f"{exc}; the trained network is in its state "
+                            f"{state_path(out)}: --resume writes it") from None
         last = history[-1]
         if pending:
             cal = next(h["calibration"] for h in reversed(trained.history)
@@ -569,7 +611,8 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
 
 @cli.command(name="plot")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
-@_OUT
+@click.option("-o", "--output", "out", required=True, metavar="OUT",
+              help="Figure to write; its suffix names the format (.png, .pdf, .svg).")
 @click.option("--train", "with_train", is_flag=True, help="Also draw the training error.")
 @click.option("--title", default=None, help="Figure title.")
 @_FORCE
@@ -584,11 +627,12 @@ def plot_cmd(runs: tuple[str, ...], out: str, with_train: bool, title: str | Non
     Example:
       netmorph plot parent.safetensors child.safetensors -o fig5.png
     """
-    from .checkpoint import check_output
+    from .outputs import check_outputs
     from .results import load_run, plot
 
-    check_output(out, force=force, protect=list(runs))
-    path = plot([load_run(r) for r in runs], out, train=with_train, title=title)
+    check_outputs([out], inputs=runs, force=force)
+    path = plot([load_run(r) for r in runs], out, train=with_train, title=title, force=force,
+                inputs=runs)
     click.echo(f"wrote {path}")
 
 

@@ -26,6 +26,10 @@ class SolverError(NetmorphError):
     exit_code = 1
 
 
+class SolverTimeout(SolverError):
+    """A solve stopped by its time limit (``max_seconds``)."""
+
+
 class InfeasibleError(SolverError):
     """The requested shapes cannot satisfy the morphism equation; says what to widen."""
 
@@ -64,3 +68,28 @@ class TrainingError(NetmorphError):
     """Training failed at run time (for example a non-finite loss)."""
 
     exit_code = 1
+
+
+class OutputError(NetmorphError):
+    """An output path refused by the write policy (an input, an existing file, no directory)."""
+
+    exit_code = 2
+
+
+class WriteError(NetmorphError):
+    """The operating system failed a write (read-only, permission, full disk)."""
+
+    exit_code = 1
+
+
+class UsageError(NetmorphError):
+    """A bad option value that the library itself detects."""
+
+    exit_code = 2
+
+
+class ResourceLimitError(NetmorphError):
+    """A solve or morph that would need more memory than allowed (checked before any
+    allocation). Exit code 2: the request, not the solver, is at fault."""
+
+    exit_code = 2

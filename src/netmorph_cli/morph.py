@@ -24,8 +24,9 @@ import torch
 from .algebra import compose, pad_to
 from .errors import MorphError
 from .graph import ModuleGraph
+from .limits import MAX_KERNEL
 from .network import Network, as_pair, node, validate_description
-from .solve import _Rng, conditioning, decompose_type1, morph_filter
+from .solve import ProgressFn, _Rng, conditioning, decompose_type1, morph_filter
 
 PRESET_RE = re.compile(r"^(\d+)c(\d+)(_2branch)?(_half)?$")
 
@@ -40,6 +41,10 @@ class Preset:
     @classmethod
     def parse(cls, name: str) -> Preset:
         m = PRESET_RE.match(name)
+        if m and any(len(k) > 4 or int(k) > MAX_KERNEL for k in (m[1], m[2])):
+            shown = name if len(name) <= 40 else name[:37] + "…"
+            raise MorphError(f"preset {shown!r}: kernel sizes are at most {MAX_KERNEL} "
+                             "(netmorph's limit), e.g. 1c1, 3c3, 7c7")
         if not m or int(m[1]) % 2 == 0 or int(m[2]) % 2 == 0 or int(m[1]) < 1 or int(m[2]) < 1:
             raise MorphError(f"unknown preset {name!r}: use KcJ[_2branch][_half] with odd K "
                              "and J, e.g. 1c1, 3c1, 3c3, 1c1_half, 1c1_2branch")
@@ -108,6 +113,7 @@ def morph_preset(net: Network, preset: str, *, seed: int = 0, exact_bn: bool = T
     if not blocks:
         raise MorphError("no residual block to morph: the network has no layerL.I.add joins "
                          "beyond the first block of each stage")
+    _refuse_module_branches(desc, blocks, p, preset)
     rng = _Rng(seed, torch.float64, "cpu")
     worst, cond = 0.0, 0.0
     compare = []
@@ -119,13 +125,57 @@ def morph_preset(net: Network, preset: str, *, seed: int = 0, exact_bn: bool = T
     entry = {"op": "preset", "preset": preset, "seed": seed, "residual": worst,
              "condition": cond, "blocks": [f"layer{s}.{i}" for s, i in blocks],
              "compare": compare, "exact_bn": exact_bn}
-    desc["arch"] = _arch_name(desc["arch"], preset)
+    desc["arch"] = arch_name(desc["arch"], preset=preset)
     return _finish(net, desc, tensors, entry)
 
 
-def _arch_name(arch: str, preset: str) -> str:
-    base = arch.split("+")[0]
-    return f"{base}+{preset}"
+def arch_name(arch: str, *, preset: str | None = None, module: str | None = None,
+              at: str | None = None) -> str:
+    """The architecture name after a morph: ``resnet20`` → ``resnet20+1c1``; a later preset
+    replaces the earlier one where it stands (1c1 → 3c1 grows the same branches), a module
+    morph appends ``NAME@LAYER``: ``resnet20+1c1+D@layer1.0.conv1``. Parts recorded by
+    older versions (``+module``) are kept as they are."""
+    base, *parts = arch.split("+")
+    if preset is not None:
+        i = next((k for k, part in enumerate(parts) if PRESET_RE.match(part)), None)
+        if i is None:
+            parts.append(preset)
+        else:
+            parts[i] = preset
+    if module is not None:
+        token = _ARCH_UNSAFE.sub("_", module) or "module"
+        parts.append(f"{token}@{_ARCH_UNSAFE.sub('_', at)}" if at else token)
+    return "+".join([base, *parts])
+
+
+_ARCH_UNSAFE = re.compile(r"[+\s]+")  # '+' separates the parts of an arch name
+
+
+def _branches(desc: dict[str, Any], prefix: str) -> list[int]:
+    """Branch numbers (1, 2) of a block's preset branches, found by their input pad."""
+    idx = _index(desc)
+    return [b for b in (1, 2) if f"{prefix}morph{b}.pad" in idx]
+
+
+def _refuse_module_branches(desc: dict[str, Any], blocks: list[tuple[int, int]], p: Preset,
+                            preset: str) -> None:
+    """A preset grows the plain K×K convs of the branches it made; where a module morph
+    replaced one of them (its nodes are then ``…morphB.convN.*``), say so up front."""
+    nodes = {n["name"]: n for n in desc["nodes"]}
+    stuck = []
+    for stage, i in blocks:
+        prefix = f"layer{stage}.{i}."
+        for b in _branches(desc, prefix)[:p.branches]:
+            stuck += [f"{prefix}morph{b}.{c}" for c in ("conv1", "conv2")
+                      if nodes.get(f"{prefix}morph{b}.{c}", {}).get("op") != "conv"]
+    if stuck:
+        which = ", ".join(repr(c) for c in stuck[:4]) + (", …" if len(stuck) > 4 else "")
+        raise MorphError(
+            f"preset {preset!r} cannot grow {which}: a module morph replaced "
+            f"{'that conv' if len(stuck) == 1 else 'those convs'} of the preset branch "
+            f"(nodes '{stuck[0]}.*'), and presets only grow the plain K×K convs of their "
+            "branches. Apply presets before module morphs, or morph that layer further with "
+            "--module SPEC.json --at LAYER")
 
 
 def _morph_block(desc: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str,
@@ -135,7 +185,7 @@ def _morph_block(desc: dict[str, Any], tensors: dict[str, torch.Tensor], prefix:
     condition number of its new factors (``solve.conditioning``; 0 when nothing is new)."""
     idx = _index(desc)
     add = desc["nodes"][idx[f"{prefix}add"]]
-    existing = [b for b in (1, 2) if f"{prefix}morph{b}.conv1" in idx]
+    existing = _branches(desc, prefix)
     for b in existing[:p.branches]:
         _grow_branch(desc, tensors, f"{prefix}morph{b}.", p.k1, p.k2)
     new = [b for b in range(1, p.branches + 1) if b not in existing]
@@ -295,12 +345,15 @@ def _site(net: Network, layer: str) -> _Site:
 
 def morph_at(net: Network, spec: ModuleGraph, layer: str, *, seed: int = 0, bn: bool = True,
              act: str = "prelu", inner_width: int | None = None, exact_bn: bool = True,
-             tol: float = 1e-10) -> Network:
+             tol: float = 1e-10, max_sweeps: int = 60, max_seconds: float | None = None,
+             max_memory: int | None = None, progress: ProgressFn | None = None) -> Network:
     """Replace the stride-1 conv (or identity shortcut) ``layer`` by the module ``spec``.
 
     The filters are solved in float64 (``solve.morph_filter``) and stored in the network's
     dtype. Each inner blob gets BN → PReLU (identity at insertion) unless ``bn=False`` /
-    ``act="none"``.
+    ``act="none"``. ``max_sweeps``, ``max_seconds``, ``max_memory`` (bytes) and
+    ``progress`` are the solve's limits (see ``morph_filter``): the memory estimate is
+    checked before anything is allocated, and nothing is changed when the solve fails.
     """
     if act not in ("prelu", "none"):
         raise MorphError(f"unknown activation {act!r} (prelu or none)")
@@ -309,7 +362,9 @@ def morph_at(net: Network, spec: ModuleGraph, layer: str, *, seed: int = 0, bn: 
         if "." in name:
             raise MorphError(f"spec name {name!r} contains '.', which layer names reserve")
     g = site.weight.detach().to(torch.float64)
-    result = morph_filter(g, spec, inner_width=inner_width, seed=seed, tol=tol)
+    result = morph_filter(g, spec, inner_width=inner_width, seed=seed, tol=tol,
+                          max_sweeps=max_sweeps, max_seconds=max_seconds,
+                          max_memory=max_memory, progress=progress)
     desc = copy.deepcopy(net.description)
     tensors = {k: v for k, v in net.tensors.items() if not k.startswith(f"{layer}.")}
     dtype = net.dtype
@@ -340,7 +395,7 @@ def morph_at(net: Network, spec: ModuleGraph, layer: str, *, seed: int = 0, bn: 
              "sweeps": result.sweeps,
              "methods": result.methods, "output": out, "compare": compare,
              "exact_bn": exact_bn, "bn": bn, "act": act}
-    desc["arch"] = desc["arch"] if "+" in desc["arch"] else desc["arch"] + "+module"
+    desc["arch"] = arch_name(desc["arch"], module=spec.name or "module", at=layer)
     return _finish(net, desc, tensors, entry)
 
 
@@ -402,9 +457,13 @@ def is_spec(module: str) -> bool:
 def morph_network(parent: Network, module: str, *, at: str | None = None, seed: int = 0,
                   prelu: bool = False, bn: bool = True, act: str = "prelu",
                   exact_bn: bool = True, dtype: torch.dtype | None = None,
-                  parent_sha256: str | None = None) -> Network:
+                  parent_sha256: str | None = None, max_sweeps: int = 60,
+                  max_seconds: float | None = None, max_memory: int | None = None,
+                  progress: ProgressFn | None = None) -> Network:
     """Morph ``parent`` with a preset or a spec file (at ``at``), optionally replacing its
-    ReLUs by PReLUs first and casting it to ``dtype``; records the lineage in ``meta``."""
+    ReLUs by PReLUs first and casting it to ``dtype``; records the lineage in ``meta``.
+    The solver limits (``max_sweeps``, ``max_seconds``, ``max_memory`` in bytes,
+    ``progress``) apply to spec morphs (see ``morph_at``)."""
     from .flops import count_flops
     from .spec import load_spec
 
@@ -420,7 +479,9 @@ def morph_network(parent: Network, module: str, *, at: str | None = None, seed: 
         net = prelu_all(net)
     if is_spec(module):
         assert at is not None
-        child = morph_at(net, spec, at, seed=seed, bn=bn, act=act, exact_bn=exact_bn)
+        child = morph_at(net, spec, at, seed=seed, bn=bn, act=act, exact_bn=exact_bn,
+                         max_sweeps=max_sweeps, max_seconds=max_seconds, max_memory=max_memory,
+                         progress=progress)
     else:
         child = morph_preset(net, module, seed=seed, exact_bn=exact_bn)
     parent_ref = {"arch": parent.description.get("arch"),

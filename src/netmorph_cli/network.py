@@ -17,7 +17,8 @@ stride, padding), ``gap`` (global average pool to (N, C)), ``linear`` (in, out, 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import NetworkError
+from .limits import MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_KERNEL, MAX_MAP_SIDE, MAX_WIDTH
 
 FORMAT = 1
 
@@ -88,26 +90,39 @@ def as_pair(v: Any) -> tuple[int, int]:
 def validate_description(desc: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Check a description; return every node's output shape (C, H, W) or (F,).
 
-    Raises ``NetworkError`` naming the node at fault. Run after every edit.
+    Every field is checked for type and range (``limits.py`` caps widths, kernels and sizes)
+    before anything is built, so a tampered description is refused here, naming the node and
+    the field, instead of failing in torch. Raises ``NetworkError``. Run after every edit.
     """
     if not isinstance(desc, Mapping):
-        raise NetworkError("network description must be an object")
+        raise NetworkError(f"network description must be an object, got {_kind(desc)}")
     if desc.get("format") != FORMAT:
-        raise NetworkError(f"unsupported network description format {desc.get('format')!r} "
+        raise NetworkError(f"unsupported network description format {_short(desc.get('format'))} "
                            f"(this netmorph reads format {FORMAT})")
-    for key in ("input", "num_classes", "nodes", "output"):
+    for key in ("arch", "input", "num_classes", "nodes", "output"):
         if key not in desc:
             raise NetworkError(f"network description is missing {key!r}")
-    shapes: dict[str, tuple[int, ...]] = {"input": tuple(desc["input"])}
-    for n in desc["nodes"]:
+    if not isinstance(desc["arch"], str):
+        raise NetworkError(f"'arch' must be a string, not {_short(desc['arch'])}")
+    try:
+        _count(desc, "num_classes")
+    except ValueError as exc:
+        raise NetworkError(f"network description: {exc}") from None
+    nodes = desc["nodes"]
+    if not isinstance(nodes, list) or not nodes:
+        raise NetworkError(f"'nodes' must be a non-empty list of nodes, got {_kind(nodes)}")
+    shapes: dict[str, tuple[int, ...]] = {"input": _input_shape(desc["input"])}
+    for i, n in enumerate(nodes):
+        if not isinstance(n, Mapping):
+            raise NetworkError(f"node #{i + 1} must be an object, got {_kind(n)}")
         name = n.get("name")
         if not isinstance(name, str) or not name or name == "input":
-            raise NetworkError(f"bad node name {name!r}")
+            raise NetworkError(f"bad node name {_short(name)}")
         if name in shapes:
             raise NetworkError(f"duplicate node name {name!r}")
         op = n.get("op")
-        if op not in _ATTRS:
-            raise NetworkError(f"node {name!r}: unknown op {op!r}")
+        if not isinstance(op, str) or op not in _ATTRS:
+            raise NetworkError(f"node {name!r}: unknown op {_short(op)}")
         required, optional = _ATTRS[op]
         missing = [a for a in (*required, *optional) if a not in n]
         if missing:
@@ -115,30 +130,122 @@ def validate_description(desc: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         ins = n.get("inputs")
         if not isinstance(ins, list) or not ins:
             raise NetworkError(f"node {name!r} has no inputs")
-        for i in ins:
-            if i not in shapes:
-                raise NetworkError(f"node {name!r}: input {i!r} is not an earlier node")
+        for j in ins:
+            if not isinstance(j, str) or j not in shapes:
+                raise NetworkError(f"node {name!r}: input {_short(j)} is not an earlier node")
         try:
-            shapes[name] = _out_shape(n, [shapes[i] for i in ins])
+            _check_attrs(n)
+            shape = _out_shape(n, [shapes[j] for j in ins])
+            if len(shape) == 3 and max(shape[1:]) > MAX_MAP_SIDE:
+                raise ValueError(f"output {shape[1]}×{shape[2]} is larger than netmorph's "
+                                 f"limit of {MAX_MAP_SIDE} pixels a side")
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise NetworkError(f"node {name!r} ({op}): {exc}") from None
-    if desc["output"] not in shapes:
-        raise NetworkError(f"output {desc['output']!r} is not a node")
-    if shapes[desc["output"]] != (desc["num_classes"],):
-        raise NetworkError(f"output {desc['output']!r} has shape {shapes[desc['output']]}, "
+        shapes[name] = shape
+    out = desc["output"]
+    if not isinstance(out, str) or out == "input" or out not in shapes:
+        raise NetworkError(f"output {_short(out)} is not a node")
+    if shapes[out] != (desc["num_classes"],):
+        raise NetworkError(f"output {out!r} has shape {shapes[out]}, "
                            f"expected ({desc['num_classes']},)")
-    _check_module_paths(desc["nodes"])
+    _check_module_paths(nodes)
     return shapes
 
 
-def _two_ints(n: Mapping[str, Any], attr: str, lo: int) -> list[int]:
-    """A conv's kernel/stride/padding/dilation (or a pad's pad): [h, w], ints ≥ ``lo``."""
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _input_shape(v: Any) -> tuple[int, int, int]:
+    """The description's ``input``: [C, H, W], capped so no batch of it can exhaust memory."""
+    if not (isinstance(v, list) and len(v) == 3 and all(type(i) is int and i >= 1 for i in v)):
+        raise NetworkError(f"'input' must be [C, H, W] of positive integers, not {_short(v)}")
+    c, h, w = v
+    if c > MAX_WIDTH:
+        raise NetworkError(f"'input' has {c} channels, more than netmorph's limit of "
+                           f"{MAX_WIDTH}")
+    if max(h, w) > MAX_INPUT_SIDE:
+        raise NetworkError(f"'input' is {h}×{w} pixels, larger than netmorph's limit of "
+                           f"{MAX_INPUT_SIDE} a side")
+    if c * h * w > MAX_INPUT_ELEMENTS:
+        raise NetworkError(f"'input' {c}×{h}×{w} has {c * h * w:,} values per image, more "
+                           f"than netmorph's limit of {MAX_INPUT_ELEMENTS:,}")
+    return c, h, w
+
+
+def _int(n: Mapping[str, Any], attr: str, lo: int, hi: int) -> int:
+    """``n[attr]`` as an integer in [lo, hi] (ValueError naming the field otherwise)."""
+    v = n[attr]
+    if type(v) is not int or not lo <= v <= hi:
+        raise ValueError(f"{attr} must be an integer from {lo} to {hi}, not {_short(v)}")
+    return v
+
+
+def _count(n: Mapping[str, Any], attr: str) -> int:
+    """A width (channels, features, classes): 1 … ``MAX_WIDTH``."""
+    return _int(n, attr, 1, MAX_WIDTH)
+
+
+def _number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _two_ints(n: Mapping[str, Any], attr: str, lo: int, hi: int = MAX_MAP_SIDE) -> list[int]:
+    """A conv's kernel/stride/padding/dilation (or a pad's pad): [h, w], ints in [lo, hi]."""
     v = n[attr]
     if not (isinstance(v, list) and len(v) == 2
             and all(type(i) is int and i >= lo for i in v)):
         raise ValueError(f"{attr} must be a list of two integers ≥ {lo} (e.g. [{max(lo, 1)}, "
-                         f"{max(lo, 1)}]), not {v!r}")
+                         f"{max(lo, 1)}]), not {_short(v)}")
+    if max(v) > hi:
+        raise ValueError(f"{attr} {v} is larger than netmorph's limit of {hi}")
     return v
+
+
+def _check_attrs(n: Mapping[str, Any]) -> None:
+    """Types and ranges of a node's attributes (shapes are ``_out_shape``'s job)."""
+    op = n["op"]
+    if op == "conv":
+        c_in, c_out = _count(n, "in"), _count(n, "out")
+        _two_ints(n, "kernel", 1, MAX_KERNEL)
+        for attr, lo in (("stride", 1), ("padding", 0), ("dilation", 1)):
+            _two_ints(n, attr, lo)
+        _int(n, "groups", 1, c_in)
+        if c_in % n["groups"] or c_out % n["groups"]:
+            raise ValueError(f"channels {c_in}→{c_out} not divisible by groups {n['groups']}")
+    elif op == "bn":
+        _count(n, "channels")
+        if not (_number(n["eps"]) and n["eps"] >= 0):
+            raise ValueError(f"eps must be a finite number ≥ 0, not {_short(n['eps'])}")
+        m = n["momentum"]
+        if m is not None and not (_number(m) and 0 <= m <= 1):
+            raise ValueError(f"momentum must be null or a number from 0 to 1, not {_short(m)}")
+    elif op == "prelu":
+        _count(n, "channels")
+    elif op == "add":
+        coeffs = n["coeffs"]
+        if not isinstance(coeffs, list) or not all(_number(c) for c in coeffs):
+            raise ValueError(f"coeffs must be a list of finite numbers, not {_short(coeffs)}")
+        sc = n["shortcut"]
+        if sc is not None and (type(sc) is not int or not 0 <= sc < len(n["inputs"])):
+            raise ValueError(f"shortcut must be null or the index of an input "
+                             f"(0 to {len(n['inputs']) - 1}), not {_short(sc)}")
+    elif op == "pad":
+        _two_ints(n, "pad", 0)
+    elif op == "shortcut_a":
+        _count(n, "in")
+        _count(n, "out")
+        _int(n, "stride", 1, MAX_MAP_SIDE)
+    elif op == "maxpool":
+        k = _int(n, "kernel", 1, MAX_KERNEL)
+        _int(n, "stride", 1, MAX_MAP_SIDE)
+        _int(n, "padding", 0, k // 2)  # torch: padding at most half the window
+    elif op == "linear":
+        _count(n, "in")
+        _count(n, "out")
+    if op in ("conv", "linear") and type(n["bias"]) is not bool:
+        raise ValueError(f"bias must be true or false, not {_short(n['bias'])}")
 
 
 def _out_shape(n: Mapping[str, Any], ins: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -151,10 +258,7 @@ def _out_shape(n: Mapping[str, Any], ins: list[tuple[int, ...]]) -> tuple[int, .
     if op == "conv":
         if x[0] != n["in"]:
             raise ValueError(f"expects {n['in']} input channels, gets {x[0]}")
-        if n["in"] % n["groups"] or n["out"] % n["groups"]:
-            raise ValueError("channels not divisible by groups")
-        k, s, p, d = (_two_ints(n, a, lo) for a, lo in
-                      (("kernel", 1), ("stride", 1), ("padding", 0), ("dilation", 1)))
+        k, s, p, d = (n[a] for a in ("kernel", "stride", "padding", "dilation"))
         hw = [(x[i + 1] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
         if min(hw) < 1:
             raise ValueError(f"output would be empty for input {x}")
@@ -177,7 +281,7 @@ def _out_shape(n: Mapping[str, Any], ins: list[tuple[int, ...]]) -> tuple[int, .
             raise ValueError(f"inputs {ins} cannot be centre-cropped to a common size")
         return (x[0], h, w)
     if op == "pad":
-        p = _two_ints(n, "pad", 0)
+        p = n["pad"]
         return (x[0], x[1] + 2 * p[0], x[2] + 2 * p[1])
     if op == "shortcut_a":
         if x[0] != n["in"] or (n["out"] - n["in"]) % 2 or n["out"] < n["in"]:
@@ -186,7 +290,10 @@ def _out_shape(n: Mapping[str, Any], ins: list[tuple[int, ...]]) -> tuple[int, .
         return (n["out"], -(-x[1] // s), -(-x[2] // s))
     if op == "maxpool":
         k, s, p = n["kernel"], n["stride"], n["padding"]
-        return (x[0], (x[1] + 2 * p - k) // s + 1, (x[2] + 2 * p - k) // s + 1)
+        hw = [(x[i] + 2 * p - k) // s + 1 for i in (1, 2)]
+        if min(hw) < 1:
+            raise ValueError(f"output would be empty for input {x}")
+        return (x[0], *hw)
     if op == "gap":
         return (x[0],)
     if op == "linear":
@@ -308,8 +415,11 @@ class Network:
     meta: dict[str, Any] = field(default_factory=dict)  # normalization, parent_sha256, …
 
     def check(self) -> Network:
-        """Validate the description and that tensors match it exactly (names and shapes)."""
+        """Validate the description, the history and metadata, and that tensors match the
+        description exactly (names and shapes)."""
         validate_description(self.description)
+        validate_history(self.history)
+        validate_meta(self.meta, self.description["input"][0])
         expected = expected_tensors(self.description)
         missing = sorted(set(expected) - set(self.tensors))
         extra = sorted(set(self.tensors) - set(expected))
@@ -368,3 +478,108 @@ def expected_tensors(desc: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 def state_of(module: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of a module's tensors (what a Network stores)."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# -- history and metadata: what readers of a checkpoint rely on -----------------------------
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+def _pairs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 and _strings(p)
+                                       for p in v)
+
+
+def _epochs(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(m, dict) and all(type(m.get(k)) in (int, float)
+                                    for k in ("test_error", "train_error")) for m in v)
+
+
+def _num(v: Any) -> bool:
+    return type(v) in (int, float)
+
+
+# history-entry field → (check, what it must be); other fields are kept unchecked
+_ENTRY_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **dict.fromkeys(("op", "preset", "module", "act", "output"),
+                    (lambda v: isinstance(v, str), "a string")),
+    **dict.fromkeys(("at", "dataset"), (lambda v: v is None or isinstance(v, str),
+                                        "a string or null")),
+    **dict.fromkeys(("sweeps", "replaced", "epochs_run", "world_size"),
+                    (lambda v: type(v) is int, "an integer")),
+    "seed": (lambda v: v is None or type(v) is int, "an integer or null"),
+    **dict.fromkeys(("residual", "condition", "test_error", "seconds"),
+                    (lambda v: v is None or _num(v), "a number or null")),
+    **dict.fromkeys(("exact_bn", "bn"), (lambda v: type(v) is bool, "true or false")),
+    **dict.fromkeys(("blocks", "new_bn"), (_strings, "a list of strings")),
+    "compare": (_pairs, "a list of [parent node, child node] pairs"),
+    "metrics": (_epochs, "a list of epoch records with numeric 'test_error' and "
+                         "'train_error'"),
+    **dict.fromkeys(("config", "spec", "methods"), (lambda v: isinstance(v, dict),
+                                                   "an object")),
+    "calibration": (lambda v: isinstance(v, dict) and isinstance(v.get("dataset"), str)
+                    and type(v.get("images")) is int and _strings(v.get("layers")),
+                    "an object with 'dataset' (a string), 'images' (an integer) and "
+                    "'layers' (a list of strings)"),
+}
+
+
+def validate_history(history: Any) -> None:
+    """The morph history: a list of objects whose known fields have the types ``info``,
+    ``report``, ``verify``, ``calibrate`` and ``train`` read (``NetworkError`` naming the
+    entry and the field)."""
+    if not isinstance(history, list):
+        raise NetworkError(f"the history must be a list of entries, got {_kind(history)}")
+    for i, entry in enumerate(history, 1):
+        if not isinstance(entry, dict):
+            raise NetworkError(f"history entry #{i} must be an object, got {_kind(entry)}")
+        for key, (ok, what) in _ENTRY_FIELDS.items():
+            if key in entry and not ok(entry[key]):
+                raise NetworkError(f"history entry #{i}: {key!r} must be {what}, "
+                                   f"not {_short(entry[key])}")
+
+
+def validate_meta(meta: Any, channels: int) -> None:
+    """Known metadata: ``normalization`` ({mean, std}: one finite number per input channel,
+    std > 0), lineage records ``parent``/``root`` ({arch, flops, sha256}) and the
+    ``created``/``imported`` records (objects)."""
+    if not isinstance(meta, dict):
+        raise NetworkError(f"the metadata must be an object, got {_kind(meta)}")
+    if "normalization" in meta:
+        norm = meta["normalization"]
+        if not isinstance(norm, dict):
+            raise NetworkError(f"metadata 'normalization' must be an object with 'mean' and "
+                               f"'std', not {_short(norm)}")
+        for key in ("mean", "std"):
+            v = norm.get(key)
+            if key in norm and not (isinstance(v, list) and len(v) == channels
+                                    and all(_number(x) for x in v)
+                                    and (key == "mean" or all(x > 0 for x in v))):
+                what = "positive finite numbers" if key == "std" else "finite numbers"
+                raise NetworkError(f"metadata normalization {key!r} must be a list of "
+                                   f"{channels} {what} (one per input channel), "
+                                   f"not {_short(v)}")
+    for key in ("parent", "root"):
+        ref = meta.get(key)
+        if key not in meta:
+            continue
+        if not isinstance(ref, dict):
+            raise NetworkError(f"metadata {key!r} must be an object, not {_short(ref)}")
+        flops = ref.get("flops")
+        if flops is not None and not (_number(flops) and flops >= 0):
+            raise NetworkError(f"metadata {key!r}: 'flops' must be a number ≥ 0, "
+                               f"not {_short(flops)}")
+        for field_ in ("arch", "sha256"):
+            if ref.get(field_) is not None and not isinstance(ref[field_], str):
+                raise NetworkError(f"metadata {key!r}: {field_!r} must be a string, "
+                                   f"not {_short(ref[field_])}")
+    for key in ("created", "imported"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise NetworkError(f"metadata {key!r} must be an object, not {_short(meta[key])}")
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "…"

@@ -199,7 +199,13 @@ class TrainProgress:
     def hooks(self) -> Any:
         from .train import TrainHooks
 
-        return TrainHooks(on_step=self._step, on_epoch=self._epoch, on_start=self._start)
+        return TrainHooks(on_step=self._step, on_epoch=self._epoch, on_start=self._start,
+                          on_warning=self._warning)
+
+    def _warning(self, message: str) -> None:  # on stderr, --quiet or not
+        import click
+
+        click.echo(f"Warning: {message}", err=True)
 
     def _start(self, start_epoch: int, epochs: int, steps: int) -> None:
         self.epochs, self.total_steps = epochs, steps

@@ -10,15 +10,15 @@ phase, no lineage).
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
 from .flops import count_flops
+from .outputs import check_outputs, write_file
 
 
 @dataclass(frozen=True)
@@ -183,10 +183,12 @@ def figure(runs: list[Run], *, train: bool = False, title: str | None = None) ->
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     marks: dict[int, list[tuple[str, Any]]] = {}  # epoch → (what, colour) of each morph
     for r in runs:
-        (line,) = ax.plot(r.epochs, [100 * e for e in r.test_error], label=f"{r.name} (test)")
+        marker = "o" if len(r.epochs) <= 20 else None  # a 1-epoch run is a point, not a line
+        (line,) = ax.plot(r.epochs, [100 * e for e in r.test_error], label=f"{r.name} (test)",
+                          marker=marker, markersize=4)
         if train:
-            ax.plot(r.epochs, [100 * e for e in r.train_error], linestyle="--",
-                    color=line.get_color(), alpha=0.6, label=f"{r.name} (train)")
+            ax.plot(r.epochs, [100 * e for e in r.train_error], linestyle="--", marker=marker,
+                    markersize=3, color=line.get_color(), alpha=0.6, label=f"{r.name} (train)")
         for epoch, what in r.morph_epochs:
             marks.setdefault(epoch, []).append((what, line.get_color()))
     for epoch, here in marks.items():  # one line per epoch: runs morphed together share it
@@ -208,28 +210,21 @@ def figure(runs: list[Run], *, train: bool = False, title: str | None = None) ->
 
 
 def plot(runs: list[Run], out: str | Path, *, train: bool = False,
-         title: str | None = None) -> Path:
+         title: str | None = None, force: bool = False,
+         inputs: Iterable[str | Path] = ()) -> Path:
     """Write :func:`figure` to ``out`` in the format its suffix names (PNG without one),
-    atomically: a failure leaves no half-written file."""
+    under the write policy (``outputs.py``): atomic, and an existing ``out`` only with
+    ``force``, never one of ``inputs``."""
+    out = Path(out)
+    check_outputs([out], inputs=inputs, force=force)
     fig = figure(runs, train=train, title=title)
     import matplotlib.pyplot as plt
 
-    out = Path(out)
     try:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    except OSError as exc:
-        plt.close(fig)
+        write_file(out, lambda f: fig.savefig(f, format=out.suffix[1:].lower() or "png"),
+                   force=force, inputs=inputs)
+    except ValueError as exc:  # an image format matplotlib does not know
         raise DataError(f"cannot write {out}: {exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=out.suffix[1:].lower() or "png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, (OSError, ValueError)):
-            raise DataError(f"cannot write {out}: {exc}") from None
-        raise
     finally:
         plt.close(fig)
     return out

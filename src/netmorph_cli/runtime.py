@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .errors import NetmorphError
+from .errors import UsageError
 
-
-class UsageError(NetmorphError):
-    """A bad option value that the library itself detects."""
-
-    exit_code = 2
+__all__ = ["DTYPES", "UsageError", "default_device", "parse_milestones", "resolve_device",
+           "resolve_dtype"]
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -6,13 +6,24 @@ morphs outward with TYPE-I/TYPE-II splits — and falls back to Algorithm 2 on t
 module when a split on the way cannot be exact. Every edge's filter comes back with the
 method that produced it and the relative residual ‖module(F) − G̃‖ / ‖G̃‖, computed
 independently at the end.
+
+Limits. What can be decided before iterating is decided first: the memory the solve needs
+(refused over a limit, before anything is allocated), the polynomial rank of the module
+against the layer's (a vertex cut narrower than the filter's rank can never reproduce it),
+and whether any block of Algorithm 2 has as many independent unknowns as equations
+(otherwise no sweep can absorb the residual and the solve is refused at once). A solve runs
+under a time budget with a progress heartbeat; width advice is printed only after a
+re-solve at the advised widths reached the tolerance.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import math
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,14 +35,15 @@ from .algebra import (
     kernel_of,
     module_function,
     pad_to,
+    path_kernel,
     prefix_filters,
     resize,
     suffix_filters,
 )
-from .errors import InfeasibleError, SolverError
+from .errors import InfeasibleError, ResourceLimitError, SolverError, SolverTimeout
 from .graph import Edge, Kernel, ModuleGraph
 from .lsq import LinearMap, dense_lstsq, dense_matrix, dense_min_norm, lsqr
-from .reduce import reduce_module
+from .reduce import ReductionPlan, reduce_module
 
 DENSE_LIMIT = 4_000_000  # entries of a sub-problem's matrix below which it is solved densely
 
@@ -57,6 +69,211 @@ class SolveResult:
 
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
+
+
+# -- limits: time budget, progress, memory -----------------------------------------------
+
+ADVICE_SECONDS = 60.0  # default time for re-solves that verify width advice
+PROGRESS_EVERY = 4.0  # seconds between progress reports (nothing silent for longer)
+
+
+@dataclass(frozen=True)
+class SolveProgress:
+    """A heartbeat of a running solve, at most every ``PROGRESS_EVERY`` seconds."""
+
+    phase: str  # e.g. "Algorithm 2", "verifying widths {'a': 30}"
+    sweep: int  # Algorithm 2 sweeps finished in this phase
+    residual: float | None  # relative residual so far (None before the first)
+    seconds: float  # since the solve began
+    max_seconds: float | None  # its time limit
+
+    def line(self) -> str:
+        parts = [self.phase]
+        if self.sweep:
+            parts.append(f"sweep {self.sweep}")
+        if self.residual is not None:
+            parts.append(f"relative residual {self.residual:.2e}")
+        limit = f" of {self.max_seconds:g} s" if self.max_seconds is not None else ""
+        parts.append(f"{self.seconds:.0f} s{limit}")
+        return ", ".join(parts)
+
+
+ProgressFn = Callable[[SolveProgress], None]
+
+
+class _OutOfTime(SolverError):
+    """The time budget ran out (raised from inside a solve, turned into a message at the
+    top)."""
+
+
+class _Budget:
+    """Deadline and progress of one ``morph_filter`` call. Solver code reaches the current
+    budget through ``_tick()`` (a context variable), so the linear maps of every block check
+    it on each application: a solve stops within one operator application of its limit."""
+
+    def __init__(self, max_seconds: float | None, progress: ProgressFn | None,
+                 parent: _Budget | None = None, phase: str = "solving"):
+        now = time.monotonic()
+        own = now + max_seconds if max_seconds is not None else math.inf
+        self.root: _Budget = self
+        self.start: float = now
+        self.max_seconds: float | None = max_seconds
+        self.deadline: float = own
+        self.progress: ProgressFn | None = progress
+        self.label: str = ""
+        self.phase: str = phase
+        if parent is not None:  # a nested solve (verifying width advice)
+            self.root, self.start = parent.root, parent.start
+            self.max_seconds, self.deadline = parent.max_seconds, min(own, parent.deadline)
+            self.progress = progress if progress is not None else parent.progress
+            self.label = f"{parent.label}{parent.phase}: "  # reported under its parent
+        self.last = now
+        self.sweep = 0
+        self.residual: float | None = None
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def note(self, *, phase: str | None = None, sweep: int | None = None,
+             residual: float | None = None) -> None:
+        if phase is not None:
+            self.phase, self.sweep, self.residual = phase, 0, None
+        if sweep is not None:
+            self.sweep = sweep
+        if residual is not None:
+            self.residual = residual
+        self.tick()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now > self.deadline:
+            raise _OutOfTime(f"time limit reached in {self.phase}")
+        root = self.root
+        if self.progress is not None and now - root.last >= PROGRESS_EVERY:
+            root.last = now
+            self.progress(SolveProgress(self.label + self.phase, self.sweep, self.residual,
+                                        now - self.start, self.max_seconds))
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("netmorph_budget",
+                                                                        default=None)
+
+
+def _tick() -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.tick()
+
+
+def default_memory_limit(device: torch.device | str = "cpu") -> int:
+    """Half the physical memory (4 GiB where it cannot be read); on a CUDA device also at
+    most 90% of the device's memory."""
+    try:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        limit = 4 * 2**30
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(dev).total_memory
+        limit = min(limit, int(0.9 * total))
+    return int(limit)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak bytes of a solve (float64 working copies), and its largest single piece."""
+
+    bytes: int
+    largest: str  # what the largest piece is, e.g. "the sink cut's dense matrix (784 × 810)"
+
+    def check(self, limit: int, what: str) -> None:
+        if self.bytes > limit:
+            raise ResourceLimitError(
+                f"{what} needs about {format_bytes(self.bytes)} of memory (largest piece: "
+                f"{self.largest}), above the limit of {format_bytes(limit)}; use narrower "
+                f"inner blobs or a smaller layer, or raise the limit with --max-memory GiB")
+
+
+def _area(k: Kernel) -> int:
+    return k[0] * k[1]
+
+
+def _kernels_to_sink(graph: ModuleGraph) -> dict[str, Kernel]:
+    """Kernel of Q(v) for every blob (longest path to t per dimension)."""
+    k: dict[str, Kernel] = {graph.sink: (1, 1)}
+    for b in reversed(graph.blobs[:-1]):
+        kh = max(e.kernel[0] + k[e.dst][0] - 1 for e in graph.out_edges[b])
+        kw = max(e.kernel[1] + k[e.dst][1] - 1 for e in graph.out_edges[b])
+        k[b] = (kh, kw)
+    return k
+
+
+def _algorithm2_memory(graph: ModuleGraph, widths: Mapping[str, int]) -> list[tuple[int, str]]:
+    """(entries, what) of the big arrays of Algorithm 2 on ``graph`` (see ``solve_memory``)."""
+    s, t = graph.source, graph.sink
+    k_eff = graph.effective_kernel()
+    kp, kq = path_kernel(graph), _kernels_to_sink(graph)
+    cs, ct, area = widths[s], widths[t], _area(k_eff)
+    n_f = sum(widths[e.dst] * widths[e.src] * _area(e.kernel) for e in graph.edges)
+    n_pq = sum(widths[v] * (cs * _area(kp[v]) + ct * _area(kq[v])) for v in graph.blobs)
+    pieces = [(6 * n_f, f"the module's filters ({n_f:,} entries, 6 working copies)"),
+              (2 * n_pq, "the prefix and suffix filters of every blob"),
+              (8 * ct * cs * area, "the target and residual filters")]
+    for kind, edges, rows in (("sink", graph.in_edges[t], cs * area),
+                              ("source", graph.out_edges[s], ct * area)):
+        cols = sum(widths[e.src if kind == "sink" else e.dst] * _area(e.kernel) for e in edges)
+        c = ct if kind == "sink" else cs
+        # matrix in its dtype and float64, the identity it is built from, A·Aᵀ and its
+        # Cholesky factor, right-hand sides and solutions
+        n = 3 * rows * cols + cols * cols + 2 * rows * rows + 2 * c * (rows + cols)
+        pieces.append((n, f"the {kind} cut's dense matrix ({rows:,} × {cols:,})"))
+    for e in graph.edges:
+        if e.src == s or e.dst == t:
+            continue
+        n_e = widths[e.dst] * widths[e.src] * _area(e.kernel)
+        rows = ct * cs * area
+        if rows * n_e <= DENSE_LIMIT:  # dense: the matrix and the identity it is built from
+            pieces.append((3 * rows * n_e + n_e * n_e, f"edge {e.name!r}'s dense matrix"))
+    return pieces
+
+
+def solve_memory(graph: ModuleGraph, widths: Mapping[str, int], *, kernel: Kernel,
+                 whole: bool = False, plan: ReductionPlan | None = None) -> MemoryEstimate:
+    """Peak memory of ``morph_filter`` at these widths (float64: 8 bytes an entry): the
+    filters of every edge in several working copies, the blobs' prefix and suffix filters
+    and the dense cut matrices of Algorithm 2 (with ``whole``, on the whole module; else on
+    the irreducible remainder after Algorithm 1, plus the TYPE-I splits' dense solves)."""
+    cs, ct = widths[graph.source], widths[graph.sink]
+    pieces = [(2 * ct * cs * _area(kernel), "the layer's filter")]
+    if whole:
+        pieces += _algorithm2_memory(graph, widths)
+    else:
+        plan = reduce_module(graph) if plan is None else plan
+        n_f = sum(widths[e.dst] * widths[e.src] * _area(e.kernel) for e in graph.edges)
+        pieces.append((4 * n_f, f"the module's filters ({n_f:,} entries, 4 working copies)"))
+        if not plan.simple:
+            pieces += _algorithm2_memory(plan.remainder, widths)
+        for st in plan.steps:
+            if st.type != "I" or st.blob is None:
+                continue
+            a, b = st.into
+            kk = (a.kernel[0] + b.kernel[0] - 1, a.kernel[1] + b.kernel[1] - 1)
+            rows = max(widths[st.edge.src], widths[st.edge.dst]) * _area(kk)
+            cols = widths[st.blob] * max(_area(a.kernel), _area(b.kernel))
+            if rows * cols <= DENSE_LIMIT:
+                pieces.append((3 * rows * cols + cols * cols,
+                               f"the TYPE-I split at blob {st.blob!r}"))
+    total = sum(n for n, _ in pieces) * 8
+    largest = max(pieces, key=lambda p: p[0])[1]
+    return MemoryEstimate(total, largest)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -230,16 +447,25 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: _Rng
         if e_perp is not None:
             f2 = f2 + torch.einsum("orkl,mr->omkl", rng.filter(c_out, mid - c_in, k2), e_perp)
         return f1, f2, ("identity-padding (embedding)", "identity-padding (filter)")
-    need = min(math.ceil(c_in * area / a2), math.ceil(c_out * area / a1))
-    # the structured constructions above need only mid ≥ C_in or C_out where they apply
-    structured = min([c_in] * (gk == (1, 1) or fits(gk, k2)) + [c_out] * fits(gk, k1),
-                     default=need)
+    need, structured = type1_widths(c_out, c_in, gk, k1, k2)
     smaller = (f"; an exact structured split (identity padding or unimodular factors) "
                f"needs only a middle width of {structured}" if structured < need else "")
     raise InfeasibleError(
         f"TYPE-I split of a {c_out}×{c_in} filter into {k1[0]}×{k1[1]} then {k2[0]}×{k2[1]} "
         f"through {mid} channels is not exact: eq. 3 needs max(C_l·C_i·K1², C_j·C_l·K2²) ≥ "
         f"C_j·C_i·(K1+K2−1)², i.e. a middle width of at least {need}{smaller}")
+
+
+def type1_widths(c_out: int, c_in: int, gk: Kernel, k1: Kernel, k2: Kernel) -> tuple[int, int]:
+    """(eq. 3's smallest middle width, the smallest width of a structured split — identity
+    padding or unimodular factors — or eq. 3's where none applies) for a TYPE-I split of a
+    (c_out, c_in) filter with support ``gk`` into ``k1`` then ``k2``."""
+    area = (k1[0] + k2[0] - 1) * (k1[1] + k2[1] - 1)
+    need = min(math.ceil(c_in * area / _area(k2)), math.ceil(c_out * area / _area(k1)))
+    # the structured constructions need only mid ≥ C_in or C_out where they apply
+    structured = min([c_in] * (gk == (1, 1) or fits(gk, k2)) + [c_out] * fits(gk, k1),
+                     default=need)
+    return need, structured
 
 
 def _unimodular_split(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: _Rng
@@ -269,6 +495,7 @@ def _deconvolve(target: torch.Tensor, which: str, k1: Kernel, k2: Kernel, mid: i
         f1 = rng.filter(mid, c_in, k1)
         like = torch.zeros(1, mid, *k2, dtype=target.dtype, device=target.device)
         def then_f2(x: torch.Tensor) -> torch.Tensor:  # x ⊛ F1
+            _tick()
             return compose(x, f1)
         rows = [target[j:j + 1] for j in range(c_out)]
         f2 = _solve_shared(then_f2, rows, like, tol).reshape(c_out, mid, *k2)
@@ -276,6 +503,7 @@ def _deconvolve(target: torch.Tensor, which: str, k1: Kernel, k2: Kernel, mid: i
     f2 = rng.filter(c_out, mid, k2)  # F2 random; each column F1[:, i] solves F2 ⊛ F1[:, i]
     like = torch.zeros(mid, 1, *k1, dtype=target.dtype, device=target.device)
     def before_f2(x: torch.Tensor) -> torch.Tensor:  # F2 ⊛ x
+        _tick()
         return compose(f2, x)
     cols = [target[:, i:i + 1] for i in range(c_in)]
     f1 = _solve_shared(before_f2, cols, like, tol)  # (c_in, mid, 1, k1)
@@ -326,6 +554,7 @@ def solve_blocks(graph: ModuleGraph) -> list[_Block]:
 def edge_map(pre: torch.Tensor, suf: torch.Tensor, kernel: Kernel) -> LinearMap:
     """X ↦ Q(v) ⊛ X ⊛ P(u): how the module function depends on one edge's filter (eq. 7)."""
     def op(x: torch.Tensor) -> torch.Tensor:
+        _tick()  # the time budget, once per application
         return pad_to(compose(suf, compose(x, pre)), kernel)
     return op
 
@@ -348,6 +577,7 @@ def _cut_update(block: _Block, filters: Mapping[str, torch.Tensor], residual: to
     sizes = [math.prod(sh) for sh in shapes]
 
     def op(flat: torch.Tensor) -> torch.Tensor:
+        _tick()
         out = torch.zeros((), dtype=flat.dtype, device=flat.device)
         for e, part, sh in zip(block.edges, flat.split(sizes), shapes, strict=True):
             x = part.reshape(sh)
@@ -384,25 +614,40 @@ def algorithm2(graph: ModuleGraph, target: torch.Tensor, widths: Mapping[str, in
     module function is affine and solves for the block's minimum-norm correction. Blocks:
     the sink cut and the source cut (channel-decoupled, dense) and every inner edge alone
     (matrix-free LSQR on the device). Stops as soon as the relative residual is ≤ ``tol``;
-    raises ``SolverError`` with width advice when it stalls. ``dense_jacobian`` solves every
-    block with its full dense Jacobian instead (the benchmark's baseline).
+    raises ``SolverError`` when it stalls. Refuses at once (``InfeasibleError``, before
+    drawing a filter) when no block can absorb a generic residual at these widths
+    (``too_narrow``). ``dense_jacobian`` solves every block with its full dense Jacobian
+    instead (the benchmark's baseline).
     """
     k_eff = graph.effective_kernel()
     target = resize(target, k_eff)
+    narrow = too_narrow(graph, widths)
+    if narrow is not None:
+        # No block can absorb a generic residual, but a special target (0.5·I through a
+        # module with 1×1 skips) can still lie in a cut's range; the dense cut solves
+        # decide that in moments, so only they run before the refusal.
+        start = dict(init) if init else {e.name: rng.filter(widths[e.dst], widths[e.src],
+                                                            e.kernel) for e in graph.edges}
+        solved, reached = _cut_probe(graph, target, start, widths, tol=tol)
+        if solved is not None:
+            return solved, reached
+        assert isinstance(narrow, _Narrow)
+        raise _Narrow(f"{narrow.reason}; solving its two cuts alone (dense, exact) stalls at "
+                      f"relative residual {reached[-1]:.3g}, so Algorithm 2 was not run "
+                      "(its sweeps would only stall)", narrow.candidates)
     if init:
         starts = [dict(init)]
     else:
         random = {e.name: rng.filter(widths[e.dst], widths[e.src], e.kernel)
                   for e in graph.edges}
-        # (not where the widths already rule exactness out: a second start would only
-        # double the time it takes to say so)
-        compact = None if width_advice(graph, widths, k_eff) is not None else \
-            compact_prefixes(graph, random, widths[graph.source], support(target))
+        compact = compact_prefixes(graph, random, widths[graph.source], support(target))
         starts = [compact, random] if compact is not None else [random]
     for i, start in enumerate(starts):
         try:
             return _sweeps(graph, target, start, widths, tol=tol, max_sweeps=max_sweeps,
                            dense_jacobian=dense_jacobian)
+        except _OutOfTime:
+            raise
         except SolverError:
             if i == len(starts) - 1:
                 raise
@@ -474,15 +719,13 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
     # LSQR cannot go below a few ulps of the working precision; asking more only
     # accumulates rounding.
     inner_rtol = max(tol * 1e-2, 30 * torch.finfo(target.dtype).eps)
-    max_iter = 2000
-    if width_advice(graph, widths, k_eff) is not None:
-        # No block has as many unknowns as G̃ has entries: exactness is not to be expected,
-        # so give up after a few sweeps instead of grinding (the message says what to widen).
-        max_sweeps, max_iter = min(max_sweeps, 8), 200
+    budget = _BUDGET.get()
     history: list[float] = []
     residual = target - module_function(graph, filters)
     rel = float(torch.linalg.vector_norm(residual)) / tnorm
-    for _sweep in range(max_sweeps):
+    if budget is not None:
+        budget.note(sweep=0, residual=rel)
+    for sweep in range(max_sweeps):
         for block in solve_blocks(graph):
             pre = prefix_filters(graph, filters, widths[graph.source])
             suf = suffix_filters(graph, filters, widths[graph.sink])
@@ -491,8 +734,7 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
             elif block.kind == "edge":
                 (e,) = block.edges
                 op = edge_map(pre[e.src], suf[e.dst], k_eff)
-                deltas = {e.name: solve_linear(op, residual, filters[e.name], rtol=inner_rtol,
-                                               max_iter=max_iter)}
+                deltas = {e.name: solve_linear(op, residual, filters[e.name], rtol=inner_rtol)}
             else:
                 cut = _cut_update(block, filters, residual, pre, suf, k_eff)
                 assert cut is not None  # only an ``exact`` update can decline
@@ -505,13 +747,56 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
             if new_rel > rel:  # an exact solve never increases it; rounding can
                 continue
             filters, residual, rel = trial, new_residual, new_rel
+            if budget is not None:
+                budget.note(residual=rel)
             if rel <= tol:
                 history.append(rel)
                 return filters, history
         history.append(rel)
+        if budget is not None:
+            budget.note(sweep=sweep + 1, residual=rel)
         if len(history) >= 4 and history[-1] > 0.9 * history[-4]:
             break
-    raise SolverError(_stall_message(graph, widths, history, tol, k_eff))
+    raise SolverError(_stall_message(graph, history, tol))
+
+
+def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
+               widths: Mapping[str, int], *, tol: float, rounds: int = 4
+               ) -> tuple[dict[str, torch.Tensor] | None, list[float]]:
+    """Alternate the sink-cut and source-cut solves (dense, exact) from ``filters``: (the
+    filters, history) once the relative residual is ≤ ``tol``, else (None, history) as
+    soon as a round gains less than 2× (or after ``rounds``)."""
+    k_eff = graph.effective_kernel()
+    tnorm = float(torch.linalg.vector_norm(target)) or 1.0
+    budget = _BUDGET.get()
+    residual = target - module_function(graph, filters)
+    rel = float(torch.linalg.vector_norm(residual)) / tnorm
+    history: list[float] = []
+    cuts = [b for b in solve_blocks(graph) if b.kind != "edge"]
+    for r in range(rounds):
+        for block in cuts:
+            pre = prefix_filters(graph, filters, widths[graph.source])
+            suf = suffix_filters(graph, filters, widths[graph.sink])
+            deltas = _cut_update(block, filters, residual, pre, suf, k_eff)
+            assert deltas is not None
+            trial = {k: f + deltas[k].to(f.dtype) if k in deltas else f
+                     for k, f in filters.items()}
+            new_residual = target - module_function(graph, trial)
+            new_rel = float(torch.linalg.vector_norm(new_residual)) / tnorm
+            if new_rel <= rel:
+                filters, residual, rel = trial, new_residual, new_rel
+            if budget is not None:
+                budget.note(residual=rel)
+            if rel <= tol:
+                history.append(rel)
+                return filters, history
+        gained = history[-1] / rel if history and rel > 0 else math.inf
+        history.append(rel)
+        if budget is not None:
+            budget.note(sweep=r + 1)
+        if gained < 2:
+            break
+    return None, history
 
 
 def _dense_block_update(block: _Block, filters: Mapping[str, torch.Tensor],
@@ -533,61 +818,291 @@ def _dense_block_update(block: _Block, filters: Mapping[str, torch.Tensor],
             for e, part, sh in zip(block.edges, x.split(sizes), shapes, strict=True)}
 
 
-def width_advice(graph: ModuleGraph, widths: Mapping[str, int], k_eff: Kernel
-                 ) -> tuple[str, dict[str, int]] | None:
-    """The cheapest widening of inner blobs after which some block of Algorithm 2 has at
-    least as many unknowns as equations (the paper's |F_j| ≥ |G̃|, per decoupled channel
-    for the cuts); None when a block already has."""
+# -- what can be decided before iterating: rank bounds, block capacities, width advice --------
+#
+# Two facts bound what a module can do, whatever its filters.
+# 1. Its function G̃(z) = Σ_paths F_k(z)⋯F_1(z), read as a matrix of polynomials in the
+#    spatial shift z, factors through any set of blobs that every s→t path crosses (sum the
+#    paths by the first such blob they reach: G̃ = Σ_x Q(x) P_x), so its rank is at most the
+#    total width of that set: the minimum vertex cut. A layer whose filter has a larger
+#    rank cannot be reproduced — proven, refused at once.
+# 2. Each block of Algorithm 2 is a linear map; its rank is at most its number of unknowns
+#    and, through the prefix / suffix filters it is composed with, at most what those can
+#    carry at the kernel sizes involved (``_Capacity``). A block whose rank bound is below
+#    the number of equations cannot absorb a generic residual; when no block can, the
+#    sweeps can only stall (measured: D with widths = C stalls near 1e-2 at every C tried,
+#    28–390 s before these checks), so the solve is refused before iterating.
+# Neither bound is a guarantee of success, so width advice is only printed after a
+# re-solve at the advised widths has reached the tolerance (``_advise``).
+
+
+@dataclass(frozen=True)
+class Widening:
+    """Wider inner blobs after which a block of Algorithm 2 (or the module) is no longer
+    ruled out by the rank bounds."""
+
+    what: str  # "the sink cut (F5, F6, F7)", "edge 'F3'", "the vertex cut 'a'", …
+    channels: dict[str, int]  # blob → new width (only the widened blobs)
+    cost: int  # channels added in all
+
+
+class _Narrow(InfeasibleError):
+    """Too narrow, decided before iterating: ``reason`` and the candidate widenings that
+    ``morph_filter`` verifies by re-solving before it advises any."""
+
+    def __init__(self, reason: str, candidates: list[Widening]):
+        hint = ""
+        if candidates:
+            best = min(candidates, key=lambda c: c.cost)
+            hint = f" (unverified candidate: widen to {_channels_text(best.channels)})"
+        super().__init__(reason + hint)
+        self.reason, self.candidates = reason, candidates
+
+
+def _channels_text(channels: Mapping[str, int]) -> str:
+    return "{" + ", ".join(f'"{b}": {w}' for b, w in channels.items()) + "}"
+
+
+class _Capacity:
+    """Upper bounds on the rank of Algorithm 2's block maps at given widths.
+
+    ``right(u, k)`` bounds dim{x ⊛ P(u)} over one output row x (1, w_u, k): at most the
+    unknowns w_u·|k|, the entries C_s·|k + K_P(u) − 1| it can reach, and — since
+    x ⊛ P(u) = Σ over u's in-edges (x ⊛ F_e) ⊛ P(src e) — the sum of the same bound one
+    blob upstream. ``left(v, k)`` is the mirror image through the suffix filters Q(v)."""
+
+    def __init__(self, graph: ModuleGraph, widths: Mapping[str, int]):
+        self.graph, self.widths = graph, widths
+        self.kp, self.kq = path_kernel(graph), _kernels_to_sink(graph)
+        self.k_eff = graph.effective_kernel()
+        self._memo: dict[tuple[str, str, Kernel], int] = {}
+
+    def right(self, u: str, k: Kernel) -> int:
+        g, w = self.graph, self.widths
+        if u == g.source:
+            return w[u] * _area(k)
+        key = ("r", u, k)
+        if key not in self._memo:
+            reach = (k[0] + self.kp[u][0] - 1, k[1] + self.kp[u][1] - 1)
+            up = sum(self.right(e.src, (k[0] + e.kernel[0] - 1, k[1] + e.kernel[1] - 1))
+                     for e in g.in_edges[u])
+            self._memo[key] = min(w[u] * _area(k), w[g.source] * _area(reach), up)
+        return self._memo[key]
+
+    def left(self, v: str, k: Kernel) -> int:
+        g, w = self.graph, self.widths
+        if v == g.sink:
+            return w[v] * _area(k)
+        key = ("l", v, k)
+        if key not in self._memo:
+            reach = (k[0] + self.kq[v][0] - 1, k[1] + self.kq[v][1] - 1)
+            down = sum(self.left(e.dst, (k[0] + e.kernel[0] - 1, k[1] + e.kernel[1] - 1))
+                       for e in g.out_edges[v])
+            self._memo[key] = min(w[v] * _area(k), w[g.sink] * _area(reach), down)
+        return self._memo[key]
+
+    def block(self, block: _Block) -> tuple[int, int, str]:
+        """(rank bound, equations, what one system is) of one block."""
+        g, w = self.graph, self.widths
+        cs, ct, area = w[g.source], w[g.sink], _area(self.k_eff)
+        if block.kind == "sink":  # one system per output channel
+            cap = sum(self.right(e.src, e.kernel) for e in block.edges)
+            return min(cap, cs * area), cs * area, "each output channel"
+        if block.kind == "source":  # one per input channel
+            cap = sum(self.left(e.dst, e.kernel) for e in block.edges)
+            return min(cap, ct * area), ct * area, "each input channel"
+        (e,) = block.edges
+        u, v, k = e.src, e.dst, e.kernel
+        reach = (min(self.kp[u][0] + k[0] + self.kq[v][0] - 2, self.k_eff[0]),
+                 min(self.kp[u][1] + k[1] + self.kq[v][1] - 2, self.k_eff[1]))
+        cap = min(w[u] * w[v] * _area(k), w[v] * self.right(u, k), w[u] * self.left(v, k),
+                  ct * cs * _area(reach))
+        return cap, ct * cs * area, "the whole filter"
+
+
+def _block_name(block: _Block) -> str:
+    if block.kind == "edge":
+        return f"edge {block.edges[0].name!r}"
+    return f"the {block.kind} cut ({', '.join(e.name for e in block.edges)})"
+
+
+def _widen_block(graph: ModuleGraph, widths: Mapping[str, int], block: _Block
+                 ) -> Widening | None:
+    """The cheapest widening (found by bisection: the bounds grow with every width) after
+    which ``block``'s rank bound reaches its equations; None when no width suffices (the
+    block's kernels cannot reach the whole effective kernel)."""
     s, t = graph.source, graph.sink
-    area = k_eff[0] * k_eff[1]
-    options: list[tuple[int, str, dict[str, int]]] = []
+    _, need, _ = _Capacity(graph, widths).block(block)
+
+    def ok(new: Mapping[str, int]) -> bool:
+        cap, _, _ = _Capacity(graph, {**widths, **new}).block(block)
+        return cap >= need
+
+    ends = [b for e in block.edges for b in (e.src, e.dst) if b not in (s, t)]
+    inner = [b for b in graph.blobs if b not in (s, t)]
+    for free in (list(dict.fromkeys(ends)), inner):
+        if not free:
+            continue
+        hi = max(need, *(widths[b] for b in free))
+        if not ok({b: hi for b in free}):
+            continue
+        lo = max(widths[b] for b in free)  # uniform width first …
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ok({b: max(widths[b], mid) for b in free}):
+                hi = mid
+            else:
+                lo = mid + 1
+        new = {b: max(widths[b], lo) for b in free}
+        for b in reversed(free):  # … then each blob as narrow as the others allow
+            lo, hi = widths[b], new[b]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if ok({**new, b: mid}):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            new[b] = lo
+        new = {b: v for b, v in new.items() if v > widths[b]}
+        return Widening(_block_name(block), new, sum(v - widths[b] for b, v in new.items()))
+    return None
+
+
+def too_narrow(graph: ModuleGraph, widths: Mapping[str, int]) -> InfeasibleError | None:
+    """The refusal (an ``InfeasibleError`` carrying candidate widenings) when no block of
+    Algorithm 2 can absorb a generic residual at these widths; None when one can."""
+    cap = _Capacity(graph, widths)
+    closest: tuple[float, str, int, int, str] | None = None
     for block in solve_blocks(graph):
-        if block.kind == "edge":
-            (e,) = block.edges
-            need = widths[s] * widths[t] * area
-            k = e.kernel[0] * e.kernel[1]
-            if widths[e.src] * widths[e.dst] * k >= need:
-                return None
-            w = math.ceil(math.sqrt(need / k))
-            new = {e.src: max(w, widths[e.src])}
-            new[e.dst] = max(widths[e.dst], math.ceil(need / (k * new[e.src])))
-            what = f"edge {e.name!r}"
-        else:
-            sink = block.kind == "sink"
-            need = (widths[s] if sink else widths[t]) * area
-            ends = [(e.src if sink else e.dst, e.kernel[0] * e.kernel[1]) for e in block.edges]
-            have = sum(widths[b] * k for b, k in ends)
-            if have >= need:
-                return None
-            fixed = sum(widths[b] * k for b, k in ends if b in (s, t))
-            free_k = sum(k for b, k in ends if b not in (s, t))
-            if free_k == 0:
-                continue
-            w = math.ceil((need - fixed) / free_k)
-            new = {b: max(w, widths[b]) for b, _ in ends if b not in (s, t)}
-            names = ", ".join(e.name for e in block.edges)
-            what = f"the {block.kind} cut ({names})"
-        options.append((sum(v - widths[b] for b, v in new.items()), what, new))
-    if not options:
+        c, need, unit = cap.block(block)
+        if c >= need:
+            return None
+        if closest is None or c / need > closest[0]:
+            closest = (c / need, _block_name(block), c, need, unit)
+    if closest is None:  # no block at all (cannot happen for a checked module)
         return None
-    _, what, new = min(options, key=lambda o: o[0])
-    return what, new
-
-
-def _stall_message(graph: ModuleGraph, widths: Mapping[str, int], history: list[float],
-                   tol: float, k_eff: Kernel) -> str:
+    _, what, c, need, unit = closest
     name = f"module {graph.name!r}" if graph.name else "the module"
-    msg = (f"Algorithm 2 stalled at relative residual {history[-1]:.3g} after "
-           f"{len(history)} sweeps (tolerance {tol:.0e}) on {name}")
-    advice = width_advice(graph, widths, k_eff)
-    if advice is None:
-        return msg + "; try another --seed or more sweeps"
-    what, new = advice
-    blobs = ", ".join(repr(b) for b in new)
-    chans = ", ".join(f'"{b}": {w}' for b, w in new.items())
-    return (f"{msg}: it has fewer unknowns than equations. Widen inner blob"
-            f"{'s' if len(new) > 1 else ''} {blobs} (spec \"channels\": {{{chans}}}) so "
-            f"that {what} can absorb G̃")
+    inner = ", ".join(f"{b}: {widths[b]}" for b in graph.blobs
+                      if b not in (graph.source, graph.sink))
+    reason = (f"{name} is too narrow for Algorithm 2 at these widths ({inner}; layer "
+              f"{widths[graph.source]}→{widths[graph.sink]}): no block of its filters has as "
+              f"many independent unknowns as equations — the closest, {what}, has at most "
+              f"{c:,} for the {need:,} equations of {unit}")
+    candidates = [w for b in solve_blocks(graph)
+                  if (w := _widen_block(graph, widths, b)) is not None]
+    return _Narrow(reason, sorted(candidates, key=lambda w: w.cost))
+
+
+def width_advice(graph: ModuleGraph, widths: Mapping[str, int], k_eff: Kernel | None = None
+                 ) -> tuple[str, dict[str, int]] | None:
+    """The cheapest candidate widening of inner blobs after which some block of Algorithm 2
+    is no longer ruled out by its rank bound; None when a block already is not. A
+    candidate, not a guarantee: ``morph_filter`` verifies it by re-solving before advising."""
+    narrow = too_narrow(graph, widths)
+    if not isinstance(narrow, _Narrow) or not narrow.candidates:
+        return None
+    best = narrow.candidates[0]
+    return best.what, dict(best.channels)
+
+
+def polynomial_rank(g: torch.Tensor) -> int:
+    """Rank of a filter as a matrix of polynomials in the spatial shift: the rank of
+    G(z) = Σ_taps G[:, :, p, q]·z₁^p·z₂^q at random points on the unit torus (the largest of
+    two; singular values below 1e-9 of the largest count as zero, so it never
+    over-counts)."""
+    kh, kw = kernel_of(g)
+    m = g.detach().to("cpu", torch.complex128)
+    gen = torch.Generator().manual_seed(20240613)
+    best = 0
+    for _ in range(2):
+        th = torch.rand(2, generator=gen, dtype=torch.float64) * 2 * math.pi
+        zh = torch.exp(1j * th[0] * torch.arange(kh, dtype=torch.float64))
+        zw = torch.exp(1j * th[1] * torch.arange(kw, dtype=torch.float64))
+        sv = torch.linalg.svdvals(torch.einsum("oipq,p,q->oi", m, zh, zw))
+        if sv.numel() and float(sv[0]) > 0:
+            best = max(best, int((sv > 1e-9 * sv[0]).sum()))
+    return best
+
+
+def min_vertex_cut(graph: ModuleGraph, widths: Mapping[str, int]) -> tuple[int, list[str]]:
+    """(capacity, blobs) of a minimum set of blobs, weighted by width, that every s→t path
+    crosses (s and t included): max-flow with each blob split into in → out."""
+    inf = sum(widths[b] for b in graph.blobs) + 1
+    cap: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+
+    def arc(a: tuple[str, str], b: tuple[str, str], c: int) -> None:
+        cap.setdefault(a, {}).setdefault(b, 0)
+        cap[a][b] += c
+        cap.setdefault(b, {}).setdefault(a, 0)
+
+    for b in graph.blobs:
+        arc((b, "in"), (b, "out"), widths[b])
+    for e in graph.edges:
+        arc((e.src, "out"), (e.dst, "in"), inf)
+    src, dst = (graph.source, "in"), (graph.sink, "out")
+    flow = 0
+    while True:
+        parent: dict[tuple[str, str], tuple[str, str]] = {src: src}
+        queue = [src]
+        for x in queue:  # breadth first (Edmonds–Karp)
+            for y, c in cap[x].items():
+                if c > 0 and y not in parent:
+                    parent[y] = x
+                    queue.append(y)
+        if dst not in parent:
+            break
+        path: list[tuple[tuple[str, str], tuple[str, str]]] = []
+        node = dst
+        while node != src:
+            path.append((parent[node], node))
+            node = parent[node]
+        push = min(cap[u][v] for u, v in path)
+        for u, v in path:
+            cap[u][v] -= push
+            cap[v][u] += push
+        flow += push
+    cut = [b for b in graph.blobs if (b, "in") in parent and (b, "out") not in parent]
+    return flow, cut
+
+
+def _rank_refusal(g: torch.Tensor, graph: ModuleGraph, widths: Mapping[str, int]
+                  ) -> _Narrow | None:
+    """The proven refusal of fact 1 (see above), with the widening of the cut's blobs that
+    lifts every vertex cut to the filter's rank as the candidate."""
+    if len(graph.edges) > 2000:  # a bound, not a necessity: skip it on huge modules
+        return None
+    flow, cut = min_vertex_cut(graph, widths)
+    if flow >= min(widths[graph.source], widths[graph.sink]):
+        return None  # no cut below the layer's widths: nothing to check
+    r = polynomial_rank(g)
+    if flow >= r:
+        return None
+    s, t = graph.source, graph.sink
+    new: dict[str, int] = {}
+    for _ in range(100):
+        f, c = min_vertex_cut(graph, {**widths, **new})
+        inner = [b for b in c if b not in (s, t)]
+        if f >= r or not inner:
+            break
+        step = math.ceil((r - f) / len(inner))
+        for b in inner:
+            new[b] = new.get(b, widths[b]) + step
+    names = ", ".join(repr(b) for b in cut)
+    name = f"module {graph.name!r}" if graph.name else "the module"
+    reason = (f"every path from {s!r} to {t!r} in {name} passes through blob"
+              f"{'s' if len(cut) > 1 else ''} {names} of total width {flow}, so the "
+              f"module's function has rank at most {flow} (as a matrix of polynomials); the "
+              f"layer's filter has rank {r}, so no filters can reproduce it")
+    cands = [Widening(f"the vertex cut {names}", new, sum(v - widths[b] for b, v in new.items()))]
+    return _Narrow(reason, cands)
+
+
+def _stall_message(graph: ModuleGraph, history: list[float], tol: float) -> str:
+    name = f"module {graph.name!r}" if graph.name else "the module"
+    return (f"Algorithm 2 stalled at relative residual {history[-1]:.3g} after "
+            f"{len(history)} sweeps (tolerance {tol:.0e}) on {name}; try another --seed or "
+            f"more sweeps (--max-sweeps); no widening of its inner blobs is proven to help")
 
 
 # -- the entry point -------------------------------------------------------------------
@@ -603,42 +1118,110 @@ def module_widths(graph: ModuleGraph, c_in: int, c_out: int,
 
 def morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None = None,
                  seed: int = 0, tol: float | None = None, max_sweeps: int = 60,
-                 method: str = "auto") -> SolveResult:
+                 method: str = "auto", max_seconds: float | None = None,
+                 max_memory: int | None = None, progress: ProgressFn | None = None,
+                 advice_seconds: float = ADVICE_SECONDS, verify_advice: bool = True
+                 ) -> SolveResult:
     """Filters for every edge of ``graph`` whose module function equals G exactly.
 
     ``g`` is (C_out, C_in, kh, kw) on any device and dtype; the filters come back on the
     same. ``method``: ``auto`` (reduce, solve the remainder, replay; Algorithm 2 on the
     whole module if a split cannot be exact), ``reduce`` or ``algorithm2`` only.
+
+    Limits: the memory estimate (``solve_memory``) is checked against ``max_memory`` bytes
+    (default: half the physical memory) before anything is allocated
+    (``ResourceLimitError``); a module that is provably too narrow, or too narrow for any
+    block of Algorithm 2, is refused at once (``InfeasibleError``); ``max_seconds`` bounds
+    the whole call (``SolverTimeout``) and ``progress`` receives a ``SolveProgress`` at most
+    every ``PROGRESS_EVERY`` seconds. A refusal advises wider inner blobs only when a
+    re-solve of ``g`` at them (same seed, within ``advice_seconds`` and the time left)
+    reached the tolerance; otherwise it says that no advice is proven.
     """
-    t0 = time.perf_counter()
+    parent = _BUDGET.get()
+    budget = _Budget(max_seconds, progress, parent)
+    token = _BUDGET.set(budget)
     tol = _default_tol(g.dtype) if tol is None else tol
+    try:
+        try:
+            return _morph_filter(g, graph, inner_width=inner_width, seed=seed, tol=tol,
+                                 max_sweeps=max_sweeps, method=method, max_memory=max_memory)
+        except _Narrow as exc:
+            if not verify_advice:
+                raise
+            raise InfeasibleError(_advise(exc, g, graph, inner_width=inner_width, seed=seed,
+                                          tol=tol, max_sweeps=max_sweeps, method=method,
+                                          max_memory=max_memory,
+                                          advice_seconds=advice_seconds)) from None
+        except _OutOfTime:
+            name = f"module {graph.name!r}" if graph.name else "the module"
+            where = f"{budget.phase}" + (f", sweep {budget.sweep}" if budget.sweep else "")
+            reached = (f", relative residual {budget.residual:.3g}"
+                       if budget.residual is not None else "")
+            limit = max_seconds if max_seconds is not None else budget.max_seconds or 0.0
+            raise SolverTimeout(
+                f"no exact solution for {name} within the time limit of {limit:g} s "
+                f"(stopped in {where}{reached}; tolerance {tol:.0e}); allow more time with "
+                f"--max-seconds") from None
+    finally:
+        _BUDGET.reset(token)
+
+
+def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None, seed: int,
+                  tol: float, max_sweeps: int, method: str, max_memory: int | None
+                  ) -> SolveResult:
+    t0 = time.perf_counter()
     c_out, c_in = g.shape[:2]
+    if method not in ("auto", "reduce", "algorithm2"):
+        raise ValueError(f"unknown method {method!r}")
     k_eff = graph.effective_kernel()
+    widths = module_widths(graph, c_in, c_out, inner_width)
+    limit = default_memory_limit(g.device) if max_memory is None else max_memory
+    name = f"module {graph.name!r}" if graph.name else "the module"
+    what = f"morphing a {c_out}×{c_in} filter into {name}"
+    plan = reduce_module(graph) if method != "algorithm2" else None
+    solve_memory(graph, widths, kernel=kernel_of(g), whole=plan is None, plan=plan
+                 ).check(limit, what)
     gk = support(g)
     if not fits(gk, k_eff):
         raise InfeasibleError(f"the module's effective kernel {k_eff[0]}×{k_eff[1]} is smaller "
                               f"than the layer's {gk[0]}×{gk[1]} kernel: use larger kernels")
-    widths = module_widths(graph, c_in, c_out, inner_width)
+    refusal = _rank_refusal(g, graph, widths)
+    if refusal is not None:
+        raise refusal
     rng = _Rng(seed, g.dtype, g.device)
     target = resize(g, k_eff)
     history: list[float] = []
-    if method not in ("auto", "reduce", "algorithm2"):
-        raise ValueError(f"unknown method {method!r}")
+    budget = _BUDGET.get()
     if method == "algorithm2":
+        if budget is not None:
+            budget.note(phase="Algorithm 2")
         filters, history = algorithm2(graph, target, widths, rng, tol=tol, max_sweeps=max_sweeps)
         methods = {e.name: "algorithm-2" for e in graph.edges}
     else:
+        assert plan is not None
         try:
-            filters, methods, history = _reduce_route(graph, target, widths, rng, tol,
+            filters, methods, history = _reduce_route(plan, target, widths, rng, tol,
                                                       max_sweeps)
+        except _OutOfTime:
+            raise
         except SolverError as first:
-            if method == "reduce":
+            if method == "reduce" or not plan.steps:  # (irreducible: the same solve again)
                 raise
+            whole = solve_memory(graph, widths, kernel=kernel_of(g), whole=True)
+            if whole.bytes > limit:
+                raise first from None  # the fallback would not fit: say why the route failed
+            if budget is not None:
+                budget.note(phase="Algorithm 2 on the whole module")
             try:
                 filters, history = algorithm2(graph, target, widths, _Rng(seed, g.dtype,
                                                                           g.device),
                                               tol=tol, max_sweeps=max_sweeps)
+            except _OutOfTime:
+                raise
             except SolverError as second:
+                if isinstance(first, _Narrow) and isinstance(second, _Narrow):
+                    raise _Narrow(second.reason, sorted(second.candidates + first.candidates,
+                                                        key=lambda w: w.cost)) from None
                 raise (first if isinstance(first, InfeasibleError)
                        and not isinstance(second, InfeasibleError) else second) from None
             methods = {e.name: "algorithm-2" for e in graph.edges}
@@ -651,20 +1234,127 @@ def morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None
                        tuple(history), {k: conditioning(f) for k, f in filters.items()})
 
 
-def _reduce_route(graph: ModuleGraph, target: torch.Tensor, widths: dict[str, int], rng: _Rng,
-                  tol: float, max_sweeps: int
+def _advise(exc: _Narrow, g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None,
+            seed: int, tol: float, max_sweeps: int, method: str, max_memory: int | None,
+            advice_seconds: float) -> str:
+    """``exc``'s reason, followed by the cheapest candidate widening that a re-solve of
+    ``g`` (same seed, bounded time) has shown to reach ``tol``, or by a plain statement
+    that no advice is proven and what was tried.
+
+    Candidates are tried cheapest first, each with a fair share of the time left and two
+    sweeps (a block that can absorb the residual does so in the first); one that is still
+    too narrow elsewhere is merged with that block's widening, one that stalls is retried
+    1.5× wider. Whatever time is left then goes to the cheapest candidate with all sweeps.
+    """
+    budget = _BUDGET.get()
+    deadline = time.monotonic() + advice_seconds
+    if budget is not None:
+        deadline = min(deadline, budget.deadline)
+    order = {b: i for i, b in enumerate(graph.blobs)}
+
+    def full(cand: Widening) -> dict[str, int]:
+        merged = {**graph.channels, **cand.channels}
+        return dict(sorted(merged.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    queue = list(exc.candidates)
+    seen: list[dict[str, int]] = []
+    tried: dict[str, str] = {}
+    attempts = 0
+
+    def attempt(cand: Widening, sweeps: int, share: float) -> SolveResult | None:
+        channels = full(cand)
+        text = _channels_text(channels)
+        if text in tried:  # the last pass: keep what the first attempt found
+            text = f"{text}, again"
+        if budget is not None:  # (no tick here: running out of time ends the loop below)
+            budget.phase, budget.sweep, budget.residual = f"verifying widths {text}", 0, None
+        wide = dataclasses.replace(graph, channels=channels)
+        try:
+            return morph_filter(g, wide, inner_width=inner_width, seed=seed, tol=tol,
+                                max_sweeps=sweeps, method=method, max_seconds=share,
+                                max_memory=max_memory, verify_advice=False)
+        except _Narrow as inner:  # still too narrow elsewhere: widen both at once
+            tried[text] = "still too narrow"
+            queue[:0] = [Widening(f"{cand.what} and {w.what}", {**cand.channels, **{
+                b: max(v, cand.channels.get(b, 0)) for b, v in w.channels.items()}},
+                cand.cost + w.cost) for w in inner.candidates[:2]]
+        except SolverTimeout:
+            tried[text] = f"no exact solution within {share:.0f} s"
+            queue.append(_wider(cand))
+        except SolverError as err:
+            tried[text] = "stalled" if "stalled" in str(err) else _short(err)
+            queue.append(_wider(cand))
+        except ResourceLimitError:
+            tried[text] = "over the memory limit"
+        return None
+
+    while queue and attempts < 6:
+        cand = queue.pop(0)
+        if full(cand) in seen:
+            continue
+        seen.append(full(cand))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        attempts += 1
+        # half of what is left while other candidates wait (the cheapest gets the most)
+        res = attempt(cand, min(2, max_sweeps), left / 2 if queue else left)
+        if res is not None:
+            return _advice_text(exc.reason, graph, full(cand), seed, res)
+    if exc.candidates and deadline - time.monotonic() > 1.0 and max_sweeps > 2:
+        cand = exc.candidates[0]  # the rest of the time: the cheapest, with every sweep
+        res = attempt(cand, max_sweeps, deadline - time.monotonic())
+        if res is not None:
+            return _advice_text(exc.reason, graph, full(cand), seed, res)
+    if not exc.candidates:
+        return (f"{exc.reason}. No width advice is proven: widening inner blobs cannot give "
+                "any block of Algorithm 2 enough rank (its kernels do not reach the whole "
+                "effective kernel); use larger kernels or another module")
+    what = "; ".join(f"{c} ({why})" for c, why in tried.items()) or "nothing, out of time"
+    return (f"{exc.reason}. No width advice is proven: no re-solve at candidate widths "
+            f"reached the tolerance {tol:.0e} within {advice_seconds:g} s (tried: {what})")
+
+
+def _wider(cand: Widening) -> Widening:
+    """``cand`` with its widened blobs 1.5× wider."""
+    new = {b: math.ceil(1.5 * w) for b, w in cand.channels.items()}
+    return Widening(f"{cand.what} (1.5× wider)", new,
+                    cand.cost + sum(new[b] - w for b, w in cand.channels.items()))
+
+
+def _advice_text(reason: str, graph: ModuleGraph, channels: dict[str, int], seed: int,
+                 res: SolveResult) -> str:
+    new = [b for b, w in channels.items() if graph.channels.get(b) != w]
+    blobs = ", ".join(repr(b) for b in new)
+    return (f"{reason}. Widen inner blob{'s' if len(new) > 1 else ''} {blobs} (spec "
+            f"\"channels\": {_channels_text(channels)}): verified, a re-solve of this filter "
+            f"at those widths (seed {seed}) reached relative residual {res.residual:.2g} in "
+            f"{res.seconds:.2g} s")
+
+
+def _short(err: Exception) -> str:
+    text = str(err)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def _reduce_route(plan: ReductionPlan, target: torch.Tensor, widths: dict[str, int],
+                  rng: _Rng, tol: float, max_sweeps: int
                   ) -> tuple[dict[str, torch.Tensor], dict[str, str], list[float]]:
     """Paper's route: reduce, solve the remainder, replay the atomic morphs outward."""
-    plan = reduce_module(graph)
     rem = plan.remainder
     history: list[float] = []
+    budget = _BUDGET.get()
     if plan.simple:
         (e0,) = rem.edges
         filters = {e0.name: resize(target, e0.kernel)}
         methods = {e0.name: "given"}
     else:
+        if budget is not None:
+            budget.note(phase="Algorithm 2")
         filters, history = algorithm2(rem, target, widths, rng, tol=tol, max_sweeps=max_sweeps)
         methods = {e.name: "algorithm-2" for e in rem.edges}
+    if budget is not None and plan.steps:
+        budget.note(phase="TYPE-I/TYPE-II splits")
     for st in plan.steps:
         g = filters.pop(st.edge.name)
         methods.pop(st.edge.name)
@@ -674,7 +1364,18 @@ def _reduce_route(graph: ModuleGraph, target: torch.Tensor, widths: dict[str, in
             methods[a.name], methods[b.name] = "type-II random part", "type-II remainder"
         else:
             assert st.blob is not None
-            f1, f2, ways = decompose_type1(g, a.kernel, b.kernel, widths[st.blob], rng, tol=tol)
+            try:
+                f1, f2, ways = decompose_type1(g, a.kernel, b.kernel, widths[st.blob], rng,
+                                               tol=tol)
+            except _OutOfTime:
+                raise
+            except InfeasibleError as exc:
+                need, structured = type1_widths(g.shape[0], g.shape[1], support(g), a.kernel,
+                                                b.kernel)
+                w = min(need, structured)
+                cands = ([Widening(f"the TYPE-I split at blob {st.blob!r}", {st.blob: w},
+                                   w - widths[st.blob])] if w > widths[st.blob] else [])
+                raise _Narrow(str(exc), cands) from None
             filters[a.name], filters[b.name] = f1, f2
             methods[a.name], methods[b.name] = (f"type-I {w}" for w in ways)
     return filters, methods, history
@@ -682,11 +1383,22 @@ def _reduce_route(graph: ModuleGraph, target: torch.Tensor, widths: dict[str, in
 
 def solve_random(graph: ModuleGraph, *, channels: int = 16, kernel: int = 3,
                  dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
-                 seed: int = 0, tol: float | None = None, max_sweeps: int = 60) -> SolveResult:
+                 seed: int = 0, tol: float | None = None, max_sweeps: int = 60,
+                 max_seconds: float | None = None, max_memory: int | None = None,
+                 progress: ProgressFn | None = None,
+                 advice_seconds: float = ADVICE_SECONDS) -> SolveResult:
     """Morph a random channels→channels kernel×kernel filter into ``graph`` (``reduce
-    --solve``): the filter is drawn from ``seed`` on the CPU, then moved to ``device``."""
+    --solve``): the filter is drawn from ``seed`` on the CPU, then moved to ``device``.
+    The memory estimate is checked before the filter is drawn (see ``morph_filter``)."""
     if channels < 1 or kernel < 1 or kernel % 2 == 0:
         raise InfeasibleError(f"need channels ≥ 1 and an odd kernel, got {channels} and {kernel}")
+    widths = module_widths(graph, channels, channels)
+    limit = default_memory_limit(device) if max_memory is None else max_memory
+    name = f"module {graph.name!r}" if graph.name else "the module"
+    solve_memory(graph, widths, kernel=(kernel, kernel)).check(
+        limit, f"morphing a {channels}→{channels} {kernel}×{kernel} filter into {name}")
     rng = _Rng(seed + 1_000_003, dtype, device)
     g = rng.filter(channels, channels, (kernel, kernel))
-    return morph_filter(g, graph, seed=seed, tol=tol, max_sweeps=max_sweeps)
+    return morph_filter(g, graph, seed=seed, tol=tol, max_sweeps=max_sweeps,
+                        max_seconds=max_seconds, max_memory=max_memory, progress=progress,
+                        advice_seconds=advice_seconds)

@@ -14,32 +14,57 @@ from typing import Any
 
 from .errors import SpecError
 from .graph import Edge, Kernel, ModuleGraph
+from .limits import (
+    MAX_JSON_DEPTH,
+    MAX_KERNEL,
+    MAX_SPEC_BYTES,
+    MAX_WIDTH,
+    JSONDepthError,
+    parse_json,
+    read_capped,
+)
 
 _TOP_KEYS = {"name", "source", "sink", "channels", "edges"}
 _EDGE_KEYS = {"name", "from", "to", "kernel"}
 
 
 def load_spec(path: str | Path) -> ModuleGraph:
-    """Read and validate the spec file at ``path``."""
+    """Read and validate the spec file at ``path`` (at most ``MAX_SPEC_BYTES``; a device or
+    a FIFO is read up to that cap too, never until memory runs out)."""
     p = Path(path)
     if not p.exists():
         raise SpecError(f"spec file '{p}' does not exist")
     if p.is_dir():
         raise SpecError(f"spec file '{p}' is a directory, not a JSON file")
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read spec file '{p}': {exc}") from None
+        raw = read_capped(p, MAX_SPEC_BYTES)
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file '{p}': {exc.strerror or exc}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec file '{p}' is larger than {MAX_SPEC_BYTES // 2**20} MiB; "
+                        "a module spec is a small JSON file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"cannot read spec file '{p}': not UTF-8 text ({exc.reason} at "
+                        f"byte {exc.start})") from None
     return parse_spec(text, source_name=str(p))
 
 
 def parse_spec(text: str, source_name: str = "spec") -> ModuleGraph:
     """Parse JSON ``text`` into a validated ModuleGraph."""
+    if not text.strip():
+        raise SpecError(f"{source_name} is empty: a module spec is a JSON object with 'edges'")
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError as exc:
         raise SpecError(f"{source_name}: malformed JSON at line {exc.lineno}, column "
                         f"{exc.colno}: {exc.msg}") from None
+    except JSONDepthError:
+        raise SpecError(f"{source_name}: JSON nested more than {MAX_JSON_DEPTH} levels deep; "
+                        "a module spec needs 4") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise SpecError(f"{source_name}: malformed JSON: {str(exc).split(';')[0]}") from None
     return spec_from_dict(data)
 
 
@@ -119,6 +144,9 @@ def _odd(where: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0:
         raise SpecError(f"{where}: bad kernel size {json.dumps(v)}: kernel sizes must be "
                         "positive odd integers (1, 3, 5, …)")
+    if v > MAX_KERNEL:
+        raise SpecError(f"{where}: kernel size {v} is larger than netmorph's limit of "
+                        f"{MAX_KERNEL}")
     return v
 
 
@@ -130,6 +158,9 @@ def _parse_channels(raw: Any) -> dict[str, int]:
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
             raise SpecError(f"bad width {json.dumps(w)} for blob {blob!r}: "
                             "widths must be positive integers")
+        if w > MAX_WIDTH:
+            raise SpecError(f"width {w} for blob {blob!r} is larger than netmorph's limit of "
+                            f"{MAX_WIDTH} channels")
         out[blob] = w
     return out
 

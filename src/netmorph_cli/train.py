@@ -12,6 +12,8 @@ image, with the global batch split evenly; rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
@@ -28,8 +30,17 @@ import torch.nn.functional as F
 
 from .calibrate import calibrate, uncalibrated_layers
 from .data import CIFAR_MEAN, CIFAR_STD, Dataset, augment, load_dataset, to_tensor
-from .errors import DataError, TrainingError
+from .errors import DataError, OutputError, TrainingError, UsageError, WriteError
 from .network import Network, state_of
+from .outputs import (
+    append_line,
+    check_outputs,
+    exclusive,
+    probe_directory,
+    sha256,
+    write_file,
+    write_text,
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,9 @@ class TrainConfig:
 
 SCHEDULES = ("step", "cosine")
 CALIBRATION_BATCHES = 32  # of 128 images: see README, "Training mode"
+# an epoch's mean loss above DIVERGED × ln(classes) (the loss of guessing) draws a warning:
+# a trained or training network is far below ln(classes); 10× above it is no learning
+DIVERGED = 10.0
 
 # Named recipes: the TrainConfig fields each sets (the CLI's --recipe; options given on the
 # command line override them). "paper": training from scratch (He et al. 2015, the paper's
@@ -115,6 +129,7 @@ class TrainHooks:
     on_step: Callable[[int, int, int, float, float, float], None] | None = None
     on_epoch: Callable[[EpochStats], None] | None = None
     on_start: Callable[[int, int, int], None] | None = None  # start epoch, epochs, steps
+    on_warning: Callable[[str], None] | None = None  # e.g. a diverging loss
 
 
 @dataclass(frozen=True)
@@ -236,16 +251,70 @@ def state_path(out: str | Path) -> Path:
     return Path(f"{out}.state.pt")
 
 
+def check_run_files(out: str | Path, cfg: TrainConfig, *, source: str | Path | None = None,
+                    metrics: str | Path | None = None, resume: bool = False,
+                    force: bool = False) -> None:
+    """Refuse, before any work, what this run's files would refuse (``outputs.py``'s policy):
+    OUT, OUT.state.pt and the metrics file must not be the input ``source`` or each other;
+    without ``resume`` an existing state is refused ("pass --resume … or --force …"), with
+    it the state must exist and come from the same input and options; an existing OUT or
+    metrics file needs ``force`` (a resumed run rewrites its own metrics)."""
+    spath = state_path(out)
+    files = [out, spath] + ([metrics] if metrics else [])
+    check_outputs(files, inputs=[source], force=True)  # inputs, duplicates, directories
+    if resume:
+        if not spath.is_file():
+            raise UsageError(f"--resume: no state file {spath} (was the run started with "
+                             "this -o?)")
+        _check_same_run(_read_state(spath), cfg, source)
+    if Path(out).exists() and not force:
+        raise OutputError(f"'{out}' exists; pass --force to overwrite"
+                          + (" (the run it resumes had finished)" if resume else ""))
+    if not resume and spath.exists() and not force:
+        raise OutputError(f"a training state '{spath}' exists from an earlier run: pass "
+                          f"--resume to continue or --force to start again")
+    if not resume and metrics and Path(metrics).exists() and not force:
+        raise OutputError(f"'{metrics}' exists; pass --force to overwrite")
+
+
 def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Path | None = None,
           device: torch.device | str = "cpu", resume: bool = False,
           metrics: str | Path | None = None, hooks: TrainHooks | None = None,
-          dataset: Dataset | None = None) -> tuple[Network, list[EpochStats]]:
-    """Train ``net`` with ``cfg``; write a state file every epoch and return the trained
-    network (the caller saves it). Raises ``TrainingError`` on a non-finite loss, keeping
-    the last good state file."""
+          dataset: Dataset | None = None, source: str | Path | None = None,
+          force: bool = False) -> tuple[Network, list[EpochStats]]:
+    """Train ``net`` (read from the file ``source``, if any) with ``cfg``; write a state
+    file every epoch and return the trained network (the caller saves it to ``out``). The
+    files follow ``check_run_files``; the run holds ``OUT.lock``. Raises ``TrainingError``
+    on a non-finite loss, weight or BN statistic, keeping the last good state file."""
     hooks = hooks or TrainHooks()
     device = torch.device(device)
     dist = init_distributed(device)
+    check_run_files(out, cfg, source=source, metrics=metrics, resume=resume, force=force)
+    if dist.main:
+        _probe(net, out, metrics)
+    with exclusive(out) if dist.main else contextlib.nullcontext():
+        if dist.main:
+            if not resume:
+                state_path(out).unlink(missing_ok=True)  # --force: start again
+        return _train(net, cfg, out, data_dir=data_dir, device=device, resume=resume,
+                      metrics=metrics, hooks=hooks, dataset=dataset, dist=dist,
+                      source_sha256=sha256(source) if source else None)
+
+
+def _probe(net: Network, out: str | Path, metrics: str | Path | None) -> None:
+    """A read-only directory, a missing permission or a full disk fails now, not after an
+    epoch: the state holds the weights, BN statistics and momentum (2× the tensors, in
+    float32) and is written beside the old one; the checkpoint holds the tensors once."""
+    size = sum(t.numel() for t in net.tensors.values()) * 4
+    probe_directory(Path(out).parent, need_bytes=5 * size)
+    if metrics and Path(metrics).parent.resolve() != Path(out).parent.resolve():
+        probe_directory(Path(metrics).parent)
+
+
+def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Path | None,
+           device: torch.device, resume: bool, metrics: str | Path | None, hooks: TrainHooks,
+           dataset: Dataset | None, dist: Dist, source_sha256: str | None
+           ) -> tuple[Network, list[EpochStats]]:
     data = dataset or load_dataset(cfg.dataset, data_dir)
     _check_fits(net, data)
     if cfg.calibrate and uncalibrated_layers(net):  # deterministic: a resumed run repeats it
@@ -271,7 +340,7 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
     history: list[EpochStats] = []
     spath = state_path(out)
     if resume:
-        start_epoch, start_step, history = _load_state(spath, model, opt, cfg)
+        start_epoch, start_step, history = _load_state(spath, model, opt)
     step_model: torch.nn.Module = model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -286,14 +355,18 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
     steps = math.ceil(n_local / b_local)
     amp = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
     if metrics and dist.main:  # a fresh run starts a fresh file; a resumed one its history
-        with open(metrics, "w") as fh:
-            fh.writelines(json.dumps(h.to_json()) + "\n" for h in history)
+        write_text(metrics, "".join(json.dumps(h.to_json()) + "\n" for h in history),
+                   force=True)
     if hooks.on_start:
         hooks.on_start(start_epoch, cfg.epochs, steps)
     check_every = loss_check_interval(device)
     ctrl_c = _DeferredInterrupt(
-        f"interrupted twice: stopped at once, mid-step; the last saved state is {spath} "
-        f"(written after every epoch): continue with --resume", enabled=dist.world == 1)
+        lambda: "interrupted twice: stopped at once, mid-step; " + (
+            f"the last saved state is {spath} (written after every epoch): continue with "
+            f"--resume" if spath.exists() else "no epoch had finished, so no state was saved"),
+        enabled=dist.world == 1)
+    warned = False
+    save = functools.partial(_save_state, spath, model, opt, cfg, source_sha256)
     with ctrl_c:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -345,7 +418,8 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                     ctrl_c.pending = True  # (its test pass and state), then stop
                 else:
                     if dist.main:
-                        _save_state(spath, model, opt, cfg, epoch, done, history)
+                        _check_finite(model, epoch, spath, kept=spath.exists())
+                        save(epoch, done, history)
                     raise TrainingError(f"interrupted at epoch {epoch + 1}, step {done + 1}; "
                                         f"state saved to {spath}: continue with --resume"
                                         ) from None
@@ -356,13 +430,21 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                                top1_error(model, x_test, y_test, amp=amp),
                                cfg.lr_at(epoch), seconds, seen * dist.world / seconds)
             history.append(stats)
+            _check_finite(model, epoch, spath, kept=epoch > 0 or resume)
             if dist.main:
-                _save_state(spath, model, opt, cfg, epoch + 1, 0, history)
+                save(epoch + 1, 0, history)
                 if metrics:
-                    with open(metrics, "a") as fh:
-                        fh.write(json.dumps(stats.to_json()) + "\n")
+                    append_line(metrics, json.dumps(stats.to_json()))
             if hooks.on_epoch:
                 hooks.on_epoch(stats)
+            if not warned and stats.train_loss > DIVERGED * math.log(data.num_classes):
+                warned = True
+                if hooks.on_warning:
+                    hooks.on_warning(
+                        f"the training loss is {stats.train_loss:.3g} at epoch {epoch + 1}, "
+                        f"{stats.train_loss / math.log(data.num_classes):.0f}× that of guessing "
+                        f"(ln {data.num_classes} = {math.log(data.num_classes):.2f}): the run is "
+                        f"diverging; start again with a lower --lr or a --warmup")
             if ctrl_c.pending and epoch + 1 < cfg.epochs:  # Ctrl-C while testing or saving
                 raise TrainingError(f"interrupted after epoch {epoch + 1}; state saved to "
                                     f"{spath}: continue with --resume")
@@ -395,7 +477,7 @@ class _DeferredInterrupt:
     once (``TrainingError(message)``). Only in the main thread of a single process: DDP
     ranks would each stop at a different step and leave the others in an all-reduce."""
 
-    def __init__(self, message: str, enabled: bool = True) -> None:
+    def __init__(self, message: Callable[[], str], enabled: bool = True) -> None:
         self.message = message
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.pending = False
@@ -403,7 +485,7 @@ class _DeferredInterrupt:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.pending:
-            raise TrainingError(self.message)
+            raise TrainingError(self.message())
         self.pending = True
 
     def __enter__(self) -> _DeferredInterrupt:
@@ -423,12 +505,25 @@ def _check_loss(bad: torch.Tensor, loss: torch.Tensor, epoch: int, step: int, ev
     """Raise ``TrainingError`` if any loss since the last check was not finite."""
     if not bool(bad):
         return
-    last = (f"the last good state is {spath} (epoch {epoch}): --resume retries from it with "
-            f"the same options; or " if kept else "no epoch finished, so no state was kept; ")
     where = (f"step {step + 1}" if every == 1 else
              f"a step up to {step + 1} (checked every {every} steps)")
     raise TrainingError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, "
-                        f"{where}; stopped: {last}start again with a lower --lr or a --warmup")
+                        f"{where}; stopped: {_last_good(spath, epoch, kept)}")
+
+
+def _check_finite(model: torch.nn.Module, epoch: int, spath: Path, *, kept: bool) -> None:
+    """Raise ``TrainingError`` naming the first non-finite weight or BN statistic: a state
+    is never saved from one (a finite loss can hide infinite running statistics)."""
+    for name, t in list(model.state_dict().items()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TrainingError(f"'{name}' became non-finite in epoch {epoch + 1}; stopped: "
+                                f"{_last_good(spath, epoch, kept)}")
+
+
+def _last_good(spath: Path, epoch: int, kept: bool) -> str:
+    last = (f"the last good state is {spath} (epoch {epoch}): --resume retries from it with "
+            f"the same options; or " if kept else "no epoch finished, so no state was kept; ")
+    return f"{last}start again with a lower --lr or a --warmup"
 
 
 def _sync_buffers(model: torch.nn.Module, dist: Dist) -> None:
@@ -447,41 +542,61 @@ def _config_json(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                cfg: TrainConfig, epoch: int, step: int, history: list[EpochStats]) -> None:
-    """Atomic: a temp file beside the state file, then os.replace."""
+                cfg: TrainConfig, source_sha256: str | None, epoch: int, step: int,
+                history: list[EpochStats]) -> None:
+    """Atomic and durable (``outputs.write_file``); a failed write keeps the last state."""
     state = {"netmorph_train_state": 1, "epoch": epoch, "step": step,
              "model": state_of(model), "optimizer": opt.state_dict(),
-             "config": json.dumps(_config_json(cfg)),
+             "config": json.dumps(_config_json(cfg)), "input_sha256": source_sha256 or "",
              "history": json.dumps([h.to_json() for h in history]),
              "torch_rng": torch.get_rng_state()}
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_file(path, lambda f: torch.save(state, f), force=True)
+    except WriteError as exc:
+        kept = (f"the state of an earlier epoch in {path} is kept: make room and continue "
+                f"with --resume" if path.exists() else "no state was kept")
+        raise WriteError(f"{exc}; {kept}") from None
 
 
-def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                cfg: TrainConfig) -> tuple[int, int, list[EpochStats]]:
-    if not path.is_file():
-        raise TrainingError(f"--resume: no state file {path} (was the run started with "
-                            "this -o?)")
+def _read_state(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             state = torch.load(fh, map_location="cpu", weights_only=True)
-        saved = json.loads(state["config"])
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        state["config"] = json.loads(state["config"])
+        return state
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
-        raise TrainingError(f"--resume: cannot read {path}: {exc}") from None
-    mine = _config_json(cfg)
+        raise UsageError(f"--resume: cannot read {path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _check_same_run(state: dict[str, Any], cfg: TrainConfig, source: str | Path | None) -> None:
+    """``--resume`` continues the run that wrote the state: same input, same options."""
+    saved, mine = state["config"], _config_json(cfg)
     defaults = _config_json(TrainConfig())  # states written before a field existed
     diff = [k for k in mine if k not in ("compile", "precision", "channels_last", "calibrate")
             and saved.get(k, defaults[k]) != mine[k]]
     if diff:
-        raise TrainingError(f"--resume: options differ from the interrupted run "
-                            f"({', '.join(f'{k}: {saved.get(k)} → {mine[k]}' for k in diff)})")
-    history = [EpochStats(**h) for h in json.loads(state["history"])]
+        raise UsageError(f"--resume: options differ from the interrupted run "
+                         f"({', '.join(f'{k}: {saved.get(k)} → {mine[k]}' for k in diff)})")
+    was = state.get("input_sha256")
+    if source is not None and was and was != sha256(source):
+        raise UsageError(f"--resume: the state was written by a run on another input "
+                         f"(sha256 {was[:12]}…), not '{source}' (sha256 "
+                         f"{sha256(source)[:12]}…); resume with that input, or start again "
+                         f"with --force")
+
+
+def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
+                ) -> tuple[int, int, list[EpochStats]]:
+    state = _read_state(path)
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history = [EpochStats(**h) for h in json.loads(state["history"])]
+    except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
+        raise UsageError(f"--resume: cannot read {path}: {_first_line(exc)}") from None
     torch.set_rng_state(state["torch_rng"])
     return int(state["epoch"]), int(state["step"]), history

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .errors import NetworkError
-from .network import FORMAT, Network, node, param_shapes
+from .network import FORMAT, Network, node, param_shapes, validate_description
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 IMAGENET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -132,6 +132,7 @@ def create(arch: str, num_classes: int | None = None, seed: int = 0,
            shortcut: str = "B") -> Network:
     """A new randomly initialized network of a zoo architecture."""
     desc = describe(arch, num_classes, shortcut)
+    validate_description(desc)  # caps (e.g. num_classes) before any tensor is allocated
     net = Network(desc, init_tensors(desc, seed),
                   meta={"created": {"arch": arch, "seed": seed, "shortcut": shortcut}})
     return net.check()

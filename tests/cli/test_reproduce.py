@@ -26,6 +26,7 @@ def recipe(tmp_path, *extra: str) -> subprocess.CompletedProcess:
         capture_output=True, text=True, env=env, timeout=900)
 
 
+@pytest.mark.slow  # 75 s; each command it runs is tested in tests/cli (make test-all runs it)
 @pytest.mark.filterwarnings("ignore")
 def test_recipe_runs_every_step_and_skips_them_the_second_time(tmp_path):
     pytest.importorskip("matplotlib")

@@ -75,7 +75,7 @@ def test_narrow_module_fails_with_widening_advice(capsys, as_json):
     # widths = C stall near 1e-2 (C = 2 keeps the test fast; the advice is the same kind)
     args = ["reduce", str(MODULES / "D_narrow.json"), "--solve", "--channels", "2"]
     line = assert_one_error_line(*run_main(capsys, *args + (["--json"] if as_json else [])),
-                                 "Widen", "stalled at relative residual", exit_code=1)
+                                 "Widen", "too narrow for Algorithm 2", exit_code=1)
     assert re.search(r'"channels": \{"[abc]": \d+', line), line
 
 

@@ -50,6 +50,7 @@ def test_its_1c1_child_has_the_same_test_error(parent, parent_result):
     assert abs(round(r.top1_error * 10000) - round(parent_result.top1_error * 10000)) <= 1
 
 
+@pytest.mark.slow  # 33 s; learning is tested on synthetic data in tests/unit/test_train.py
 def test_two_epochs_on_cifar10_mini_lower_a_fresh_resnet20s_test_error(tmp_path):
     net = zoo.create("resnet20", seed=0)
     before = train.evaluate(net, "cifar10-mini", DATA)

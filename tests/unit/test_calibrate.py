@@ -144,11 +144,32 @@ def test_history_records_the_calibration_and_inputs_are_untouched(parent):
     assert changed == set(new)
 
 
-def test_nothing_to_calibrate_is_an_error(parent, d_spec):
-    grown = morph_preset(morph_preset(parent, "1c1", seed=0), "3c3", seed=0)
+def test_every_morph_since_the_last_training_is_calibrated(parent):
+    """1c1 then 3c3 without training: 3c3 adds no BN, but 1c1's new BN are still at (0, 1)
+    and must be calibrated (each entry records its own layers); after a training entry the
+    layers before it count as trained."""
+    child = morph_preset(parent, "1c1", seed=0)
+    grown = morph_preset(child, "3c3", seed=0)
     assert grown.history[-1]["new_bn"] == []  # kernels grown, no new layer
+    first = child.history[-1]["new_bn"]
+    assert first and uncalibrated_layers(grown) == first
+    done = calibrate(grown, [images(8, 1)], dataset="test")
+    assert done.history[-2]["calibration"]["layers"] == first
+    assert "calibration" not in done.history[-1]  # 3c3 added no layer to calibrate
+    assert uncalibrated_layers(done) == []
+    for name in first:  # set from the data: no longer the uncalibrated (0, 1)
+        assert not torch.equal(done.tensors[f"{name}.running_var"],
+                               grown.tensors[f"{name}.running_var"])
+    trained = Network(grown.description, grown.tensors, grown.history + [{"op": "train"}],
+                      grown.meta)
+    assert uncalibrated_layers(trained) == []
     with pytest.raises(MorphError, match="nothing to calibrate"):
-        calibrate(grown, [images(4, 1)], dataset="test")
+        calibrate(done, [images(4, 1)], dataset="test")
+    with pytest.raises(MorphError, match="nothing to calibrate"):
+        calibrate(trained, [images(4, 1)], dataset="test")
+
+
+def test_nothing_to_calibrate_is_an_error(parent, d_spec):
     no_bn = morph_at(parent, d_spec, "layer1.1.conv1", bn=False)
     with pytest.raises(MorphError, match="nothing to calibrate"):
         calibrate(no_bn, [images(4, 1)], dataset="test")

@@ -14,9 +14,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from netmorph_cli import __version__, zoo
+from netmorph_cli import __version__, outputs, zoo
 from netmorph_cli import checkpoint as ck
-from netmorph_cli.errors import CheckpointError, NetworkError
+from netmorph_cli.errors import CheckpointError, NetworkError, OutputError, WriteError
 from netmorph_cli.network import FORMAT, Network, node
 
 FORMATS = (".safetensors", ".pt")
@@ -53,7 +53,8 @@ def tiny(dtype: torch.dtype = torch.float32) -> Network:
                 node("fc", "linear", ["pool"], **{"in": 3, "out": 2})]}
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64).to(dtype)
-    w.view(-1)[:4] = torch.tensor([-0.0, float("inf"), float("nan"), 1e-40]).to(dtype)
+    top = torch.finfo(dtype).max  # extremes that stay finite: non-finite weights are refused
+    w.view(-1)[:4] = torch.tensor([-0.0, top, -top, 1e-40], dtype=torch.float64).to(dtype)
     tensors = {
         "conv.weight": w, "conv.bias": torch.randn(3, generator=gen).to(dtype),
         "bn.weight": torch.rand(3, generator=gen).to(dtype) + 0.5,
@@ -123,7 +124,8 @@ def test_tiny_round_trip_keeps_every_bit(tmp_path, suffix, dtype):
     nbt = back.tensors["bn.num_batches_tracked"]
     assert nbt.dtype == torch.long and nbt.dim() == 0 and nbt.item() == 123456789012
     w = back.tensors["conv.weight"].view(-1)
-    assert torch.isnan(w[2]) and torch.isinf(w[1]) and torch.signbit(w[0])
+    top = torch.finfo(dtype).max
+    assert w[1] == top and w[2] == -top and torch.signbit(w[0])
 
 
 def test_pt_file_is_a_plain_weights_only_dict(tmp_path):
@@ -256,7 +258,7 @@ def test_failed_replace_leaves_old_file_and_no_temp(tmp_path, monkeypatch, suffi
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(CheckpointError, match="cannot write .*No space left"):
+    with pytest.raises(WriteError, match="cannot write .*No space left"):
         ck.save(tiny(torch.float64), path, force=True)
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
@@ -297,7 +299,7 @@ def test_existing_output_needs_force(tmp_path, suffix):
     path = tmp_path / f"n{suffix}"
     ck.save(tiny(), path)
     old = path.read_bytes()
-    with pytest.raises(CheckpointError, match=r"exists; pass --force to overwrite"):
+    with pytest.raises(OutputError, match=r"exists; pass --force to overwrite"):
         ck.save(tiny(torch.float64), path)
     assert path.read_bytes() == old
     ck.save(tiny(torch.float64), path, force=True)
@@ -307,7 +309,7 @@ def test_existing_output_needs_force(tmp_path, suffix):
 def test_written_file_has_the_usual_mode(tmp_path):
     ck.save(tiny(), tmp_path / "n.safetensors")
     mode = (tmp_path / "n.safetensors").stat().st_mode & 0o777
-    assert mode == 0o666 & ~ck._umask()
+    assert mode == 0o666 & ~outputs._umask()
 
 
 def test_input_is_never_overwritten(tmp_path, monkeypatch):
@@ -319,19 +321,19 @@ def test_input_is_never_overwritten(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for out in (src, "parent.safetensors", tmp_path / "." / "parent.safetensors",
                 tmp_path / "link.safetensors", tmp_path / "hard.safetensors"):
-        with pytest.raises(CheckpointError, match="refusing to overwrite the input"):
+        with pytest.raises(OutputError, match="refusing to overwrite the input"):
             ck.save(tiny(torch.float64), out, force=True, protect=[src])
-    with pytest.raises(CheckpointError, match="refusing to overwrite the input"):
+    with pytest.raises(OutputError, match="refusing to overwrite the input"):
         ck.save(tiny(torch.float64), src, force=True, protect=["other.pt", str(src)])
     assert src.read_bytes() == old
     ck.save(tiny(), tmp_path / "child.safetensors", protect=[src])  # other outputs are fine
 
 
 def test_missing_output_directory_and_directory_output(tmp_path):
-    with pytest.raises(CheckpointError, match="output directory .*nope.* does not exist"):
+    with pytest.raises(OutputError, match="output directory .*nope.* does not exist"):
         ck.save(tiny(), tmp_path / "nope" / "n.safetensors")
     (tmp_path / "d.safetensors").mkdir()
-    with pytest.raises(CheckpointError, match="is a directory"):
+    with pytest.raises(OutputError, match="is a directory"):
         ck.save(tiny(), tmp_path / "d.safetensors", force=True)
 
 

@@ -13,6 +13,7 @@ Tolerances (relative = max |Δ| / max |reference|):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from pathlib import Path
@@ -27,6 +28,7 @@ from netmorph_cli.errors import MorphError, SolverError
 from netmorph_cli.flops import count_flops
 from netmorph_cli.morph import (
     Preset,
+    arch_name,
     identity_bn,
     morph_at,
     morph_network,
@@ -34,7 +36,8 @@ from netmorph_cli.morph import (
     prelu_all,
 )
 from netmorph_cli.network import FORMAT, Network, node
-from netmorph_cli.solve import module_widths, width_advice
+from netmorph_cli.results import paper_name
+from netmorph_cli.solve import ResourceLimitError, SolverTimeout, module_widths, width_advice
 from netmorph_cli.spec import load_spec, spec_from_dict
 
 F64, F32, BRANCH, NAIVE = 1e-10, 1e-5, 1e-12, 1e-3
@@ -350,6 +353,75 @@ def test_morphing_a_morphed_child(parent64, x64):
     twice = morph_at(once, load_spec(MODULES / "A.json"), "layer3.1.morph1.conv1")
     assert rel_err(run(twice, x64[:2]), run(parent64, x64[:2])) <= F64
     assert [h["op"] for h in twice.history] == ["preset", "module"]
+    assert twice.description["arch"] == "resnet20+1c1+A@layer3.1.morph1.conv1"
+
+
+@pytest.mark.parametrize("preset", ["1c1", "3c1", "1c1_2branch", "3c3_half"])
+def test_a_preset_refuses_branches_whose_conv_a_module_replaced(parent64, preset):
+    """A preset grows its branches' plain convs; once a module replaced one (here
+    layer1.1.morph1.conv1), the refusal names that layer and what to do instead of failing
+    on a duplicate node name."""
+    once = morph_preset(parent64, "1c1")
+    twice = morph_at(once, load_spec(MODULES / "A.json"), "layer1.1.morph1.conv1")
+    with pytest.raises(MorphError) as info:
+        morph_preset(twice, preset)
+    msg = str(info.value)
+    assert msg.startswith(f"preset {preset!r} cannot grow 'layer1.1.morph1.conv1': a module "
+                          "morph replaced that conv")
+    assert "Apply presets before module morphs" in msg and "--at LAYER" in msg
+
+
+def test_a_preset_after_a_module_at_a_block_conv_is_exact_and_named(parent64, x64):
+    """Modules at block convs (not at a preset branch) do not stop a preset; the arch name
+    records both, in order."""
+    once = morph_at(parent64, load_spec(MODULES / "A.json"), "layer1.2.conv1", seed=1)
+    assert once.description["arch"] == "resnet20+A@layer1.2.conv1"
+    twice = morph_preset(once, "1c1")
+    assert twice.description["arch"] == "resnet20+A@layer1.2.conv1+1c1"
+    assert rel_err(run(twice, x64[:2]), run(parent64, x64[:2])) <= F64
+    thrice = morph_preset(twice, "3c1")  # a grown preset keeps its place in the name
+    assert thrice.description["arch"] == "resnet20+A@layer1.2.conv1+3c1"
+
+
+def test_arch_names_record_module_morphs():
+    assert arch_name("resnet20", preset="1c1") == "resnet20+1c1"
+    assert arch_name("resnet20+1c1", preset="3c3") == "resnet20+3c3"
+    assert arch_name("resnet20+1c1", module="D", at="layer1.0.conv1") == \
+        "resnet20+1c1+D@layer1.0.conv1"
+    assert arch_name("resnet20+1c1+D@layer1.0.conv1", preset="3c1") == \
+        "resnet20+3c1+D@layer1.0.conv1"
+    # an unnamed spec, a name with the separator in it, and an older "+module" record
+    assert arch_name("resnet20", module="", at="layer1.0.shortcut") == \
+        "resnet20+module@layer1.0.shortcut"
+    assert arch_name("resnet20", module="my mod+2", at="c1") == "resnet20+my_mod_2@c1"
+    assert arch_name("resnet20+module", module="D", at="c1") == "resnet20+module+D@c1"
+    # what reads them: the results table's paper name
+    assert paper_name("resnet20+1c1+D@layer1.0.conv1") == "morph20_1c1+D@layer1.0.conv1"
+    assert paper_name("resnet20+1c1") == "morph20_1c1"
+
+
+def test_morph_at_checks_memory_before_solving_and_leaves_the_parent(parent64):
+    huge = dataclasses.replace(load_spec(MODULES / "D.json"),
+                               channels={"a": 60_000, "b": 40, "c": 40})
+    before = copy.deepcopy(parent64.description)
+    with pytest.raises(ResourceLimitError, match=r"needs about .* TiB of memory"):
+        morph_at(parent64, huge, "layer1.1.conv1")
+    with pytest.raises(ResourceLimitError, match=r"above the limit of 64 KiB"):
+        morph_at(parent64, load_spec(MODULES / "A.json"), "layer1.1.conv1",
+                 max_memory=64 * 2**10)
+    assert parent64.description == before
+
+
+def test_morph_at_passes_the_time_limit_and_progress(parent64, monkeypatch):
+    from netmorph_cli import solve
+
+    with pytest.raises(SolverTimeout, match="time limit of 0.001 s"):
+        morph_at(parent64, load_spec(MODULES / "D.json"), "layer1.1.conv1", max_seconds=1e-3)
+    monkeypatch.setattr(solve, "PROGRESS_EVERY", 0.0)
+    seen = []
+    morph_network(parent64, str(MODULES / "D.json"), at="layer1.1.conv1", progress=seen.append,
+                  max_sweeps=60, max_seconds=600)
+    assert seen and seen[-1].max_seconds == 600
 
 
 # refusals -----------------------------------------------------------------------------------

@@ -224,6 +224,16 @@ def test_figure_draws_every_run_and_marks_the_morphs(lineage):
     assert ax.get_title() == "t" and ax.get_ylabel() == "error (%)"
 
 
+def test_a_one_epoch_run_is_drawn_as_a_visible_point(lineage):
+    """A line through one point draws nothing; the run gets a marker."""
+    pytest.importorskip("matplotlib")
+    one = dataclasses.replace(results.load_run(lineage["parent"]), epochs=(1,),
+                              test_error=(0.3,), train_error=(0.4,), morph_epochs=())
+    (curve,) = [ln for ln in results.figure([one]).axes[0].lines
+                if ln.get_linestyle() == "-"]
+    assert list(curve.get_xdata()) == [1] and curve.get_marker() == "o"
+
+
 def test_runs_morphed_at_the_same_epoch_share_one_mark(lineage):
     pytest.importorskip("matplotlib")
     child = results.load_run(lineage["child"])

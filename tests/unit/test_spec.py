@@ -203,8 +203,8 @@ def test_malformed_json_file_names_the_file(write_spec):
     assert "line 1, column 12" in msg
 
 
-def test_empty_file_is_malformed_json(write_spec):
-    with pytest.raises(SpecError, match="line 1, column 1"):
+def test_empty_file_is_refused_as_empty(write_spec):
+    with pytest.raises(SpecError, match="is empty: a module spec is a JSON object"):
         load_spec(write_spec(""))
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from netmorph_cli import data, morph, train, zoo
-from netmorph_cli.errors import DataError, TrainingError
+from netmorph_cli.errors import DataError, TrainingError, UsageError
 from netmorph_cli.network import Network
 
 SMALL = dict(n_train=256, n_test=128)
@@ -374,14 +374,14 @@ def test_unknown_precision_is_refused():
 ])
 def test_resume_with_other_options_is_refused(reference, small, change, needle):
     _, _, _, out = reference
-    with pytest.raises(TrainingError, match="options differ") as info:
+    with pytest.raises(UsageError, match="options differ") as info:
         train.train(zoo.create("resnet20"), config(**change), out, dataset=small, resume=True)
     assert needle in str(info.value)
 
 
 def test_resume_without_a_state_file(tmp_path, small):
     out = tmp_path / "never.safetensors"
-    with pytest.raises(TrainingError, match="no state file") as info:
+    with pytest.raises(UsageError, match="no state file") as info:
         train.train(zoo.create("resnet20"), config(), out, dataset=small, resume=True)
     assert str(train.state_path(out)) in str(info.value)
 
@@ -389,7 +389,7 @@ def test_resume_without_a_state_file(tmp_path, small):
 def test_resume_from_a_corrupt_state_file(tmp_path, small):
     out = tmp_path / "bad.safetensors"
     train.state_path(out).write_bytes(b"not a torch file")
-    with pytest.raises(TrainingError, match="cannot read"):
+    with pytest.raises(UsageError, match="cannot read"):
         train.train(zoo.create("resnet20"), config(), out, dataset=small, resume=True)
 
 
