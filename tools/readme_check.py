@@ -19,8 +19,9 @@ Comparison, after collapsing whitespace and table borders: words must be equal; 
 agree to ``--rtol`` (default 2%) where |x| ≥ 1e-3 and to within a factor of 10 below that
 (rounding errors such as 8.3e-16 depend on the CPU and thread count); times and speeds
 (a number before ``s``, ``min``, ``img/s``, ``images/s``) and sha256 prefixes (12+ hex
-digits before ``…``) are not compared. A line ``...`` in the README stands for any number of
-printed lines.
+digits before ``…``) are not compared. Outputs are compared as streams of words, so a
+table wrapped at another width matches; a line ``...`` in the README stands for any number of
+printed words. The data directory is printed as ``$NETMORPH_DATA``.
 """
 
 from __future__ import annotations
@@ -102,30 +103,32 @@ def numbers_match(x: float, y: float, rtol: float) -> bool:
     return abs(x - y) <= rtol * max(abs(x), abs(y))
 
 
-def lines_match(want: str, got: str, rtol: float) -> bool:
-    w, g = normalize(want), normalize(got)
-    return len(w) == len(g) and all(tokens_match(a, b, rtol) for a, b in zip(w, g, strict=True))
-
-
 def compare(expected: list[str], actual: list[str], rtol: float) -> str | None:
-    """None when ``actual`` matches; else the first difference."""
-    want = [x for x in expected if normalize(x) or x.strip() == "..."]
-    got = [x for x in actual if normalize(x)]
+    """None when ``actual`` matches; else the first difference. Compared as one stream of
+    words, so a table or a long line wrapped at another width still matches; a README line
+    ``...`` skips printed words up to the next expected one."""
+    want: list[str | None] = []  # None: the '...' wildcard
+    for line in expected:
+        want.extend([None] if line.strip() == "..." else normalize(line))
+    got = [t for line in actual for t in normalize(line)]
     i = j = 0
     while i < len(want):
-        if want[i].strip() == "...":
+        w = want[i]
+        if w is None:
             if i + 1 == len(want):
                 return None
-            while j < len(got) and not lines_match(want[i + 1], got[j], rtol):
+            nxt = want[i + 1]
+            while j < len(got) and not (nxt is not None and tokens_match(nxt, got[j], rtol)):
                 j += 1
             i += 1
             continue
         if j >= len(got):
-            return f"missing line: {want[i]!r}"
-        if not lines_match(want[i], got[j], rtol):
-            return f"README: {want[i]!r}\n      got:    {got[j]!r}"
+            return f"missing: {' '.join(str(x) for x in want[i:i + 8])!r}"
+        if not tokens_match(w, got[j], rtol):
+            return (f"README: {' '.join(str(x) for x in want[max(i - 4, 0):i + 4])!r}\n"
+                    f"      got:    {' '.join(got[max(j - 4, 0):j + 4])!r}")
         i, j = i + 1, j + 1
-    return None if j == len(got) else f"extra line: {got[j]!r}"
+    return None if j == len(got) else f"extra: {' '.join(got[j:j + 8])!r}"
 
 
 def regenerated(expected: list[str], actual: list[str]) -> list[str]:
@@ -170,14 +173,15 @@ def main() -> int:
             for c in s.commands:
                 r = subprocess.run(["bash", "-c", c.text], cwd=scratch, env=env, text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                actual = r.stdout.rstrip("\n").splitlines()
+                actual = r.stdout.replace(env["NETMORPH_DATA"], "$NETMORPH_DATA")
+                actual_lines = actual.rstrip("\n").splitlines()
                 ran += 1
-                diff = compare(c.expected, actual, args.rtol)
+                diff = compare(c.expected, actual_lines, args.rtol)
                 print(f"{'ok   ' if diff is None else 'DIFF '} {c.text}")
                 if diff is not None:
                     failures += 1
                     print(f"      README line {c.line + 1}: {diff}")
-                    edits.append((c, regenerated(c.expected, actual)))
+                    edits.append((c, regenerated(c.expected, actual_lines)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if args.write and edits:
