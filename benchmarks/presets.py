@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from netmorph_cli import checkpoint, zoo
+from netmorph_cli import checkpoint, importers, zoo
 from netmorph_cli.morph import morph_network
 from netmorph_cli.solve import conditioning
 from netmorph_cli.verify import verify
@@ -41,7 +41,7 @@ REAL = {20: "akamaster_resnet20-12fca82f.th", 32: "akamaster_resnet32-d509ac18.t
 
 def parent_of(depth: int, weights: Path | None):
     if weights is not None and depth in REAL and (weights / REAL[depth]).is_file():
-        return checkpoint.import_state_dict(weights / REAL[depth]), "akamaster"
+        return importers.import_state_dict(weights / REAL[depth]), "akamaster"
     return zoo.create(f"resnet{depth}", seed=0), "fresh"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from netmorph_cli import calibrate, checkpoint, morph, train, verify
+from netmorph_cli import calibrate, importers, morph, train, verify
 from netmorph_cli.data import load_dataset
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +51,7 @@ def main() -> None:
     rows, sweep = [], []
     t0 = time.time()
     for depth in [int(d) for d in args.depths.split(",")]:
-        parent = checkpoint.import_state_dict(Path(args.weights_dir) / WEIGHTS[depth])
+        parent = importers.import_state_dict(Path(args.weights_dir) / WEIGHTS[depth])
         vb = train.training_batches(parent, "cifar10", batches=8, purpose="verify", data=ds)
         cb = [x for x, _ in train.training_batches(parent, "cifar10", batches=32,
                                                    purpose="calibrate", data=ds)]

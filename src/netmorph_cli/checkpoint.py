@@ -1,4 +1,4 @@
-"""Checkpoints: netmorph's safetensors and ``.pt`` files, atomic writes, safe loading, importers.
+"""Checkpoints: netmorph's safetensors and ``.pt`` files, atomic writes, safe loading.
 
 A netmorph checkpoint is a network description plus its tensors, the morph history and free
 metadata (normalization, parent sha256, …). Two containers hold the same content:
@@ -14,8 +14,7 @@ Reading detects the container by content, never by suffix, and never runs pickle
 ``.pt`` files are always read with ``torch.load(weights_only=True)``. Every failure is one
 ``CheckpointError`` that names the file and says what to do. Writes are atomic (a temp file in
 the same directory, fsync, ``os.replace``), never overwrite an input, and need ``force`` to
-replace an existing output. ``import_state_dict`` brings in plain PyTorch state_dicts of the
-common CIFAR ResNet layout and of torchvision's resnet18/34.
+replace an existing output. Plain PyTorch state_dicts come in through ``importers.py``.
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors import torch as st
 
-from . import __version__, limits, outputs, zoo
-from .errors import CheckpointError, NetmorphError, NetworkError
+from . import __version__, limits, outputs
+from .errors import CheckpointError, NetworkError
 from .network import FORMAT as DESCRIPTION_FORMAT
 from .network import (
     Network,
@@ -46,12 +45,9 @@ from .network import (
 )
 
 FORMAT = 1  # checkpoint container format this netmorph writes and reads
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _MAX_HEADER = limits.MAX_SAFETENSORS_HEADER  # a safetensors header larger than this is not one
-_WRAPPERS = ("state_dict", "model", "model_state_dict")
-_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 _LIST = 8  # keys shown in an error before "… and N more"
+WRAPPERS = ("state_dict", "model", "model_state_dict")  # dict keys a state_dict may sit under
 TORCH_SUFFIXES = (".pt", ".pth")  # written with torch.save; every other suffix is safetensors
 
 
@@ -155,9 +151,9 @@ def load(path: str | Path) -> Network:
     or newer file, or one whose tensors do not match its description.
     """
     path = Path(path)
-    kind = _sniff(path)
+    kind = sniff(path)
     if kind == "safetensors":
-        metadata, tensors = _read_safetensors(path)
+        metadata, tensors = read_safetensors(path)
         if not metadata or metadata.get("format") != "netmorph":
             raise CheckpointError(
                 f"'{path}' is a safetensors file without netmorph metadata, not a netmorph "
@@ -165,13 +161,13 @@ def load(path: str | Path) -> Network:
                 f"with `netmorph import {path} -o OUT.safetensors`")
         _check_format(path, metadata.get("netmorph", "1"), metadata.get("version"))
         return _network(path, metadata, tensors)
-    obj = _torch_load(path)
+    obj = torch_load(path)
     if not isinstance(obj, dict) or "netmorph" not in obj:
-        if _find_state_dict(obj) is not None:
+        if find_state_dict(obj) is not None:
             raise CheckpointError(
                 f"'{path}' is a plain PyTorch state_dict, not a netmorph checkpoint; bring it "
                 f"in with `netmorph import {path} -o OUT.safetensors`")
-        what = (f"a dict with keys {_names(list(obj))}" if isinstance(obj, dict)
+        what = (f"a dict with keys {names(list(obj))}" if isinstance(obj, dict)
                 else f"a {type(obj).__name__}")
         raise CheckpointError(f"'{path}' is a PyTorch file holding {what}, "
                               f"not a netmorph checkpoint")
@@ -183,7 +179,7 @@ def load(path: str | Path) -> Network:
     return _network(path, obj, {k: t.detach() for k, t in sd.items()})
 
 
-def _sniff(path: Path) -> str:
+def sniff(path: Path) -> str:
     """'safetensors' or 'torch' from the first bytes; errors for anything unreadable."""
     if not path.exists():
         raise CheckpointError(f"'{path}' does not exist")
@@ -210,7 +206,7 @@ def _sniff(path: Path) -> str:
                           f"file (it starts with {head[:8]!r})")
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
     if n > _MAX_HEADER:
@@ -231,7 +227,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tenso
     return metadata, tensors
 
 
-def _torch_load(path: Path) -> Any:
+def torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with every failure turned into one CheckpointError."""
     try:
         # an open file, not the path: recent torch.load dispatches "*.safetensors" paths to
@@ -377,11 +373,11 @@ def _network(path: Path, fields: Mapping[str, Any], tensors: dict[str, torch.Ten
         raise CheckpointError(f"'{path}' does not hold a valid network: {exc}") from None
     # safetensors stores tensors in its own order; give them the description's (state_dict) order
     net.tensors = {k: tensors[k] for k in expected_tensors(net.description)}
-    _check_values(path, net.description, net.tensors)
+    check_values(path, net.description, net.tensors)
     return net
 
 
-def _check_values(path: Path, desc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+def check_values(path: Path, desc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
                   ) -> None:
     """Refuse NaN/inf in any floating tensor and a negative BN running variance: either makes
     every output NaN, so eval would report chance accuracy and morph would verify nothing."""
@@ -401,181 +397,22 @@ def _check_values(path: Path, desc: Mapping[str, Any], tensors: Mapping[str, tor
                                   f"is ≥ 0")
 
 
-# --------------------------------------------------------------------------------------------
-# importing plain state_dicts
-
-def import_state_dict(path: str | Path, arch: str | None = None) -> Network:
-    """A netmorph ``Network`` from a plain PyTorch state_dict of a known layout.
-
-    Layouts: the common CIFAR ResNet (``conv1``, ``layerL.I.conv1/bn1/conv2/bn2``, option-A
-    shortcuts without tensors or option-B ``shortcut.0/.1``, ``linear``) and torchvision's
-    resnet18/34 (``downsample.0/.1``, ``fc``); ``module.`` prefixes and a ``state_dict`` /
-    ``model`` wrapper are accepted. Depth, shortcut type and classes come from the tensors;
-    ``arch`` (e.g. ``"resnet20"``) asserts the depth. Missing ``num_batches_tracked`` become 0;
-    half/bfloat16 tensors become float32.
-    """
-    path = Path(path)
-    kind = _sniff(path)
-    if kind == "safetensors":
-        metadata, obj = _read_safetensors(path)
-        if metadata.get("format") == "netmorph":
-            raise _already(path)
-    else:
-        obj = _torch_load(path)
-        if isinstance(obj, dict) and "netmorph" in obj:
-            raise _already(path)
-    sd = _find_state_dict(obj)
-    if sd is None:
-        what = (f"a dict with keys {_names(list(obj))}" if isinstance(obj, dict)
-                else f"a {type(obj).__name__}")
-        raise CheckpointError(f"'{path}' holds {what}, not a state_dict of tensors")
-    sd = _strip_prefixes(sd)
-    layout, detected, shortcut, reason = _detect(sd)
-    if arch is not None:
-        if arch not in zoo.ARCHS:
-            raise CheckpointError(f"unknown architecture {arch!r} "
-                                  f"(choose from {', '.join(zoo.ARCHS)})")
-        want = "torchvision-resnet" if int(arch[6:]) in zoo.IMAGENET_DEPTHS else "cifar-resnet"
-        if layout is not None and layout != want:
-            raise CheckpointError(f"'{path}' has the {layout} layout; {arch} is a {want}")
-        if detected is not None and detected != arch:
-            raise CheckpointError(f"'{path}' holds a {detected} ({reason}), not a {arch}")
-        detected, layout = arch, want
-    if detected is None or layout is None:
-        raise CheckpointError(f"'{path}': {reason}")
-    head = "fc.weight" if layout == "torchvision-resnet" else "linear.weight"
-    num_classes = int(sd[head].shape[0]) if head in sd and sd[head].dim() == 2 else None
-    try:
-        desc = zoo.describe(detected, num_classes, shortcut)
-    except NetmorphError as exc:
-        raise CheckpointError(f"'{path}': {exc}") from None
-    what = (f"{layout}, option-{shortcut} shortcuts" if layout == "cifar-resnet" else layout)
-    tensors = _map_tensors(path, desc, sd, what)
-    extra = {k: v for k, v in obj.items() if k not in _WRAPPERS
-             and isinstance(v, (int, float, str, bool))} if isinstance(obj, dict) else {}
-    imported: dict[str, Any] = {"file": path.name, "layout": layout,
-                                "sha256": file_sha256(path)}
-    if extra:
-        imported["extra"] = extra  # e.g. best_prec1 of the originating training run
-    meta = {"normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            "imported": imported}
-    net = Network(desc, tensors, [], meta)
-    try:
-        return net.check()
-    except NetworkError as exc:  # pragma: no cover - _map_tensors already checked
-        raise CheckpointError(f"'{path}': {exc}") from None
-
-
-def _already(path: Path) -> CheckpointError:
-    return CheckpointError(f"'{path}' is already a netmorph checkpoint; "
-                           f"use it directly, no import needed")
-
-
 def _is_state_dict(obj: Any) -> bool:
     return (isinstance(obj, Mapping) and len(obj) > 0
             and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
 
 
-def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+def find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     if _is_state_dict(obj):
         return dict(obj)
     if isinstance(obj, Mapping):
-        for key in _WRAPPERS:
+        for key in WRAPPERS:
             if _is_state_dict(obj.get(key)):
                 return dict(obj[key])
     return None
 
 
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    changed = True
-    while changed:
-        changed = False
-        for p in _PREFIXES:
-            if all(k.startswith(p) for k in sd):
-                sd = {k[len(p):]: v for k, v in sd.items()}
-                changed = True
-    return sd
-
-
-def _blocks(keys: Iterable[str], stage: int) -> int:
-    pat = re.compile(rf"^layer{stage}\.(\d+)\.")
-    found = {int(m.group(1)) for k in keys if (m := pat.match(k))}
-    return len(found)
-
-
-def _detect(sd: Mapping[str, torch.Tensor]) -> tuple[str | None, str | None, str, str]:
-    """(layout, arch, shortcut, reason): what the tensors are, or None and why not."""
-    keys = set(sd)
-    conv1 = sd.get("conv1.weight")
-    if "fc.weight" in keys or (conv1 is not None and tuple(conv1.shape[-2:]) == (7, 7)):
-        layout = "torchvision-resnet"
-        if any(".conv3." in k for k in keys):
-            return layout, None, "B", ("a bottleneck ResNet (resnet50 and deeper), which "
-                                       "netmorph does not support; resnet18/34 only")
-        counts = tuple(_blocks(keys, s) for s in (1, 2, 3, 4))
-        for depth, blocks in zoo.IMAGENET_DEPTHS.items():
-            if counts == blocks:
-                return layout, f"resnet{depth}", "B", f"blocks per stage {counts}"
-        known = "; ".join(f"resnet{d}: {b}" for d, b in zoo.IMAGENET_DEPTHS.items())
-        return layout, None, "B", (f"a torchvision-layout ResNet with blocks per stage "
-                                   f"{counts}, which matches none netmorph knows ({known})")
-    if "linear.weight" in keys or conv1 is not None:
-        layout = "cifar-resnet"
-        shortcut = "B" if any(".shortcut." in k for k in keys) else "A"
-        counts = tuple(_blocks(keys, s) for s in (1, 2, 3))
-        n = counts[0]
-        depth = 6 * n + 2
-        if len(set(counts)) != 1 or n == 0:
-            return layout, None, shortcut, (f"a CIFAR-layout ResNet with blocks per stage "
-                                            f"{counts}; a CIFAR ResNet has the same number "
-                                            f"in each of its three stages")
-        reason = f"{n} blocks per stage, option-{shortcut} shortcuts"
-        if f"resnet{depth}" not in zoo.ARCHS:
-            cifar = ", ".join(f"resnet{d}" for d in zoo.CIFAR_DEPTHS)
-            return layout, None, shortcut, (f"a CIFAR ResNet-{depth} ({reason}), not in "
-                                            f"netmorph's zoo ({cifar})")
-        return layout, f"resnet{depth}", shortcut, reason
-    return None, None, "B", ("not a ResNet state_dict of a known layout (expected CIFAR keys "
-                             "conv1.weight, layer1.0.conv1.weight, linear.weight or torchvision "
-                             f"keys conv1.weight, layer1.0.conv1.weight, fc.weight; it has "
-                             f"{_names(sorted(keys))})")
-
-
-def _map_tensors(path: Path, desc: Mapping[str, Any], sd: Mapping[str, torch.Tensor],
-                 what: str) -> dict[str, torch.Tensor]:
-    expected = expected_tensors(desc)
-    arch = desc["arch"]
-    fill = {k for k in expected if k.endswith(".num_batches_tracked") and k not in sd}
-    missing = [k for k in expected if k not in sd and k not in fill]
-    unknown = [k for k in sd if k not in expected]
-    if missing or unknown:
-        parts = []
-        if unknown:
-            parts.append(f"unknown keys {_names(unknown)}")
-        if missing:
-            parts.append(f"missing keys {_names(missing)}")
-        raise CheckpointError(f"'{path}' does not match {arch} ({what}): " + "; ".join(parts))
-    wrong = [f"'{k}' is {tuple(sd[k].shape)} in the file, {arch} needs {shape}"
-             for k, shape in expected.items() if k in sd and tuple(sd[k].shape) != shape]
-    if wrong:
-        more = f" (and {len(wrong) - _LIST} more)" if len(wrong) > _LIST else ""
-        raise CheckpointError(f"'{path}': shape mismatch: {'; '.join(wrong[:_LIST])}{more}")
-    out: dict[str, torch.Tensor] = {}
-    for k in expected:
-        if k in fill:
-            out[k] = torch.zeros((), dtype=torch.long)
-            continue
-        t = sd[k].detach()
-        if t.dtype in (torch.float16, torch.bfloat16):
-            t = t.float()
-        elif k.endswith(".num_batches_tracked"):
-            t = t.long()
-        out[k] = t.contiguous()
-    _check_values(path, desc, out)
-    return out
-
-
-def _names(keys: list[str]) -> str:
+def names(keys: list[str]) -> str:
     shown = ", ".join(repr(k) for k in keys[:_LIST])
     rest = len(keys) - _LIST
     return f"{shown} … and {rest} more ({len(keys)} in all)" if rest > 0 else shown

@@ -201,7 +201,8 @@ def import_(file: str, out: str, arch: str | None, force: bool) -> None:
     Example:
       netmorph import resnet20-12fca82f.th -o resnet20.safetensors
     """
-    from .checkpoint import import_state_dict, save
+    from .checkpoint import save
+    from .importers import import_state_dict
 
     net = import_state_dict(file, arch)
     sha = save(net, out, force=force, protect=[file])

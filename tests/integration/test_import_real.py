@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netmorph_cli import checkpoint as ck
+from netmorph_cli import importers
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 WEIGHTS = SHARED / "weights"
@@ -92,7 +93,7 @@ def reference(path: Path, depth: int) -> nn.Module:
 @pytest.mark.parametrize("depth", sorted(FILES))
 def test_imported_logits_match_the_original_code(depth):
     path = WEIGHTS / FILES[depth]
-    net = ck.import_state_dict(path)
+    net = importers.import_state_dict(path)
     desc = net.description
     assert desc["arch"] == f"resnet{depth}" and desc["num_classes"] == 10
     assert sum(n["op"] == "shortcut_a" for n in desc["nodes"]) == 2  # option A, two downsamplings
@@ -100,7 +101,7 @@ def test_imported_logits_match_the_original_code(depth):
     assert net.meta["imported"]["layout"] == "cifar-resnet"
     assert net.meta["imported"]["sha256"].startswith(FILES[depth].split("-")[1][:8])
     assert net.meta["normalization"]["mean"] == [0.485, 0.456, 0.406]
-    assert ck.import_state_dict(path, arch=f"resnet{depth}").description == desc
+    assert importers.import_state_dict(path, arch=f"resnet{depth}").description == desc
 
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(depth),
                     dtype=torch.float64)
@@ -111,7 +112,7 @@ def test_imported_logits_match_the_original_code(depth):
 
 
 def test_imported_checkpoint_round_trips_and_classifies_cifar10(tmp_path):
-    net = ck.import_state_dict(WEIGHTS / FILES[20])
+    net = importers.import_state_dict(WEIGHTS / FILES[20])
     out = tmp_path / "resnet20.safetensors"
     ck.save(net, out, protect=[WEIGHTS / FILES[20]])
     back = ck.load(out)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from netmorph_cli import checkpoint as ck
+from netmorph_cli import importers
 from netmorph_cli.morph import morph_network
 from netmorph_cli.verify import verify
 
@@ -45,7 +46,7 @@ def images() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def parent():
-    net = ck.import_state_dict(WEIGHTS)
+    net = importers.import_state_dict(WEIGHTS)
     assert net.meta["normalization"] == {"mean": list(MEAN), "std": list(STD)}
     return net
 

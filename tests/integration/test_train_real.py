@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import morph, train, zoo
+from netmorph_cli import importers, morph, train, zoo
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DATA = SHARED / "data"
@@ -28,7 +27,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 @pytest.fixture(scope="module")
 def parent():
-    return ck.import_state_dict(RESNET20)
+    return importers.import_state_dict(RESNET20)
 
 
 @pytest.fixture(scope="module")

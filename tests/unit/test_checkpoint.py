@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from netmorph_cli import __version__, outputs, zoo
+from netmorph_cli import __version__, importers, outputs, zoo
 from netmorph_cli import checkpoint as ck
 from netmorph_cli.errors import CheckpointError, NetworkError, OutputError, WriteError
 from netmorph_cli.network import FORMAT, Network, node
@@ -429,7 +429,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, container, payload
         torch.save(obj, path, _use_new_zipfile_serialization=False)
     else:
         path.write_bytes(pickle.dumps(obj, protocol=2))
-    read = ck.load if reader == "load" else ck.import_state_dict
+    read = ck.load if reader == "load" else importers.import_state_dict
     with pytest.raises(CheckpointError) as err:
         read(path)
     assert not marker.exists()
@@ -532,7 +532,7 @@ def test_import_cifar_option_a_with_prefix_and_wrapper(tmp_path, resnet20_a):
     path = tmp_path / "akamaster_like.th"
     torch.save({"best_prec1": 91.5, "state_dict": cifar_state_dict(resnet20_a, "module.")},
                path, _use_new_zipfile_serialization=False)
-    net = ck.import_state_dict(path)
+    net = importers.import_state_dict(path)
     assert_imported(net, resnet20_a)
     assert net.description["arch"] == "resnet20" and net.description["num_classes"] == 10
     assert any(n["op"] == "shortcut_a" for n in net.description["nodes"])
@@ -544,7 +544,7 @@ def test_import_cifar_option_a_with_prefix_and_wrapper(tmp_path, resnet20_a):
                                     "sha256": ck.file_sha256(path),
                                     "extra": {"best_prec1": 91.5}}
     assert net.history == []
-    assert ck.import_state_dict(path, arch="resnet20").description == net.description
+    assert importers.import_state_dict(path, arch="resnet20").description == net.description
     out = tmp_path / "imported.safetensors"
     ck.save(net, out, protect=[path])
     assert_same_network(net, ck.load(out))
@@ -554,7 +554,7 @@ def test_import_cifar_option_b_plain(tmp_path):
     source = zoo.create("resnet32", num_classes=100, seed=8)
     path = tmp_path / "b.pt"
     torch.save(cifar_state_dict(source), path)
-    net = ck.import_state_dict(path)
+    net = importers.import_state_dict(path)
     assert_imported(net, source)
     assert net.description["arch"] == "resnet32" and net.description["num_classes"] == 100
     assert "layer2.0.shortcut.0.weight" in net.tensors
@@ -563,7 +563,7 @@ def test_import_cifar_option_b_plain(tmp_path):
 def test_import_keeps_num_batches_tracked_and_casts_half(tmp_path, resnet20):
     sd = {k: (v.half() if v.is_floating_point() else v + 5) for k, v in resnet20.tensors.items()}
     torch.save({"model": sd}, tmp_path / "h.pt")
-    net = ck.import_state_dict(tmp_path / "h.pt")
+    net = importers.import_state_dict(tmp_path / "h.pt")
     for k, t in net.tensors.items():
         if k.endswith("num_batches_tracked"):
             assert t.dtype == torch.long and t.item() == 5
@@ -574,7 +574,7 @@ def test_import_keeps_num_batches_tracked_and_casts_half(tmp_path, resnet20):
 def test_import_torchvision_resnet18(tmp_path, resnet18):
     path = tmp_path / "tv.pth"
     torch.save({"model": OrderedDict(resnet18.tensors), "epoch": 90}, path)
-    net = ck.import_state_dict(path)
+    net = importers.import_state_dict(path)
     assert net.description["arch"] == "resnet18" and net.description["num_classes"] == 7
     assert net.meta["imported"]["layout"] == "torchvision-resnet"
     assert "layer2.0.downsample.0.weight" in net.tensors
@@ -583,7 +583,7 @@ def test_import_torchvision_resnet18(tmp_path, resnet18):
 
 def test_import_torchvision_from_safetensors(tmp_path, resnet18):
     save_file(dict(resnet18.tensors), tmp_path / "tv.safetensors")
-    net = ck.import_state_dict(tmp_path / "tv.safetensors")
+    net = importers.import_state_dict(tmp_path / "tv.safetensors")
     assert net.description["arch"] == "resnet18"
     assert net.meta["imported"]["layout"] == "torchvision-resnet"
 
@@ -591,11 +591,11 @@ def test_import_torchvision_from_safetensors(tmp_path, resnet18):
 def test_import_arch_asserts_detection(tmp_path, resnet20_a):
     torch.save(cifar_state_dict(resnet20_a), tmp_path / "r20.pt")
     with pytest.raises(CheckpointError, match=r"holds a resnet20 \(3 blocks.*not a resnet32"):
-        ck.import_state_dict(tmp_path / "r20.pt", arch="resnet32")
+        importers.import_state_dict(tmp_path / "r20.pt", arch="resnet32")
     with pytest.raises(CheckpointError, match="cifar-resnet layout; resnet18 is a torchvision"):
-        ck.import_state_dict(tmp_path / "r20.pt", arch="resnet18")
+        importers.import_state_dict(tmp_path / "r20.pt", arch="resnet18")
     with pytest.raises(CheckpointError, match="unknown architecture 'vgg16'"):
-        ck.import_state_dict(tmp_path / "r20.pt", arch="vgg16")
+        importers.import_state_dict(tmp_path / "r20.pt", arch="vgg16")
 
 
 def test_import_lists_unknown_and_missing_keys(tmp_path, resnet20_a):
@@ -604,7 +604,7 @@ def test_import_lists_unknown_and_missing_keys(tmp_path, resnet20_a):
     sd["module.extra_head.weight"] = torch.zeros(3)
     torch.save(sd, tmp_path / "k.pt")
     with pytest.raises(CheckpointError) as err:
-        ck.import_state_dict(tmp_path / "k.pt")
+        importers.import_state_dict(tmp_path / "k.pt")
     msg = str(err.value)
     assert "does not match resnet20 (cifar-resnet, option-A shortcuts)" in msg
     assert "unknown keys 'layer1.0.conv1.weight_renamed', 'extra_head.weight'" in msg
@@ -617,7 +617,7 @@ def test_import_many_missing_keys_are_counted(tmp_path, resnet20_a):
         del sd[k]
     torch.save(sd, tmp_path / "k.pt")
     with pytest.raises(CheckpointError) as err:
-        ck.import_state_dict(tmp_path / "k.pt", arch="resnet20")
+        importers.import_state_dict(tmp_path / "k.pt", arch="resnet20")
     n = sum(1 for k in resnet20_a.tensors
             if k.startswith("layer3.") and "num_batches" not in k)
     assert f"… and {n - 8} more ({n} in all)" in str(err.value)
@@ -630,7 +630,7 @@ def test_import_without_arch_reports_uneven_stages(tmp_path, resnet20_a):
         del sd[k]
     torch.save(sd, tmp_path / "k.pt")
     with pytest.raises(CheckpointError, match=r"blocks per stage \(3, 3, 2\)"):
-        ck.import_state_dict(tmp_path / "k.pt")
+        importers.import_state_dict(tmp_path / "k.pt")
 
 
 def test_import_wrong_shape_names_key_and_shapes(tmp_path, resnet20_a):
@@ -640,7 +640,7 @@ def test_import_wrong_shape_names_key_and_shapes(tmp_path, resnet20_a):
     with pytest.raises(CheckpointError,
                        match=r"'linear.weight' is \(10, 32\) in the file, resnet20 needs "
                              r"\(10, 64\)"):
-        ck.import_state_dict(tmp_path / "s.pt")
+        importers.import_state_dict(tmp_path / "s.pt")
 
 
 @pytest.mark.parametrize("sd, match", [
@@ -655,19 +655,19 @@ def test_import_wrong_shape_names_key_and_shapes(tmp_path, resnet20_a):
 def test_import_unknown_layouts(tmp_path, sd, match):
     torch.save(sd, tmp_path / "u.pt")
     with pytest.raises(CheckpointError, match=match):
-        ck.import_state_dict(tmp_path / "u.pt")
+        importers.import_state_dict(tmp_path / "u.pt")
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_import_refuses_netmorph_checkpoints(tmp_path, suffix):
     ck.save(tiny(), tmp_path / f"n{suffix}")
     with pytest.raises(CheckpointError, match="already a netmorph checkpoint"):
-        ck.import_state_dict(tmp_path / f"n{suffix}")
+        importers.import_state_dict(tmp_path / f"n{suffix}")
 
 
 def test_import_refuses_non_state_dicts(tmp_path):
     torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "o.pt")
     with pytest.raises(CheckpointError, match="not a state_dict of tensors"):
-        ck.import_state_dict(tmp_path / "o.pt")
+        importers.import_state_dict(tmp_path / "o.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
-        ck.import_state_dict(tmp_path / "absent.pt")
+        importers.import_state_dict(tmp_path / "absent.pt")

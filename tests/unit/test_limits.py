@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from netmorph_cli import checkpoint as ck
-from netmorph_cli import limits, spec, zoo
+from netmorph_cli import importers, limits, spec, zoo
 from netmorph_cli.errors import CheckpointError, MorphError, NetworkError, SpecError
 from netmorph_cli.limits import (
     MAX_INPUT_ELEMENTS,
@@ -427,7 +427,7 @@ def test_non_finite_tensors_are_refused_on_import(tmp_path):
     sd["conv1.weight"][0, 0, 0, 0] = NAN
     torch.save(sd, tmp_path / "sd.pt")
     with pytest.raises(CheckpointError, match=r"tensor 'conv1.weight' holds non-finite"):
-        ck.import_state_dict(tmp_path / "sd.pt")
+        importers.import_state_dict(tmp_path / "sd.pt")
 
 
 def test_a_fifo_is_not_read_as_a_checkpoint(tmp_path):
