@@ -323,144 +323,186 @@ def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | P
                                    purpose="calibrate", device=device, data=data)
         net = calibrate(net, [x for x, _ in batches], dataset=data.name, seed=cfg.seed,
                         device=device)
-    mean, std = normalization(net)
-    x_train = to_tensor(data.x_train, mean, std, device)
-    y_train = torch.from_numpy(data.y_train).to(device)
-    x_test = to_tensor(data.x_test, mean, std, device)
-    y_test = torch.from_numpy(data.y_test).to(device)
-    fill = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)])
-
-    model = net.module(torch.float32, device).train()
-    on_cuda = device.type == "cuda"
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    start_epoch, start_step = 0, 0
-    history: list[EpochStats] = []
-    spath = state_path(out)
+    run = _Run(net, cfg, _Loaded(net, data, device), dist, state_path(out), hooks,
+               source_sha256)
     if resume:
-        start_epoch, start_step, history = _load_state(spath, model, opt)
-    step_model: torch.nn.Module = model
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if on_cuda
-                                             else None)
-    if cfg.compile:
-        step_model = torch.compile(step_model)  # type: ignore[assignment]
-
-    n_local = len(x_train) // dist.world
-    b_local = max(cfg.batch_size // dist.world, 1)
-    steps = math.ceil(n_local / b_local)
-    amp = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
+        run.start_epoch, run.start_step, run.history = _load_state(run.spath, run.model,
+                                                                    run.opt)
     if metrics and dist.main:  # a fresh run starts a fresh file; a resumed one its history
-        write_text(metrics, "".join(json.dumps(h.to_json()) + "\n" for h in history),
+        write_text(metrics, "".join(json.dumps(h.to_json()) + "\n" for h in run.history),
                    force=True)
-    if hooks.on_start:
-        hooks.on_start(start_epoch, cfg.epochs, steps)
-    check_every = loss_check_interval(device)
-    ctrl_c = _DeferredInterrupt(
-        lambda: "interrupted twice: stopped at once, mid-step; " + (
-            f"the last saved state is {spath} (written after every epoch): continue with "
-            f"--resume" if spath.exists() else "no epoch had finished, so no state was saved"),
-        enabled=dist.world == 1)
-    warned = False
-    save = functools.partial(_save_state, spath, model, opt, cfg, source_sha256)
-    with ctrl_c:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            perm = torch.randperm(len(x_train), generator=_seeded(cfg.seed, epoch))
-            mine = perm[dist.rank::dist.world][:n_local].to(device)
-            loss_sum = torch.zeros((), device=device)
-            wrong = torch.zeros((), device=device, dtype=torch.long)
-            bad = torch.zeros((), device=device, dtype=torch.bool)
-            seen = 0
-            first = start_step if epoch == start_epoch else 0
-            done = first  # steps of this epoch whose update is applied (where to resume)
-            step, loss = first, torch.zeros((), device=device)  # for an interrupt before any
-            try:
-                for step in range(first, steps):
-                    lr = cfg.lr_at(epoch + step / steps, 1 / steps)
-                    for group in opt.param_groups:
-                        group["lr"] = lr
-                    idx = mine[step * b_local:(step + 1) * b_local]
-                    xb = augment(x_train[idx], _seeded(cfg.seed, epoch, step, dist.rank),
-                                 fill=fill)
-                    if cfg.channels_last:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    yb = y_train[idx]
-                    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                        logits = step_model(xb)
-                        loss = F.cross_entropy(logits.float(), yb)
-                    bad |= ~torch.isfinite(loss.detach())
-                    if (step + 1) % check_every == 0 or step + 1 == steps or ctrl_c.pending:
-                        _check_loss(bad, loss, epoch, step, check_every, spath,
-                                    kept=epoch > 0 or resume)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    done = step + 1
-                    loss_sum += loss.detach() * len(idx)
-                    wrong += (logits.argmax(1) != yb).sum()
-                    seen += len(idx)
-                    if hooks.on_step and (step % 10 == 0 or step == steps - 1):
-                        el = time.perf_counter() - t0
-                        hooks.on_step(epoch, step + 1, steps, float(loss.detach()), lr,
-                                      seen * dist.world / max(el, 1e-9))
-                    if ctrl_c.pending and step + 1 < steps:  # else: after the epoch
-                        raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                # never save weights a bad loss has reached (on CUDA the last check may be
-                # a few steps back): that raises instead and keeps the last epoch's state
-                _check_loss(bad, loss, epoch, step, check_every, spath, kept=epoch > 0 or resume)
-                if done == steps and dist.world == 1:  # every step done: finish the epoch
-                    ctrl_c.pending = True  # (its test pass and state), then stop
-                else:
-                    if dist.main:
-                        _check_finite(model, epoch, spath, kept=spath.exists())
-                        save(epoch, done, history)
-                    raise TrainingError(f"interrupted at epoch {epoch + 1}, step {done + 1}; "
-                                        f"state saved to {spath}: continue with --resume"
-                                        ) from None
-            _sync_buffers(model, dist)
-            seconds = time.perf_counter() - t0
-            stats = EpochStats(epoch + 1, float(loss_sum) / max(seen, 1),
-                               float(wrong) / max(seen, 1),
-                               top1_error(model, x_test, y_test, amp=amp),
-                               cfg.lr_at(epoch), seconds, seen * dist.world / seconds)
-            history.append(stats)
-            _check_finite(model, epoch, spath, kept=epoch > 0 or resume)
-            if dist.main:
-                save(epoch + 1, 0, history)
-                if metrics:
-                    append_line(metrics, json.dumps(stats.to_json()))
-            if hooks.on_epoch:
-                hooks.on_epoch(stats)
-            if not warned and stats.train_loss > DIVERGED * math.log(data.num_classes):
-                warned = True
-                if hooks.on_warning:
-                    hooks.on_warning(
-                        f"the training loss is {stats.train_loss:.3g} at epoch {epoch + 1}, "
-                        f"{stats.train_loss / math.log(data.num_classes):.0f}× that of guessing "
-                        f"(ln {data.num_classes} = {math.log(data.num_classes):.2f}): the run is "
-                        f"diverging; start again with a lower --lr or a --warmup")
-            if ctrl_c.pending and epoch + 1 < cfg.epochs:  # Ctrl-C while testing or saving
-                raise TrainingError(f"interrupted after epoch {epoch + 1}; state saved to "
-                                    f"{spath}: continue with --resume")
-    trained = Network(net.description, {k: v.cpu() for k, v in state_of(model).items()},
-                      list(net.history), dict(net.meta))
-    trained.tensors = {k: v.to(net.tensors[k].dtype) if v.is_floating_point() else v
-                       for k, v in trained.tensors.items()}
-    trained.meta["normalization"] = {"mean": list(mean), "std": list(std)}
-    final = history[-1] if history else None
-    trained.history.append({
-        "op": "train", "dataset": data.name, "config": _config_json(cfg),
-        "epochs_run": len(history), "world_size": dist.world,
-        "test_error": final.test_error if final else None,
-        "seconds": sum(h.seconds for h in history),
-        "metrics": [h.to_json() for h in history]})
-    return trained.check(), history
+    run.loop(metrics, resume)
+    return run.result(), run.history
+
+
+class _Loaded:
+    """A data set normalized with the network's statistics, on the device."""
+
+    def __init__(self, net: Network, data: Dataset, device: torch.device) -> None:
+        self.name, self.num_classes = data.name, data.num_classes
+        self.mean, self.std = normalization(net)
+        self.x_train = to_tensor(data.x_train, self.mean, self.std, device)
+        self.y_train = torch.from_numpy(data.y_train).to(device)
+        self.x_test = to_tensor(data.x_test, self.mean, self.std, device)
+        self.y_test = torch.from_numpy(data.y_test).to(device)
+        self.fill = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)])
+
+
+class _Run:
+    """One training run: the model and optimizer, an epoch (``epoch``) and the loop over
+    epochs that tests, saves, logs and stops (``loop``)."""
+
+    def __init__(self, net: Network, cfg: TrainConfig, data: _Loaded, dist: Dist, spath: Path,
+                 hooks: TrainHooks, source_sha256: str | None) -> None:
+        self.net, self.cfg, self.data, self.dist, self.spath, self.hooks = (
+            net, cfg, data, dist, spath, hooks)
+        self.device = device = data.x_train.device
+        model = net.module(torch.float32, device).train()
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.start_epoch, self.start_step = 0, 0
+        self.history: list[EpochStats] = []
+        step_model: torch.nn.Module = model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            step_model = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            step_model = torch.compile(step_model)  # type: ignore[assignment]
+        self.step_model = step_model
+        self.n_local = len(data.x_train) // dist.world
+        self.b_local = max(cfg.batch_size // dist.world, 1)
+        self.steps = math.ceil(self.n_local / self.b_local)
+        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto"
+                                               and device.type == "cuda")
+        self.check_every = loss_check_interval(device)
+        self.ctrl_c = _DeferredInterrupt(
+            lambda: "interrupted twice: stopped at once, mid-step; " + (
+                f"the last saved state is {spath} (written after every epoch): continue "
+                f"with --resume" if spath.exists() else
+                "no epoch had finished, so no state was saved"),
+            enabled=dist.world == 1)
+        self.save = functools.partial(_save_state, spath, model, self.opt, cfg, source_sha256)
+
+    def loop(self, metrics: str | Path | None, resume: bool) -> None:
+        cfg, dist, hooks = self.cfg, self.dist, self.hooks
+        if hooks.on_start:
+            hooks.on_start(self.start_epoch, cfg.epochs, self.steps)
+        warned = False
+        with self.ctrl_c:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                first = self.start_step if epoch == self.start_epoch else 0
+                stats = self.epoch(epoch, first, kept=epoch > 0 or resume)
+                self.history.append(stats)
+                _check_finite(self.model, epoch, self.spath, kept=epoch > 0 or resume)
+                if dist.main:
+                    self.save(epoch + 1, 0, self.history)
+                    if metrics:
+                        append_line(metrics, json.dumps(stats.to_json()))
+                if hooks.on_epoch:
+                    hooks.on_epoch(stats)
+                if not warned and (warning := self._diverging(stats)):
+                    warned = True
+                    if hooks.on_warning:
+                        hooks.on_warning(warning)
+                if self.ctrl_c.pending and epoch + 1 < cfg.epochs:  # Ctrl-C while testing
+                    raise TrainingError(f"interrupted after epoch {epoch + 1}; state saved "
+                                        f"to {self.spath}: continue with --resume")
+
+    def epoch(self, epoch: int, first: int, *, kept: bool) -> EpochStats:
+        """Steps ``first``… of ``epoch`` and the test pass. Ctrl-C mid-epoch saves the state
+        after the step in flight and raises ``TrainingError``."""
+        cfg, dist, data, device, opt = self.cfg, self.dist, self.data, self.device, self.opt
+        steps, b_local, ctrl_c, spath = self.steps, self.b_local, self.ctrl_c, self.spath
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(data.x_train), generator=_seeded(cfg.seed, epoch))
+        mine = perm[dist.rank::dist.world][:self.n_local].to(device)
+        loss_sum = torch.zeros((), device=device)
+        wrong = torch.zeros((), device=device, dtype=torch.long)
+        bad = torch.zeros((), device=device, dtype=torch.bool)
+        seen = 0
+        done = first  # steps of this epoch whose update is applied (where to resume)
+        step, loss = first, torch.zeros((), device=device)  # for an interrupt before any
+        try:
+            for step in range(first, steps):
+                lr = cfg.lr_at(epoch + step / steps, 1 / steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                idx = mine[step * b_local:(step + 1) * b_local]
+                xb = augment(data.x_train[idx], _seeded(cfg.seed, epoch, step, dist.rank),
+                             fill=data.fill)
+                if cfg.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                yb = data.y_train[idx]
+                with torch.autocast(device.type, torch.bfloat16, enabled=self.amp):
+                    logits = self.step_model(xb)
+                    loss = F.cross_entropy(logits.float(), yb)
+                bad |= ~torch.isfinite(loss.detach())
+                if (step + 1) % self.check_every == 0 or step + 1 == steps or ctrl_c.pending:
+                    _check_loss(bad, loss, epoch, step, self.check_every, spath, kept=kept)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                done = step + 1
+                loss_sum += loss.detach() * len(idx)
+                wrong += (logits.argmax(1) != yb).sum()
+                seen += len(idx)
+                if self.hooks.on_step and (step % 10 == 0 or step == steps - 1):
+                    el = time.perf_counter() - t0
+                    self.hooks.on_step(epoch, step + 1, steps, float(loss.detach()), lr,
+                                       seen * dist.world / max(el, 1e-9))
+                if ctrl_c.pending and step + 1 < steps:  # else: after the epoch
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            # never save weights a bad loss has reached (on CUDA the last check may be
+            # a few steps back): that raises instead and keeps the last epoch's state
+            _check_loss(bad, loss, epoch, step, self.check_every, spath, kept=kept)
+            if done == steps and dist.world == 1:  # every step done: finish the epoch
+                ctrl_c.pending = True  # (its test pass and state), then stop
+            else:
+                if dist.main:
+                    _check_finite(self.model, epoch, spath, kept=spath.exists())
+                    self.save(epoch, done, self.history)
+                raise TrainingError(f"interrupted at epoch {epoch + 1}, step {done + 1}; "
+                                    f"state saved to {spath}: continue with --resume"
+                                    ) from None
+        _sync_buffers(self.model, dist)
+        seconds = time.perf_counter() - t0
+        return EpochStats(epoch + 1, float(loss_sum) / max(seen, 1),
+                          float(wrong) / max(seen, 1),
+                          top1_error(self.model, data.x_test, data.y_test, amp=self.amp),
+                          cfg.lr_at(epoch), seconds, seen * dist.world / seconds)
+
+    def _diverging(self, stats: EpochStats) -> str | None:
+        chance = math.log(self.data.num_classes)  # the loss of guessing
+        if stats.train_loss <= DIVERGED * chance:
+            return None
+        return (f"the training loss is {stats.train_loss:.3g} at epoch {stats.epoch}, "
+                f"{stats.train_loss / chance:.0f}× that of guessing (ln "
+                f"{self.data.num_classes} = {chance:.2f}): the run is diverging; start "
+                f"again with a lower --lr or a --warmup")
+
+    def result(self) -> Network:
+        """The trained network, with the training in its history."""
+        net, history = self.net, self.history
+        trained = Network(net.description, {k: v.cpu() for k, v in state_of(self.model).items()},
+                          list(net.history), dict(net.meta))
+        trained.tensors = {k: v.to(net.tensors[k].dtype) if v.is_floating_point() else v
+                           for k, v in trained.tensors.items()}
+        trained.meta["normalization"] = {"mean": list(self.data.mean),
+                                         "std": list(self.data.std)}
+        final = history[-1] if history else None
+        trained.history.append({
+            "op": "train", "dataset": self.data.name, "config": _config_json(self.cfg),
+            "epochs_run": len(history), "world_size": self.dist.world,
+            "test_error": final.test_error if final else None,
+            "seconds": sum(h.seconds for h in history),
+            "metrics": [h.to_json() for h in history]})
+        return trained.check()
 
 
 def loss_check_interval(device: torch.device) -> int:
