@@ -39,17 +39,13 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from netmorph_cli import lsq  # noqa: E402
+from netmorph_cli.algebra import resize  # noqa: E402
+from netmorph_cli.feasibility import solve_blocks  # noqa: E402
 from netmorph_cli.graph import ModuleGraph  # noqa: E402
-from netmorph_cli.solve import (  # noqa: E402
-    _Rng,
-    algorithm2,
-    module_widths,
-    morph_filter,
-    relative_residual,
-    resize,
-    solve_blocks,
-)
+from netmorph_cli.rng import SeededRng  # noqa: E402
+from netmorph_cli.solve import module_widths, morph_filter, relative_residual  # noqa: E402
 from netmorph_cli.spec import load_spec  # noqa: E402
+from netmorph_cli.sweeps import algorithm2  # noqa: E402
 
 D_SPEC = Path(__file__).resolve().parents[1] / "examples" / "modules" / "D.json"
 TOL = {"float32": 1e-6, "float64": 1e-10}
@@ -107,7 +103,7 @@ def run_dense(graph: ModuleGraph, g: torch.Tensor, seed: int, tol: float, device
     materializing the Jacobians (the rest is the dense least-squares solves)."""
     widths = module_widths(graph, g.shape[1], g.shape[0])
     target = resize(g, graph.effective_kernel())
-    rng = _Rng(seed, g.dtype, g.device)  # the seed morph_filter gives Algorithm 2
+    rng = SeededRng(seed, g.dtype, g.device)  # the seed morph_filter gives Algorithm 2
     build = [0.0]
     plain = lsq.dense_matrix
 
@@ -154,14 +150,14 @@ def main() -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
           f"load average {os.getloadavg()[0]:.1f}")
     # warm-up: first-call costs (vmap tracing, kernels, allocator) stay out of the table
-    morph_filter(_Rng(1, torch.float64, "cpu").filter(4, 4, (3, 3)).to(device), module_d(4))
+    morph_filter(SeededRng(1, torch.float64, "cpu").filter(4, 4, (3, 3)).to(device), module_d(4))
 
     rows = []
     for c in sizes:
         graph = module_d(c)
         for name in dtypes:
             dtype, tol = DTYPES[name], TOL[name]
-            g = _Rng(args.seed + 1_000_003, dtype, "cpu").filter(c, c, (3, 3)).to(device)
+            g = SeededRng(args.seed + 1_000_003, dtype, "cpu").filter(c, c, (3, 3)).to(device)
             repeat = args.repeat if c <= 32 else 1
             t_ours, r_ours, sw, share = run_ours(graph, g, args.seed, tol, device, repeat)
             ours = f"{t_ours:.3f} s ({r_ours:.1e}, {sw} sw)"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from .graph import Kernel, ModuleGraph, compose_kernels, sum_kernels
+from .graph import Kernel, ModuleGraph, sum_kernels
 
 
 def kernel_of(f: torch.Tensor) -> Kernel:
@@ -68,6 +68,19 @@ def resize(f: torch.Tensor, kernel: Kernel) -> torch.Tensor:
     return crop_to(pad_to(f, big), kernel)
 
 
+def support(g: torch.Tensor) -> Kernel:
+    """Smallest centred odd kernel that holds every non-zero tap of ``g``."""
+    kh, kw = kernel_of(g)
+    nz = g.detach().abs().sum(dim=(0, 1)) != 0
+    rows = torch.nonzero(nz.any(dim=1)).flatten().tolist()
+    cols = torch.nonzero(nz.any(dim=0)).flatten().tolist()
+    if not rows:
+        return (1, 1)
+    rh = max(abs(r - kh // 2) for r in rows)
+    rw = max(abs(c - kw // 2) for c in cols)
+    return (2 * rh + 1, 2 * rw + 1)
+
+
 def identity_filter(channels: int, kernel: Kernel = (1, 1), *, dtype=torch.float64,
                     device=None) -> torch.Tensor:
     """The identity map as a (C, C, kh, kw) filter: I at the centre tap, zero elsewhere."""
@@ -117,14 +130,3 @@ def module_function(graph: ModuleGraph, filters: Mapping[str, torch.Tensor]) -> 
     src_ch = filters[graph.out_edges[graph.source][0].name].shape[1]
     g = prefix_filters(graph, filters, src_ch)[graph.sink]
     return pad_to(g, graph.effective_kernel())
-
-
-def path_kernel(graph: ModuleGraph) -> dict[str, Kernel]:
-    """Kernel of P(v) for every blob (longest path from s per dimension)."""
-    k: dict[str, Kernel] = {graph.source: (1, 1)}
-    for b in graph.blobs[1:]:
-        acc: Kernel = (1, 1)
-        for e in graph.in_edges[b]:
-            acc = sum_kernels(acc, compose_kernels(k[e.src], e.kernel))
-        k[b] = acc
-    return k

@@ -4,8 +4,10 @@ Images are held as uint8 NHWC arrays (what the files hold) and turned into norma
 float tensors on the training device in one go; augmentation then runs there in batches
 (``augment``), with no per-sample Python.
 
-Where a set is looked for, under ``--data-dir`` (default ``$NETMORPH_DATA``, else
-``~/.cache/netmorph``), in this order: ``<name>.npz`` (x_train, y_train, x_test, y_test),
+Every data set is one record of the registry ``DATASETS`` (name, classes, image size,
+normalization, files); ``--dataset`` choices and the loader read it, so a new set is one
+entry. Where a set is looked for, under ``--data-dir`` (default ``$NETMORPH_DATA``, else
+``~/.cache/netmorph``), in this order: its ``.npz`` (x_train, y_train, x_test, y_test),
 the extracted official folder, the official ``*-python.tar.gz`` archive. A missing archive
 is downloaded from the official source with its MD5 checked when the network is reachable;
 offline the error says which file to put where. The official batches are pickles: they are
@@ -26,25 +28,79 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .errors import DataError
 
-# name → (classes, archive, extracted folder, train members, test member, label key, md5)
-_OFFICIAL = {
-    "cifar10": (10, "cifar-10-python.tar.gz", "cifar-10-batches-py",
-                [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels",
-                "c58f30108f718f92721af3b95e74349a"),
-    "cifar100": (100, "cifar-100-python.tar.gz", "cifar-100-python", ["train"], "test",
-                 b"fine_labels", "eb9058c3a382ffc7106e4002c42a8d85"),
-}
-OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/"
-DATASETS = ("cifar10", "cifar100", "cifar10-mini", "cifar100-mini", "synthetic")
+if TYPE_CHECKING:
+    import torch
+
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/"  # the CIFAR page, home of both archives
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10 train set, [0, 1] units
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class OfficialArchive:
+    """An official python-version archive: what to fetch, its checksum, what it holds."""
+
+    file: str  # e.g. cifar-10-python.tar.gz
+    md5: str
+    folder: str  # the folder it extracts to (also looked for, extracted, in the data dir)
+    train: tuple[str, ...]  # members of ``folder`` with the training batches
+    test: str  # the member with the test batch
+    label_key: bytes  # the labels' key in every batch
+    site: str | None = None  # where ``file`` is downloaded from [default: OFFICIAL_URL]
+
+    @property
+    def url(self) -> str:
+        return (self.site or OFFICIAL_URL) + self.file
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One data set netmorph knows: a registry record, read by ``load_dataset`` and by the
+    CLI's ``--dataset`` choices."""
+
+    name: str
+    classes: int
+    image_size: tuple[int, int]  # (H, W)
+    mean: tuple[float, float, float]  # per-channel normalization, [0, 1] units
+    std: tuple[float, float, float]
+    npz: str | None  # file name of its .npz in the data dir; None: not read from files
+    official: OfficialArchive | None = None  # the official archive, read or downloaded
+    make: Callable[[DatasetSpec], Dataset] | None = None  # made here instead (synthetic)
+
+    def __post_init__(self) -> None:
+        if self.npz is None and self.make is None:
+            raise ValueError(f"data set {self.name!r} needs an .npz file name or a maker")
+
+
+_CIFAR10 = OfficialArchive("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                           "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                           "test_batch", b"labels")
+_CIFAR100 = OfficialArchive("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                            "cifar-100-python", ("train",), "test", b"fine_labels")
+# CIFAR-100 too is normalized with CIFAR-10's training statistics, as training always has
+DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
+    DatasetSpec("cifar10", 10, (32, 32), CIFAR_MEAN, CIFAR_STD, "cifar10.npz", _CIFAR10),
+    DatasetSpec("cifar100", 100, (32, 32), CIFAR_MEAN, CIFAR_STD, "cifar100.npz", _CIFAR100),
+    DatasetSpec("cifar10-mini", 10, (32, 32), CIFAR_MEAN, CIFAR_STD, "cifar10-mini.npz"),
+    DatasetSpec("cifar100-mini", 100, (32, 32), CIFAR_MEAN, CIFAR_STD, "cifar100-mini.npz"),
+    DatasetSpec("synthetic", 10, (32, 32), CIFAR_MEAN, CIFAR_STD, None,
+                make=lambda spec: synthetic(classes=spec.classes)),
+)}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registry record of data set ``name``."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown data set {name!r} (choose from {', '.join(DATASETS)})") \
+            from None
 
 
 @dataclass(frozen=True)
@@ -70,46 +126,44 @@ def data_dir(explicit: str | Path | None = None) -> Path:
 def load_dataset(name: str, root: str | Path | None = None, *, download: bool = True,
                  progress: Callable[[int, int], None] | None = None) -> Dataset:
     """Find (or fetch) data set ``name`` under ``root`` and read it."""
-    if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r} (choose from {', '.join(DATASETS)})")
-    if name == "synthetic":
-        return synthetic()
+    spec = dataset_spec(name)
+    if spec.make is not None:
+        return spec.make(spec)
+    assert spec.npz is not None  # a set that is not made here is read from files
     base = data_dir(root)
-    npz = base / f"{name}.npz"
+    npz = base / spec.npz
     if npz.is_file():
-        return _read_npz(name, npz)
-    if name not in _OFFICIAL:
-        raise DataError(f"data set {name!r} not found: put {name}.npz in {base} "
+        return _read_npz(spec, npz)
+    official = spec.official
+    if official is None:
+        raise DataError(f"data set {name!r} not found: put {spec.npz} in {base} "
                         f"(or pass --data-dir)")
-    classes, archive, folder, _, _, _, md5 = _OFFICIAL[name]
-    if (base / folder).is_dir():
-        return _read_official(name, base / folder)
-    tar = base / archive
+    if (base / official.folder).is_dir():
+        return _read_official(spec, official, base / official.folder)
+    tar = base / official.file
     if not tar.is_file():
         if not download:
-            raise _missing(name, base)
-        fetch(OFFICIAL_URL + archive, tar, md5, progress=progress,
-              offline_error=_missing(name, base))
-    return _read_official(name, tar)
+            raise _missing(spec, official, base)
+        fetch(official.url, tar, official.md5, progress=progress,
+              offline_error=_missing(spec, official, base))
+    return _read_official(spec, official, tar)
 
 
-def _missing(name: str, base: Path) -> DataError:
-    archive = _OFFICIAL[name][1]
-    return DataError(f"data set {name!r} not found and cannot be downloaded: put {archive} "
-                     f"(from {OFFICIAL_URL}{archive}) or {name}.npz in {base} "
+def _missing(spec: DatasetSpec, official: OfficialArchive, base: Path) -> DataError:
+    return DataError(f"data set {spec.name!r} not found and cannot be downloaded: put "
+                     f"{official.file} (from {official.url}) or {spec.npz} in {base} "
                      f"(or pass --data-dir / set NETMORPH_DATA)")
 
 
 # -- readers -----------------------------------------------------------------------------
 
-def _read_npz(name: str, path: Path) -> Dataset:
+def _read_npz(spec: DatasetSpec, path: Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
-    classes = 100 if name.startswith("cifar100") else 10
-    return _checked(name, classes, arrays, str(path))
+    return _checked(spec.name, spec.classes, arrays, str(path))
 
 
 def _checked(name: str, classes: int, a: dict[str, np.ndarray], source: str) -> Dataset:
@@ -150,11 +204,12 @@ def read_batch(raw: bytes, source: str) -> dict[bytes, Any]:
     return obj
 
 
-def _read_official(name: str, path: Path) -> Dataset:
-    classes, _, folder, train_members, test_member, label_key, _ = _OFFICIAL[name]
+def _read_official(spec: DatasetSpec, official: OfficialArchive, path: Path) -> Dataset:
+    folder, label_key = official.folder, official.label_key
+    h, w = spec.image_size
 
     def members() -> dict[str, bytes]:
-        wanted = [*train_members, test_member]
+        wanted = [*official.train, official.test]
         if path.is_dir():
             out = {}
             for m in wanted:
@@ -187,17 +242,17 @@ def _read_official(name: str, path: Path) -> Dataset:
             b = read_batch(raw[m], f"{path}/{m}")
             try:
                 data = np.asarray(b[b"data"], dtype=np.uint8)
-                xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                xs.append(data.reshape(-1, 3, h, w).transpose(0, 2, 3, 1))
                 ys.append(np.asarray(b[label_key], dtype=np.int64).reshape(-1))
             except (KeyError, ValueError, TypeError) as exc:
                 raise DataError(f"{path}/{m}: not a CIFAR batch (no {label_key.decode()!r}"
-                                f" or rows not 3072 bytes: {exc})") from None
+                                f" or rows not {3 * h * w} bytes: {exc})") from None
         return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
 
-    x_train, y_train = split(train_members)
-    x_test, y_test = split([test_member])
-    return _checked(name, classes, {"x_train": x_train, "y_train": y_train, "x_test": x_test,
-                                    "y_test": y_test}, str(path))
+    x_train, y_train = split(list(official.train))
+    x_test, y_test = split([official.test])
+    return _checked(spec.name, spec.classes, {"x_train": x_train, "y_train": y_train,
+                                              "x_test": x_test, "y_test": y_test}, str(path))
 
 
 def synthetic(n_train: int = 4096, n_test: int = 512, classes: int = 10,
@@ -255,9 +310,13 @@ def fetch(url: str, dest: Path, md5: str, *, progress: Callable[[int, int], None
 # -- tensors on the device --------------------------------------------------------------
 
 def to_tensor(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
               chunk: int = 10000) -> torch.Tensor:
-    """uint8 NHWC → normalized float NCHW on ``device`` (converted in chunks)."""
+    """uint8 NHWC → normalized float NCHW on ``device`` (converted in chunks); ``dtype``
+    float32 unless given."""
+    import torch  # here, not at the top: the CLI reads the registry without torch
+
+    dtype = dtype or torch.float32
     m = torch.tensor(mean, dtype=dtype, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=dtype, device=device).view(1, 3, 1, 1)
     out = torch.empty((len(x), x.shape[3], x.shape[1], x.shape[2]), dtype=dtype, device=device)
@@ -275,6 +334,8 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4,
     pixel (−mean/std) to pad like torchvision's RandomCrop before normalization. Random
     numbers come from ``gen`` on the CPU, so a seed gives the same crops on every device.
     """
+    import torch
+
     n, _, h, w = x.shape
     dev = x.device
     # the padded batch holds x's values bit for bit ((x - f) + f would round them)

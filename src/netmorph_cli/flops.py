@@ -13,50 +13,40 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .network import Network, param_shapes, validate_description
+from .network import Network, validate_description
+from .ops import OPS, param_shapes
 
 
 def logical_sizes(desc: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """(H, W) of every spatial node under the same-size convention above."""
+    """(H, W) of every spatial node under the same-size convention above (each op's
+    ``logical_hw`` in ``ops.py``)."""
     validate_description(desc)
     sizes: dict[str, tuple[int, int]] = {"input": tuple(desc["input"][1:])}  # type: ignore
     for n in desc["nodes"]:
         if not n["inputs"] or n["inputs"][0] not in sizes:
             continue  # flat tensors (after pooling)
-        h, w = sizes[n["inputs"][0]]
-        op = n["op"]
-        if op == "conv":
-            sh, sw = n["stride"]
-            sizes[n["name"]] = ((h - 1) // sh + 1, (w - 1) // sw + 1)
-        elif op == "shortcut_a":
-            s = n["stride"]
-            sizes[n["name"]] = (-(-h // s), -(-w // s))
-        elif op == "maxpool":
-            k, s, p = n["kernel"], n["stride"], n["padding"]
-            sizes[n["name"]] = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
-        elif op != "gap" and op != "linear":
-            sizes[n["name"]] = (h, w)
+        hw = OPS[n["op"]].logical_hw(n, sizes[n["inputs"][0]])
+        if hw is not None:
+            sizes[n["name"]] = hw
     return sizes
 
 
 def count_flops(desc: Mapping[str, Any]) -> int:
-    """Multiply-accumulates of all conv and linear layers for one input image."""
+    """Multiply-accumulates of all conv and linear layers (the ops with ``macs`` in
+    ``ops.py``) for one input image."""
     sizes = logical_sizes(desc)
     total = 0
     for n in desc["nodes"]:
-        if n["op"] == "conv":
-            h, w = sizes[n["name"]]
-            total += math.prod(param_shapes(n)["weight"]) * h * w
-        elif n["op"] == "linear":
-            total += n["in"] * n["out"]
+        macs = OPS[n["op"]].macs
+        if macs is not None:
+            total += macs(n, sizes.get(n["name"]))
     return total
 
 
 def count_params(desc: Mapping[str, Any]) -> int:
     """Learnable parameters (BN running statistics are buffers, not counted)."""
-    buffers = {"running_mean", "running_var", "num_batches_tracked"}
     return sum(math.prod(shape) for n in desc["nodes"]
-               for p, shape in param_shapes(n).items() if p not in buffers)
+               for p, shape in param_shapes(n).items() if p not in OPS[n["op"]].buffers)
 
 
 def format_flops(flops: int) -> str:
@@ -72,7 +62,8 @@ def summary(net: Network) -> dict[str, Any]:
         "arch": desc.get("arch", "?"), "input": list(desc["input"]),
         "num_classes": desc["num_classes"], "params": count_params(desc), "flops": flops,
         "flops_text": format_flops(flops), "dtype": str(net.dtype).removeprefix("torch."),
-        "layers": sum(1 for n in desc["nodes"] if n["op"] in ("conv", "linear")),
+        "layers": sum(1 for n in desc["nodes"]  # conv and linear: the ops with MACs
+                      if OPS[n["op"]].macs is not None),
     }
     for key in ("parent", "root"):
         ref = net.meta.get(key)

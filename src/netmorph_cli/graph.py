@@ -37,6 +37,16 @@ def sum_kernels(a: Kernel, b: Kernel) -> Kernel:
     return (max(a[0], b[0]), max(a[1], b[1]))
 
 
+def fits(k: Kernel, outer: Kernel) -> bool:
+    """Whether ``k`` fits inside ``outer`` (both centred) in every dimension."""
+    return k[0] <= outer[0] and k[1] <= outer[1]
+
+
+def kernel_area(k: Kernel) -> int:
+    """Taps of a kernel: kh·kw."""
+    return k[0] * k[1]
+
+
 @dataclass(frozen=True)
 class ModuleGraph:
     """A single-source single-sink DAG of convolutions.
@@ -202,16 +212,27 @@ class ModuleGraph:
                 count[e.dst] = count.get(e.dst, 0) + c
         return count.get(self.sink, 0)
 
-    def effective_kernel(self) -> Kernel:
-        """Largest composed kernel over all s→t paths, per dimension (longest-path DP)."""
-        reach: dict[str, Kernel] = {self.source: (1, 1)}
-        for b in self.blobs:
+    def kernel_reach(self, *, to_sink: bool = False) -> dict[str, Kernel]:
+        """Kernel of the filter from s to every blob, P(v) (or with ``to_sink`` from every
+        blob to t, Q(v)): the largest composed kernel over all paths between them, per
+        dimension. Longest-path dynamic programming over blobs in topological order, one
+        step per edge; blobs not connected to s (to t) are left out."""
+        start = self.sink if to_sink else self.source
+        order = reversed(self.blobs) if to_sink else iter(self.blobs)
+        adj = self.in_edges if to_sink else self.out_edges
+        reach: dict[str, Kernel] = {start: (1, 1)}
+        for b in order:
             if b not in reach:
                 continue
-            for e in self.out_edges.get(b, ()):
+            for e in adj.get(b, ()):
+                nxt = e.src if to_sink else e.dst
                 k = compose_kernels(reach[b], e.kernel)
-                reach[e.dst] = sum_kernels(reach.get(e.dst, k), k)
-        return reach[self.sink]
+                reach[nxt] = sum_kernels(reach.get(nxt, k), k)
+        return {b: reach[b] for b in self.blobs if b in reach}
+
+    def effective_kernel(self) -> Kernel:
+        """Largest composed kernel over all s→t paths, per dimension: P(t)'s kernel."""
+        return self.kernel_reach()[self.sink]
 
     def equation(self, max_chars: int = 600,
                  edge_terms: dict[str, tuple[str, bool]] | None = None) -> str:

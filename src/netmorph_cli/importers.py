@@ -67,7 +67,8 @@ def import_state_dict(path: str | Path, arch: str | None = None) -> Network:
         if arch not in zoo.ARCHS:
             raise CheckpointError(f"unknown architecture {arch!r} "
                                   f"(choose from {', '.join(zoo.ARCHS)})")
-        want = "torchvision-resnet" if int(arch[6:]) in zoo.IMAGENET_DEPTHS else "cifar-resnet"
+        want = ("torchvision-resnet" if zoo.arch_spec(arch).family == "ImageNet"
+                else "cifar-resnet")
         if layout is not None and layout != want:
             raise CheckpointError(f"'{path}' has the {layout} layout; {arch} is a {want}")
         if detected is not None and detected != arch:

@@ -22,13 +22,41 @@ from typing import Any
 import torch
 
 from .algebra import compose, pad_to
+from .budget import ProgressFn
 from .errors import MorphError
 from .graph import ModuleGraph
 from .limits import MAX_KERNEL
 from .network import Network, as_pair, node, validate_description
-from .solve import ProgressFn, _Rng, conditioning, decompose_type1, morph_filter
+from .rng import SeededRng
+from .solve import conditioning, morph_filter
+from .splits import decompose_type1
 
-PRESET_RE = re.compile(r"^(\d+)c(\d+)(_2branch)?(_half)?$")
+
+@dataclass(frozen=True)
+class PaperPreset:
+    """A preset the paper trains (Tables 1–3): a registry record."""
+
+    name: str
+    what: str  # what it does to each morphed block
+    networks: tuple[str, ...]  # the paper's networks made with it
+
+
+# a preset is KcJ plus any of these suffixes, in this order (odd K, J ≤ MAX_KERNEL)
+PRESET_SUFFIXES = {"_2branch": "both 0.5·I halves of the shortcut are morphed, not one",
+                   "_half": "only the odd-indexed blocks of each stage are morphed"}
+PRESET_RE = re.compile(r"^(\d+)c(\d+)" + "".join(f"({s})?" for s in PRESET_SUFFIXES) + "$")
+# the registry of the paper's presets, listed by --module's help and by errors
+PRESETS: dict[str, PaperPreset] = {p.name: p for p in (
+    PaperPreset("1c1", "one 0.5·I half of the identity shortcut becomes 1×1 conv → BN → "
+                "PReLU → 1×1 conv → BN", ("morph20_1c1", "morph56_1c1", "morph110_1c1",
+                                          "morph18_1c1")),
+    PaperPreset("3c1", "as 1c1 with a 3×3 first conv", ("morph20_3c1",)),
+    PaperPreset("3c3", "as 1c1 with both convs 3×3", ("morph20_3c3",)),
+    PaperPreset("1c1_half", "1c1 in the odd-indexed blocks of each stage only",
+                ("morph56_1c1_half", "morph110_1c1_half")),
+    PaperPreset("1c1_2branch", "1c1 on both halves of the identity shortcut",
+                ("morph20_1c1_2branch",)),
+)}
 
 
 @dataclass(frozen=True)
@@ -46,8 +74,10 @@ class Preset:
             raise MorphError(f"preset {shown!r}: kernel sizes are at most {MAX_KERNEL} "
                              "(netmorph's limit), e.g. 1c1, 3c3, 7c7")
         if not m or int(m[1]) % 2 == 0 or int(m[2]) % 2 == 0 or int(m[1]) < 1 or int(m[2]) < 1:
-            raise MorphError(f"unknown preset {name!r}: use KcJ[_2branch][_half] with odd K "
-                             "and J, e.g. 1c1, 3c1, 3c3, 1c1_half, 1c1_2branch")
+            grammar = "KcJ" + "".join(f"[{s}]" for s in PRESET_SUFFIXES)
+            raise MorphError(f"unknown preset {name!r}: use {grammar} with odd K and J, e.g. "
+                             f"{', '.join(PRESETS)}")
+        # groups 3, 4: the suffixes in PRESET_SUFFIXES' order
         return cls(int(m[1]), int(m[2]), 2 if m[3] else 1, bool(m[4]))
 
 
@@ -114,7 +144,7 @@ def morph_preset(net: Network, preset: str, *, seed: int = 0, exact_bn: bool = T
         raise MorphError("no residual block to morph: the network has no layerL.I.add joins "
                          "beyond the first block of each stage")
     _refuse_module_branches(desc, blocks, p, preset)
-    rng = _Rng(seed, torch.float64, "cpu")
+    rng = SeededRng(seed, torch.float64, "cpu")
     worst, cond = 0.0, 0.0
     compare = []
     for stage, i in blocks:
@@ -179,7 +209,7 @@ def _refuse_module_branches(desc: dict[str, Any], blocks: list[tuple[int, int]],
 
 
 def _morph_block(desc: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str,
-                 p: Preset, rng: _Rng, dtype: torch.dtype, exact_bn: bool
+                 p: Preset, rng: SeededRng, dtype: torch.dtype, exact_bn: bool
                  ) -> tuple[float, float]:
     """Morph one block; returns the worst relative residual of its splits and the worst
     condition number of its new factors (``solve.conditioning``; 0 when nothing is new)."""

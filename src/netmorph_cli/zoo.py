@@ -5,22 +5,41 @@ as in torchvision's ``models/resnet.py``. Layer names follow the common PyTorch 
 CIFAR ``conv1``, ``layer2.1.conv1``, projection ``layer2.0.shortcut.0/.1``, ``linear``;
 ImageNet as torchvision (``downsample.0/.1``, ``fc``). Every block's join is
 ``layerL.I.add`` with the residual branch first and the shortcut second (``shortcut``: 1).
+Every architecture is one record of the registry ``ARCHS`` (family, blocks per stage, input
+size, default classes, builder); ``describe``, ``netmorph init`` and its help read it.
 """
 
 from __future__ import annotations
 
 import copy
-import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .errors import NetworkError
-from .network import FORMAT, Network, node, param_shapes, validate_description
+from .network import FORMAT, Network, node, validate_description
+from .ops import OPS
 
-CIFAR_DEPTHS = (20, 32, 44, 56, 110)
-IMAGENET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-ARCHS = tuple(f"resnet{d}" for d in CIFAR_DEPTHS) + ("resnet18", "resnet34")
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One zoo architecture: a registry record, read by ``describe`` and by the CLI."""
+
+    name: str  # e.g. "resnet20"
+    family: str  # "CIFAR" or "ImageNet": the data its stem and input size are made for
+    blocks: tuple[int, ...]  # residual blocks per stage
+    widths: tuple[int, ...]  # channels per stage
+    input_size: int  # side of its square RGB inputs
+    num_classes: int  # classifier width unless one is given
+    build: Callable[[ArchSpec, int, str], dict[str, Any]]  # (spec, classes, shortcut) → desc
+    layout: str = ""  # whose layer names it follows, for help texts (e.g. "torchvision")
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers: the stem conv, two convs per block and the classifier."""
+        return 2 * sum(self.blocks) + 2
 
 
 def _conv_bn(nodes: list, prefix: str, src: str, c_in: int, c_out: int, k: int, stride: int,
@@ -53,78 +72,102 @@ def _basic_block(nodes: list, prefix: str, src: str, c_in: int, c_out: int, stri
     return f"{prefix}relu2"
 
 
-def _cifar_resnet(depth: int, num_classes: int, shortcut: str) -> dict[str, Any]:
-    if (depth - 2) % 6 or depth < 8:
-        raise NetworkError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
-    if shortcut not in ("A", "B"):
-        raise NetworkError(f"shortcut must be A or B, got {shortcut!r}")
-    n = (depth - 2) // 6
-    nodes: list = []
-    h = _conv_bn(nodes, "", "input", 3, 16, 3, 1, "conv1", "bn1")
-    nodes.append(node("relu", "relu", [h]))
-    h, c_in = "relu", 16
-    for stage, width in enumerate((16, 32, 64), start=1):
-        for i in range(n):
+def _stages(nodes: list, h: str, c_in: int, spec: ArchSpec, shortcut: str) -> str:
+    """The residual stages; the first block of every stage but the first downsamples."""
+    for stage, (width, blocks) in enumerate(zip(spec.widths, spec.blocks, strict=True),
+                                            start=1):
+        for i in range(blocks):
             stride = 2 if (stage > 1 and i == 0) else 1
             h = _basic_block(nodes, f"layer{stage}.{i}.", h, c_in, width, stride, shortcut)
             c_in = width
+    return h
+
+
+def _cifar_resnet(spec: ArchSpec, num_classes: int, shortcut: str) -> dict[str, Any]:
+    """He et al.'s CIFAR ResNet: 3×3 stem, no max pool, option A or B shortcuts."""
+    if shortcut not in ("A", "B"):
+        raise NetworkError(f"shortcut must be A or B, got {shortcut!r}")
+    nodes: list = []
+    stem = spec.widths[0]
+    h = _conv_bn(nodes, "", "input", 3, stem, 3, 1, "conv1", "bn1")
+    nodes.append(node("relu", "relu", [h]))
+    h = _stages(nodes, "relu", stem, spec, shortcut)
     nodes.append(node("pool", "gap", [h]))
-    nodes.append(node("linear", "linear", ["pool"], **{"in": 64, "out": num_classes}))
-    return {"format": FORMAT, "arch": f"resnet{depth}", "input": [3, 32, 32],
+    nodes.append(node("linear", "linear", ["pool"], **{"in": spec.widths[-1],
+                                                       "out": num_classes}))
+    side = spec.input_size
+    return {"format": FORMAT, "arch": spec.name, "input": [3, side, side],
             "num_classes": num_classes, "nodes": nodes, "output": "linear"}
 
 
-def _imagenet_resnet(depth: int, num_classes: int) -> dict[str, Any]:
+def _imagenet_resnet(spec: ArchSpec, num_classes: int, shortcut: str) -> dict[str, Any]:
+    """torchvision's ResNet: 7×7/2 stem and max pool; 1×1 conv + BN downsampling always
+    (``shortcut`` does not apply)."""
     nodes: list = []
-    nodes.append(node("conv1", "conv", ["input"], **{"in": 3, "out": 64}, kernel=[7, 7],
+    stem = spec.widths[0]
+    nodes.append(node("conv1", "conv", ["input"], **{"in": 3, "out": stem}, kernel=[7, 7],
                       stride=[2, 2], padding=[3, 3]))
-    nodes.append(node("bn1", "bn", ["conv1"], channels=64))
+    nodes.append(node("bn1", "bn", ["conv1"], channels=stem))
     nodes.append(node("relu", "relu", ["bn1"]))
     nodes.append(node("maxpool", "maxpool", ["relu"], kernel=3, stride=2, padding=1))
-    h, c_in = "maxpool", 64
-    for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), IMAGENET_DEPTHS[depth],
-                                                strict=True), start=1):
-        for i in range(blocks):
-            stride = 2 if (stage > 1 and i == 0) else 1
-            h = _basic_block(nodes, f"layer{stage}.{i}.", h, c_in, width, stride, "torchvision")
-            c_in = width
+    h = _stages(nodes, "maxpool", stem, spec, "torchvision")
     nodes.append(node("avgpool", "gap", [h]))
-    nodes.append(node("fc", "linear", ["avgpool"], **{"in": 512, "out": num_classes}))
-    return {"format": FORMAT, "arch": f"resnet{depth}", "input": [3, 224, 224],
+    nodes.append(node("fc", "linear", ["avgpool"], **{"in": spec.widths[-1],
+                                                      "out": num_classes}))
+    side = spec.input_size
+    return {"format": FORMAT, "arch": spec.name, "input": [3, side, side],
             "num_classes": num_classes, "nodes": nodes, "output": "fc"}
 
 
+def _cifar(depth: int) -> ArchSpec:
+    """CIFAR ResNet-(6n+2): n blocks in each of three stages of 16, 32, 64 channels."""
+    if (depth - 2) % 6 or depth < 8:
+        raise NetworkError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    n = (depth - 2) // 6
+    return ArchSpec(f"resnet{depth}", "CIFAR", (n, n, n), (16, 32, 64), 32, 10, _cifar_resnet)
+
+
+def _imagenet(depth: int, blocks: tuple[int, ...]) -> ArchSpec:
+    return ArchSpec(f"resnet{depth}", "ImageNet", blocks, (64, 128, 256, 512), 224, 1000,
+                    _imagenet_resnet, layout="torchvision")
+
+
+# the registry: one record per architecture, in the order help texts list them
+ARCHS: dict[str, ArchSpec] = {s.name: s for s in (
+    *(_cifar(d) for d in (20, 32, 44, 56, 110)),
+    _imagenet(18, (2, 2, 2, 2)),
+    _imagenet(34, (3, 4, 6, 3)),
+)}
+# views of the built-in records (the importer and tests read them)
+CIFAR_DEPTHS = tuple(s.depth for s in ARCHS.values() if s.family == "CIFAR")
+IMAGENET_DEPTHS = {s.depth: s.blocks for s in ARCHS.values() if s.family == "ImageNet"}
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """The registry record of architecture ``arch``."""
+    try:
+        return ARCHS[arch]
+    except KeyError:
+        raise NetworkError(f"unknown architecture {arch!r} (choose from "
+                           f"{', '.join(ARCHS)})") from None
+
+
 def describe(arch: str, num_classes: int | None = None, shortcut: str = "B") -> dict[str, Any]:
-    """The description of a zoo architecture (``resnet20`` … ``resnet110``, ``resnet18/34``)."""
-    if arch not in ARCHS:
-        raise NetworkError(f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
-    depth = int(arch.removeprefix("resnet"))
-    if depth in IMAGENET_DEPTHS:
-        return _imagenet_resnet(depth, num_classes or 1000)
-    return _cifar_resnet(depth, num_classes or 10, shortcut)
+    """The description of a zoo architecture (a name in ``ARCHS``); ``num_classes`` defaults
+    to the architecture's, ``shortcut`` (A or B) applies to the CIFAR family."""
+    spec = arch_spec(arch)
+    return spec.build(spec, num_classes or spec.num_classes, shortcut)
 
 
 def init_tensors(desc: dict[str, Any], seed: int = 0) -> dict[str, torch.Tensor]:
     """Fresh tensors for a description: He (fan-out) init for convs, PyTorch's default for
-    linear layers, BN at gamma 1 / beta 0, PReLU at 0.25. Deterministic under ``seed``."""
+    linear layers, BN at gamma 1 / beta 0, PReLU at 0.25 (each op's ``init`` in ``ops.py``),
+    drawn node by node from one generator: deterministic under ``seed``."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for n in desc["nodes"]:
-        name = n["name"]
-        for p, shape in param_shapes(n).items():
-            key = f"{name}.{p}"
-            if n["op"] == "conv" and p == "weight":
-                fan_out = shape[0] * shape[2] * shape[3]
-                out[key] = torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_out)
-            elif n["op"] == "linear":
-                bound = 1.0 / math.sqrt(n["in"])
-                out[key] = (torch.rand(shape, generator=gen) * 2 - 1) * bound
-            elif p in ("weight", "running_var"):
-                out[key] = torch.full(shape, 0.25 if n["op"] == "prelu" else 1.0)
-            elif p == "num_batches_tracked":
-                out[key] = torch.zeros((), dtype=torch.long)
-            else:
-                out[key] = torch.zeros(shape)
+        for p, tensor in OPS[n["op"]].init(n, gen).items():
+            out[f"{n['name']}.{p}"] = tensor
     return out
 
 

@@ -64,6 +64,14 @@ def test_json_with_main_prints_only_json(capsys):
     assert [s["type"] for s in data["steps"]] == ["II", "I"]
 
 
+def test_json_is_one_compact_line_unless_pretty(capsys):
+    code, out, _ = run_main(capsys, "reduce", str(MODULES / "D.json"), "--json")
+    assert code == 0 and out.count("\n") == 1 and ", " not in out and ": " not in out
+    code, pretty, _ = run_main(capsys, "reduce", str(MODULES / "D.json"), "--json", "--pretty")
+    assert code == 0 and pretty.count("\n") > 20 and pretty.startswith("{\n  ")
+    assert json.loads(out) == json.loads(pretty)
+
+
 # -- human report ---------------------------------------------------------------------------
 def test_report_of_complex_module():
     result = CliRunner().invoke(cli, ["reduce", str(MODULES / "D.json")])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_error_line, run_main
 
-from netmorph_cli import checkpoint, solve, zoo
+from netmorph_cli import budget, checkpoint, zoo
 from netmorph_cli.checkpoint import file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +144,7 @@ def test_max_seconds_option(capsys):
 
 
 def test_progress_goes_to_stderr_and_json_stays_clean(capsys, monkeypatch):
-    monkeypatch.setattr(solve, "PROGRESS_EVERY", 0.0)  # every heartbeat, not every 4 s
+    monkeypatch.setattr(budget, "PROGRESS_EVERY", 0.0)  # every heartbeat, not every 4 s
     code, out, err = run_main(capsys, "reduce", str(MODULES / "D.json"), "--solve",
                               "--channels", "8", "--json")
     assert code == 0, err

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from netmorph_cli.solve import _Rng, morph_filter, relative_residual
+from netmorph_cli.rng import SeededRng
+from netmorph_cli.solve import morph_filter, relative_residual
 from netmorph_cli.spec import load_spec
 
 pytestmark = [
@@ -26,7 +27,7 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_morph_filter_d_on_cuda(dtype):
     graph = load_spec(D)
-    g_cpu = _Rng(5, dtype, "cpu").filter(16, 16, (3, 3))
+    g_cpu = SeededRng(5, dtype, "cpu").filter(16, 16, (3, 3))
     g_gpu = g_cpu.to("cuda")
     gpu = morph_filter(g_gpu, graph, seed=0)
     assert gpu.residual <= TOL[dtype]

@@ -26,7 +26,6 @@ from netmorph_cli.algebra import (
     kernel_of,
     module_function,
     pad_to,
-    path_kernel,
     resize,
 )
 from netmorph_cli.graph import Edge, ModuleGraph
@@ -211,7 +210,7 @@ def test_path_kernel_is_the_kernel_of_every_prefix(seed):
 
     graph, widths = random_module(seed)
     pre = prefix_filters(graph, random_filters(graph, widths, seed), widths["s"])
-    pk = path_kernel(graph)
+    pk = graph.kernel_reach()
     assert pk[graph.sink] == graph.effective_kernel()
     for b, k in pk.items():
         assert kernel_of(pre[b]) == k

@@ -9,6 +9,7 @@ the numpy globals spelled ``numpy.core.multiarray`` as in the published files, i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -391,9 +392,10 @@ def http_server(tmp_path):
 
 def _official(monkeypatch, url: str, md5: str) -> None:
     monkeypatch.setattr(data, "OFFICIAL_URL", url)
-    entry = list(data._OFFICIAL["cifar10"])
-    entry[-1] = md5
-    monkeypatch.setitem(data._OFFICIAL, "cifar10", tuple(entry))
+    spec = data.DATASETS["cifar10"]
+    assert spec.official is not None
+    monkeypatch.setitem(data.DATASETS, "cifar10", dataclasses.replace(
+        spec, official=dataclasses.replace(spec.official, md5=md5)))
 
 
 def test_download_from_local_server(tmp_path, http_server, monkeypatch):

@@ -25,6 +25,7 @@ from torch import nn
 
 from netmorph_cli import checkpoint, zoo
 from netmorph_cli.errors import MorphError, SolverError
+from netmorph_cli.feasibility import width_advice
 from netmorph_cli.flops import count_flops
 from netmorph_cli.morph import (
     Preset,
@@ -37,7 +38,7 @@ from netmorph_cli.morph import (
 )
 from netmorph_cli.network import FORMAT, Network, node
 from netmorph_cli.results import paper_name
-from netmorph_cli.solve import ResourceLimitError, SolverTimeout, module_widths, width_advice
+from netmorph_cli.solve import ResourceLimitError, SolverTimeout, module_widths
 from netmorph_cli.spec import load_spec, spec_from_dict
 
 F64, F32, BRANCH, NAIVE = 1e-10, 1e-5, 1e-12, 1e-3
@@ -413,11 +414,11 @@ def test_morph_at_checks_memory_before_solving_and_leaves_the_parent(parent64):
 
 
 def test_morph_at_passes_the_time_limit_and_progress(parent64, monkeypatch):
-    from netmorph_cli import solve
+    from netmorph_cli import budget
 
     with pytest.raises(SolverTimeout, match="time limit of 0.001 s"):
         morph_at(parent64, load_spec(MODULES / "D.json"), "layer1.1.conv1", max_seconds=1e-3)
-    monkeypatch.setattr(solve, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(budget, "PROGRESS_EVERY", 0.0)
     seen = []
     morph_network(parent64, str(MODULES / "D.json"), at="layer1.1.conv1", progress=seen.append,
                   max_sweeps=60, max_seconds=600)

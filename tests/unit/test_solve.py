@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from conv_reference import relative_error, run_module
 
-from netmorph_cli import solve
+from netmorph_cli import budget, solve, sweeps
 from netmorph_cli.algebra import (
     add,
     compose,
@@ -34,34 +34,23 @@ from netmorph_cli.algebra import (
     resize,
     suffix_filters,
 )
-from netmorph_cli.errors import InfeasibleError
-from netmorph_cli.graph import Edge, ModuleGraph
-from netmorph_cli.lsq import dense_lstsq, dense_matrix, dense_min_norm, lsqr
-from netmorph_cli.solve import (
-    ResourceLimitError,
-    SolveProgress,
-    SolverTimeout,
+from netmorph_cli.budget import SolveProgress, solve_memory
+from netmorph_cli.errors import InfeasibleError, ResourceLimitError, SolverTimeout
+from netmorph_cli.feasibility import (
     _Capacity,
-    _Rng,
-    algorithm2,
-    compact_prefixes,
-    decompose_type1,
-    edge_map,
     min_vertex_cut,
-    module_widths,
-    morph_filter,
     polynomial_rank,
-    relative_residual,
     solve_blocks,
-    solve_linear,
-    solve_memory,
-    solve_random,
-    split_type2,
     too_narrow,
-    unimodular_pair,
     width_advice,
 )
+from netmorph_cli.graph import Edge, ModuleGraph
+from netmorph_cli.lsq import dense_lstsq, dense_matrix, dense_min_norm, lsqr
+from netmorph_cli.rng import SeededRng
+from netmorph_cli.solve import module_widths, morph_filter, relative_residual, solve_random
 from netmorph_cli.spec import load_spec, spec_from_dict
+from netmorph_cli.splits import decompose_type1, split_type2, unimodular_pair
+from netmorph_cli.sweeps import algorithm2, compact_prefixes, edge_map, solve_linear
 
 SIMPLE_F64 = 1e-12
 ITER_F64, ITER_F32 = 1e-10, 1e-6
@@ -76,8 +65,8 @@ def modules(request) -> dict[str, ModuleGraph]:
     return {p.stem: load_spec(p) for p in root.glob("*.json")}
 
 
-def rng(seed: int = 0, dtype: torch.dtype = torch.float64) -> _Rng:
-    return _Rng(seed, dtype, "cpu")
+def rng(seed: int = 0, dtype: torch.dtype = torch.float64) -> SeededRng:
+    return SeededRng(seed, dtype, "cpu")
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -432,7 +421,7 @@ def no_sweeps(monkeypatch) -> None:
     """Fail the test if Algorithm 2's (slow) sweeps ever run."""
     def refuse(*args, **kwargs):
         raise AssertionError("Algorithm 2 sweeps ran")
-    monkeypatch.setattr(solve, "_sweeps", refuse)
+    monkeypatch.setattr(sweeps, "_sweeps", refuse)
 
 
 @pytest.mark.parametrize("c", [4, 8])
@@ -614,7 +603,7 @@ def test_max_seconds_stops_a_solve_with_what_it_reached(modules):
 
 
 def test_progress_is_reported_with_sweeps_and_residuals(modules, monkeypatch):
-    monkeypatch.setattr(solve, "PROGRESS_EVERY", 0.0)  # every heartbeat
+    monkeypatch.setattr(budget, "PROGRESS_EVERY", 0.0)  # every heartbeat
     seen: list[SolveProgress] = []
     res = morph_filter(rng(5).filter(8, 8, (3, 3)), modules["D"], seed=0,
                        progress=seen.append, max_seconds=300)
@@ -630,7 +619,7 @@ def test_progress_is_reported_with_sweeps_and_residuals(modules, monkeypatch):
 
 
 def test_progress_names_the_advice_being_verified(modules, monkeypatch):
-    monkeypatch.setattr(solve, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(budget, "PROGRESS_EVERY", 0.0)
     seen: list[SolveProgress] = []
     with pytest.raises(InfeasibleError):
         morph_filter(rng(1).filter(4, 4, (3, 3)), modules["D_narrow"], progress=seen.append)
@@ -641,7 +630,7 @@ def test_memory_is_estimated_and_refused_before_allocating(modules, monkeypatch)
     """A 60,000-wide blob would need terabytes (the sink cut's dense matrix): refused with
     the figure and the limit, before a single filter is drawn."""
     huge = dataclasses.replace(modules["D"], channels={"a": 60_000, "b": 40, "c": 40})
-    monkeypatch.setattr(solve._Rng, "filter", lambda *a, **k: pytest.fail("allocated"))
+    monkeypatch.setattr(SeededRng, "filter", lambda *a, **k: pytest.fail("allocated"))
     g = torch.zeros(16, 16, 3, 3, dtype=torch.float64)
     with pytest.raises(ResourceLimitError, match=r"needs about [0-9.]+ TiB of memory \(largest "
                                                  r"piece: .*\), above the limit of .*"
@@ -664,9 +653,9 @@ def test_memory_estimate_covers_the_dense_matrices(modules):
 
 
 def test_default_memory_limit_is_half_the_physical_memory():
-    limit = solve.default_memory_limit("cpu")
+    limit = budget.default_memory_limit("cpu")
     assert 2**28 <= limit <= 2**50
-    assert solve.format_bytes(1.5 * 2**30) == "1.5 GiB" and solve.format_bytes(512) == "512 B"
+    assert budget.format_bytes(1.5 * 2**30) == "1.5 GiB" and budget.format_bytes(512) == "512 B"
 
 
 def test_solve_blocks_of_d(modules):
