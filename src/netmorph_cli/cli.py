@@ -662,52 +662,57 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
       torchrun --nproc-per-node 2 -m netmorph_cli train r20.safetensors \\
           --dataset cifar10 -o r20_trained.safetensors
     """
-    from .checkpoint import load, save
+    from .calibrate import uncalibrated_layers
+    from .checkpoint import load
+    from .report import TrainProgress
     from .runtime import default_device, parse_milestones, resolve_device
-    from .train import RECIPES, TrainConfig, check_run_files, init_distributed, state_path, train
+    from .train import check_run_files, init_distributed, recipe_config, train
 
     if no_amp and precision != "auto":
         raise click.UsageError(f"--no-amp (an old name of --precision fp32) contradicts "
                                f"--precision {precision}")
+    cfg = recipe_config(recipe, epochs=epochs, lr=lr, schedule=schedule,
+                        milestones=parse_milestones(milestones) if milestones is not None else None,
+                        dataset=dataset, batch_size=batch_size, momentum=momentum,
+                        weight_decay=weight_decay, warmup=warmup, seed=seed,
+                        precision="fp32" if no_amp else precision, compile=compile_,
+                        calibrate=not no_calibrate)
     dev = resolve_device(device) if device else default_device()
-    given = {"epochs": epochs, "lr": lr, "schedule": schedule,
-             "milestones": parse_milestones(milestones) if milestones is not None else None}
-    chosen = {**RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}}
-    if milestones is not None and chosen["schedule"] != "step":
-        raise click.UsageError(f"--milestones applies to the step schedule, not "
-                               f"{chosen['schedule']} (recipe {recipe})")
-    cfg = TrainConfig(dataset=dataset, batch_size=batch_size, momentum=momentum,
-                      weight_decay=weight_decay, warmup=warmup, seed=seed, **chosen,
-                      precision="fp32" if no_amp else precision, compile=compile_,
-                      calibrate=not no_calibrate)
     metrics = metrics or f"{out}.metrics.jsonl"
     check_run_files(out, cfg, source=ckpt, metrics=metrics, resume=resume, force=force)
     net = load(ckpt)
-    from .calibrate import uncalibrated_layers
-
     pending = uncalibrated_layers(net) if cfg.calibrate else []
     dist = init_distributed(dev)
-    from .report import TrainProgress
-
     with TrainProgress(_console(), quiet=quiet or not dist.main) as progress:
         trained, history = train(net, cfg, out, data_dir=data_dir, device=dev, resume=resume,
                                  metrics=metrics, hooks=progress.hooks(), source=ckpt,
                                  force=force)
     if dist.main:
-        try:
-            sha = save(trained, out, force=force, protect=[ckpt])
-        except NetmorphError as exc:
-            raise type(exc)(f"{exc}; the trained network is in its state "
-                            f"{state_path(out)}: --resume writes it") from None
-        last = history[-1]
-        if pending:
-            cal = next(h["calibration"] for h in reversed(trained.history)
-                       if h.get("calibration"))
-            click.echo(f"calibrated {len(pending)} new BN layers on {cal['images']} "
-                       f"{cal['dataset']} training images before the first step")
-        click.echo(f"trained {len(history)} epochs: test error {100 * last.test_error:.2f}%, "
-                   f"train loss {last.train_loss:.4f}, {last.images_per_s:,.0f} images/s")
+        sha = _save_trained(trained, out, ckpt, force)
+        _train_summary(trained, history, calibrated=len(pending))
         _wrote(out, sha, trained.description["arch"])
+
+
+def _save_trained(trained: Any, out: str, ckpt: str, force: bool) -> str:
+    from .checkpoint import save
+    from .train import state_path
+
+    try:
+        return save(trained, out, force=force, protect=[ckpt])
+    except NetmorphError as exc:
+        raise type(exc)(f"{exc}; the trained network is in its state "
+                        f"{state_path(out)}: --resume writes it") from None
+
+
+def _train_summary(trained: Any, history: list[Any], *, calibrated: int) -> None:
+    if calibrated:
+        cal = next(h["calibration"] for h in reversed(trained.history) if h.get("calibration"))
+        click.echo(f"calibrated {calibrated} new BN layers on {cal['images']} "
+                   f"{cal['dataset']} training images before the first step")
+    last = history[-1]
+    click.echo(f"trained {len(history)} epochs: test error {100 * last.test_error:.2f}%, "
+               f"train loss {last.train_loss:.4f}, {last.images_per_s:,.0f} images/s")
+
 
 @cli.command(name="plot")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")

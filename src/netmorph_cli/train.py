@@ -108,6 +108,22 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def recipe_config(recipe: str, *, epochs: int | None = None, lr: float | None = None,
+                  schedule: str | None = None, milestones: tuple[float, ...] | None = None,
+                  **fixed: Any) -> TrainConfig:
+    """A ``TrainConfig`` from a recipe (``RECIPES``) and the options given (None: the
+    recipe's value); ``fixed`` are the other fields. Milestones with a cosine schedule are
+    refused (``UsageError``)."""
+    if recipe not in RECIPES:
+        raise UsageError(f"unknown recipe {recipe!r} (choose from {', '.join(RECIPES)})")
+    given = {"epochs": epochs, "lr": lr, "schedule": schedule, "milestones": milestones}
+    chosen = {**RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}}
+    if milestones is not None and chosen["schedule"] != "step":
+        raise UsageError(f"--milestones applies to the step schedule, not "
+                         f"{chosen['schedule']} (recipe {recipe})")
+    return TrainConfig(**fixed, **chosen)
+
+
 @dataclass
 class EpochStats:
     epoch: int
