@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,113 +29,31 @@ import torch
 import torch.nn.functional as F
 
 from .calibrate import calibrate, uncalibrated_layers
-from .data import CIFAR_MEAN, CIFAR_STD, Dataset, augment, load_dataset, to_tensor
-from .errors import DataError, OutputError, TrainingError, UsageError, WriteError
-from .network import Network, state_of
-from .outputs import (
-    append_line,
-    check_outputs,
-    exclusive,
-    probe_directory,
-    sha256,
-    write_file,
-    write_text,
+from .data import Dataset, augment, load_dataset, to_tensor
+from .errors import TrainingError
+from .evaluation import (
+    EvalResult,
+    check_fits,
+    evaluate,
+    normalization,
+    seeded,
+    top1_error,
+    training_batches,
 )
+from .network import Network, state_of
+from .outputs import append_line, exclusive, sha256, write_text
+from .recipes import RECIPES, SCHEDULES, EpochStats, TrainConfig, config_json, recipe_config
+from .runfiles import check_run_files, load_state, probe_run, save_state, state_path
 
+__all__ = ["CALIBRATION_BATCHES", "RECIPES", "SCHEDULES", "Dist", "EpochStats", "EvalResult",
+           "TrainConfig", "TrainHooks", "check_run_files", "evaluate", "init_distributed",
+           "normalization", "recipe_config", "state_path", "top1_error", "train",
+           "training_batches"]
 
-@dataclass(frozen=True)
-class TrainConfig:
-    dataset: str = "cifar10"
-    epochs: int = 164
-    lr: float = 0.1
-    batch_size: int = 128  # global, over all ranks
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    # "step": the paper's step decay (lr × gamma at each milestone); "cosine": cosine
-    # annealing from lr to 0 over the run (continuing a trained or morphed network)
-    schedule: str = "step"
-    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training (≤ 1) or epochs
-    gamma: float = 0.1  # lr factor at each milestone
-    warmup: float = 0.0  # epochs of linear warm-up
-    seed: int = 0
-    # "auto": bf16 autocast on CUDA, float32 elsewhere; "bf16": autocast on any device (on
-    # CPUs with bf16 units, ≈ 2× faster than float32); "fp32": float32 everywhere
-    precision: str = "auto"
-    channels_last: bool = True  # NHWC activations: ~1.35× on these CPUs, faster on GPUs
-    compile: bool = False
-    # set a morph's uncalibrated new BN layers from training data before the first step
-    # (calibrate.py): without it a child starts training far from its parent's function
-    calibrate: bool = True
-
-    def __post_init__(self) -> None:
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be {' or '.join(SCHEDULES)}, not "
-                             f"{self.schedule!r}")
-
-    def lr_at(self, epoch: float, step: float = 0.0) -> float:
-        """Learning rate of a step that starts at fractional ``epoch`` and lasts ``step``
-        epochs: linear warm-up (to the step's end, so the first step does not go at lr 0),
-        then step decay at milestones, or cosine annealing from lr (end of warm-up) to 0 at
-        the end of training (taken at the step's start, so the last step is not at lr 0)."""
-        if self.warmup > 0 and epoch < self.warmup:
-            return self.lr * min(epoch + step, self.warmup) / self.warmup
-        if self.schedule == "cosine":
-            span = max(self.epochs - self.warmup, 1e-12)
-            t = min(max(epoch - self.warmup, 0.0) / span, 1.0)
-            return self.lr * 0.5 * (1.0 + math.cos(math.pi * t))
-        steps = sum(1 for m in self.milestone_epochs() if epoch >= m)
-        return self.lr * self.gamma ** steps
-
-    def milestone_epochs(self) -> list[float]:
-        return [m * self.epochs if m <= 1 else m for m in self.milestones]
-
-
-SCHEDULES = ("step", "cosine")
 CALIBRATION_BATCHES = 32  # of 128 images: see README, "Training mode"
 # an epoch's mean loss above DIVERGED × ln(classes) (the loss of guessing) draws a warning:
 # a trained or training network is far below ln(classes); 10× above it is no learning
 DIVERGED = 10.0
-
-# Named recipes: the TrainConfig fields each sets (the CLI's --recipe; options given on the
-# command line override them). "paper": training from scratch (He et al. 2015, the paper's
-# phases); "continue": a trained parent or a morphed child for a short budget, cosine from a
-# moderate lr to 0 as NASH does after each morph (lr 0.02: README, "Training").
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper": {"schedule": "step", "lr": 0.1, "epochs": 164, "milestones": (0.5, 0.75)},
-    "continue": {"schedule": "cosine", "lr": 0.02, "epochs": 10},
-}
-
-
-def recipe_config(recipe: str, *, epochs: int | None = None, lr: float | None = None,
-                  schedule: str | None = None, milestones: tuple[float, ...] | None = None,
-                  **fixed: Any) -> TrainConfig:
-    """A ``TrainConfig`` from a recipe (``RECIPES``) and the options given (None: the
-    recipe's value); ``fixed`` are the other fields. Milestones with a cosine schedule are
-    refused (``UsageError``)."""
-    if recipe not in RECIPES:
-        raise UsageError(f"unknown recipe {recipe!r} (choose from {', '.join(RECIPES)})")
-    given = {"epochs": epochs, "lr": lr, "schedule": schedule, "milestones": milestones}
-    chosen = {**RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}}
-    if milestones is not None and chosen["schedule"] != "step":
-        raise UsageError(f"--milestones applies to the step schedule, not "
-                         f"{chosen['schedule']} (recipe {recipe})")
-    return TrainConfig(**fixed, **chosen)
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    train_loss: float
-    train_error: float
-    test_error: float
-    lr: float
-    seconds: float
-    images_per_s: float
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -169,130 +87,7 @@ def init_distributed(device: torch.device) -> Dist:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size())
 
-
-def normalization(net: Network) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    norm = net.meta.get("normalization") or {}
-    return tuple(norm.get("mean", CIFAR_MEAN)), tuple(norm.get("std", CIFAR_STD))
-
-
-def _seeded(*parts: int) -> torch.Generator:
-    seed = 0
-    for p in parts:
-        seed = (seed * 1_000_003 + p) % (2**63 - 1)
-    return torch.Generator().manual_seed(seed)
-
-
-# -- evaluation ------------------------------------------------------------------------
-
-@torch.no_grad()
-def top1_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-               batch_size: int | None = None, amp: bool = False) -> float:
-    """Fraction of ``x`` misclassified by ``model`` (put in eval mode here)."""
-    if batch_size is None:
-        # CPU: 100 keeps every activation under glibc's 32 MB mmap threshold; at 1000 each
-        # op maps fresh pages and page faults make eval 3-5× slower. Logits are the same.
-        batch_size = 1000 if x.device.type == "cuda" else 100
-    was = model.training
-    model.eval()
-    wrong = 0
-    for i in range(0, len(x), batch_size):
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
-            logits = model(x[i:i + batch_size])
-        wrong += int((logits.argmax(1) != y[i:i + batch_size]).sum())
-    model.train(was)
-    return wrong / max(len(x), 1)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    top1_error: float
-    samples: int
-    dataset: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def evaluate(net: Network, dataset: str, data_dir: str | Path | None = None,
-             device: torch.device | str = "cpu", batch_size: int | None = None) -> EvalResult:
-    """Top-1 error on the test split, with the normalization stored in the checkpoint."""
-    data = load_dataset(dataset, data_dir)
-    _check_fits(net, data)
-    mean, std = normalization(net)
-    x = to_tensor(data.x_test, mean, std, device)
-    y = torch.from_numpy(data.y_test).to(device)
-    model = net.module(torch.float32, device)
-    return EvalResult(top1_error(model, x, y, batch_size), len(y), data.source)
-
-
-def _check_fits(net: Network, data: Dataset) -> None:
-    want = list(net.description["input"])
-    have = [3, *data.x_test.shape[1:3]]
-    if want != have:
-        raise DataError(f"the network takes {want[1]}×{want[2]} inputs, {data.name} has "
-                        f"{have[1]}×{have[2]} images")
-    if net.description["num_classes"] != data.num_classes:
-        raise DataError(f"the network has {net.description['num_classes']} classes, "
-                        f"{data.name} has {data.num_classes}")
-
-
-def training_batches(net: Network, dataset: str, data_dir: str | Path | None = None, *,
-                     batches: int, batch_size: int = 128, seed: int = 0, purpose: str = "",
-                     device: torch.device | str = "cpu", data: Dataset | None = None
-                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``batches`` batches of ``batch_size`` training images (a seeded random draw without
-    replacement, no augmentation), normalized as the checkpoint says, with their labels: the
-    inputs of calibration and of train-mode verification. ``purpose`` ("calibrate",
-    "verify") picks an independent draw for each use of one seed, so a verification does
-    not reuse the calibration's images. Fewer batches when the set is smaller; a
-    ``DataError`` when the data do not fit the network or hold less than one batch."""
-    data = data or load_dataset(dataset, data_dir)
-    _check_fits(net, data)
-    n = min(batches, len(data.x_train) // batch_size)
-    if n < 1:
-        raise DataError(f"{data.name} has {len(data.x_train)} training images, fewer than "
-                        f"one batch of {batch_size}")
-    mean, std = normalization(net)
-    stream = int.from_bytes(purpose.encode()[:7], "little")
-    gen = _seeded(seed, stream, 1)
-    pick = torch.randperm(len(data.x_train), generator=gen)[:n * batch_size].numpy()
-    x = to_tensor(data.x_train[pick], mean, std, device)
-    y = torch.from_numpy(data.y_train[pick]).to(device)
-    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
-
-
 # -- training ----------------------------------------------------------------------------
-
-def state_path(out: str | Path) -> Path:
-    return Path(f"{out}.state.pt")
-
-
-def check_run_files(out: str | Path, cfg: TrainConfig, *, source: str | Path | None = None,
-                    metrics: str | Path | None = None, resume: bool = False,
-                    force: bool = False) -> None:
-    """Refuse, before any work, what this run's files would refuse (``outputs.py``'s policy):
-    OUT, OUT.state.pt and the metrics file must not be the input ``source`` or each other;
-    without ``resume`` an existing state is refused ("pass --resume … or --force …"), with
-    it the state must exist and come from the same input and options; an existing OUT or
-    metrics file needs ``force`` (a resumed run rewrites its own metrics)."""
-    spath = state_path(out)
-    files = [out, spath] + ([metrics] if metrics else [])
-    check_outputs(files, inputs=[source], force=True)  # inputs, duplicates, directories
-    if resume:
-        if not spath.is_file():
-            raise UsageError(f"--resume: no state file {spath} (was the run started with "
-                             "this -o?)")
-        _check_same_run(_read_state(spath), cfg, source)
-    if Path(out).exists() and not force:
-        raise OutputError(f"'{out}' exists; pass --force to overwrite"
-                          + (" (the run it resumes had finished)" if resume else ""))
-    if not resume and spath.exists() and not force:
-        raise OutputError(f"a training state '{spath}' exists from an earlier run: pass "
-                          f"--resume to continue or --force to start again")
-    if not resume and metrics and Path(metrics).exists() and not force:
-        raise OutputError(f"'{metrics}' exists; pass --force to overwrite")
-
-
 def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Path | None = None,
           device: torch.device | str = "cpu", resume: bool = False,
           metrics: str | Path | None = None, hooks: TrainHooks | None = None,
@@ -307,7 +102,7 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
     dist = init_distributed(device)
     check_run_files(out, cfg, source=source, metrics=metrics, resume=resume, force=force)
     if dist.main:
-        _probe(net, out, metrics)
+        probe_run(net, out, metrics)
     with exclusive(out) if dist.main else contextlib.nullcontext():
         if dist.main:
             if not resume:
@@ -316,23 +111,12 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                       metrics=metrics, hooks=hooks, dataset=dataset, dist=dist,
                       source_sha256=sha256(source) if source else None)
 
-
-def _probe(net: Network, out: str | Path, metrics: str | Path | None) -> None:
-    """A read-only directory, a missing permission or a full disk fails now, not after an
-    epoch: the state holds the weights, BN statistics and momentum (2× the tensors, in
-    float32) and is written beside the old one; the checkpoint holds the tensors once."""
-    size = sum(t.numel() for t in net.tensors.values()) * 4
-    probe_directory(Path(out).parent, need_bytes=5 * size)
-    if metrics and Path(metrics).parent.resolve() != Path(out).parent.resolve():
-        probe_directory(Path(metrics).parent)
-
-
 def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Path | None,
            device: torch.device, resume: bool, metrics: str | Path | None, hooks: TrainHooks,
            dataset: Dataset | None, dist: Dist, source_sha256: str | None
            ) -> tuple[Network, list[EpochStats]]:
     data = dataset or load_dataset(cfg.dataset, data_dir)
-    _check_fits(net, data)
+    check_fits(net, data)
     if cfg.calibrate and uncalibrated_layers(net):  # deterministic: a resumed run repeats it
         batches = training_batches(net, cfg.dataset, batches=CALIBRATION_BATCHES,
                                    batch_size=min(128, len(data.x_train)), seed=cfg.seed,
@@ -342,7 +126,7 @@ def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | P
     run = _Run(net, cfg, _Loaded(net, data, device), dist, state_path(out), hooks,
                source_sha256)
     if resume:
-        run.start_epoch, run.start_step, run.history = _load_state(run.spath, run.model,
+        run.start_epoch, run.start_step, run.history = load_state(run.spath, run.model,
                                                                     run.opt)
     if metrics and dist.main:  # a fresh run starts a fresh file; a resumed one its history
         write_text(metrics, "".join(json.dumps(h.to_json()) + "\n" for h in run.history),
@@ -402,7 +186,7 @@ class _Run:
                 f"with --resume" if spath.exists() else
                 "no epoch had finished, so no state was saved"),
             enabled=dist.world == 1)
-        self.save = functools.partial(_save_state, spath, model, self.opt, cfg, source_sha256)
+        self.save = functools.partial(save_state, spath, model, self.opt, cfg, source_sha256)
 
     def loop(self, metrics: str | Path | None, resume: bool) -> None:
         cfg, dist, hooks = self.cfg, self.dist, self.hooks
@@ -435,7 +219,7 @@ class _Run:
         cfg, dist, data, device, opt = self.cfg, self.dist, self.data, self.device, self.opt
         steps, b_local, ctrl_c, spath = self.steps, self.b_local, self.ctrl_c, self.spath
         t0 = time.perf_counter()
-        perm = torch.randperm(len(data.x_train), generator=_seeded(cfg.seed, epoch))
+        perm = torch.randperm(len(data.x_train), generator=seeded(cfg.seed, epoch))
         mine = perm[dist.rank::dist.world][:self.n_local].to(device)
         loss_sum = torch.zeros((), device=device)
         wrong = torch.zeros((), device=device, dtype=torch.long)
@@ -449,7 +233,7 @@ class _Run:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 idx = mine[step * b_local:(step + 1) * b_local]
-                xb = augment(data.x_train[idx], _seeded(cfg.seed, epoch, step, dist.rank),
+                xb = augment(data.x_train[idx], seeded(cfg.seed, epoch, step, dist.rank),
                              fill=data.fill)
                 if cfg.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
@@ -513,7 +297,7 @@ class _Run:
                                          "std": list(self.data.std)}
         final = history[-1] if history else None
         trained.history.append({
-            "op": "train", "dataset": self.data.name, "config": _config_json(self.cfg),
+            "op": "train", "dataset": self.data.name, "config": config_json(self.cfg),
             "epochs_run": len(history), "world_size": self.dist.world,
             "test_error": final.test_error if final else None,
             "seconds": sum(h.seconds for h in history),
@@ -591,70 +375,3 @@ def _sync_buffers(model: torch.nn.Module, dist: Dist) -> None:
 
         for b in model.buffers():
             tdist.broadcast(b, 0)
-
-
-def _config_json(cfg: TrainConfig) -> dict[str, Any]:
-    d = asdict(cfg)
-    d["milestones"] = list(cfg.milestones)
-    return d
-
-
-def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                cfg: TrainConfig, source_sha256: str | None, epoch: int, step: int,
-                history: list[EpochStats]) -> None:
-    """Atomic and durable (``outputs.write_file``); a failed write keeps the last state."""
-    state = {"netmorph_train_state": 1, "epoch": epoch, "step": step,
-             "model": state_of(model), "optimizer": opt.state_dict(),
-             "config": json.dumps(_config_json(cfg)), "input_sha256": source_sha256 or "",
-             "history": json.dumps([h.to_json() for h in history]),
-             "torch_rng": torch.get_rng_state()}
-    try:
-        write_file(path, lambda f: torch.save(state, f), force=True)
-    except WriteError as exc:
-        kept = (f"the state of an earlier epoch in {path} is kept: make room and continue "
-                f"with --resume" if path.exists() else "no state was kept")
-        raise WriteError(f"{exc}; {kept}") from None
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            state = torch.load(fh, map_location="cpu", weights_only=True)
-        state["config"] = json.loads(state["config"])
-        return state
-    except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
-        raise UsageError(f"--resume: cannot read {path}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _check_same_run(state: dict[str, Any], cfg: TrainConfig, source: str | Path | None) -> None:
-    """``--resume`` continues the run that wrote the state: same input, same options."""
-    saved, mine = state["config"], _config_json(cfg)
-    defaults = _config_json(TrainConfig())  # states written before a field existed
-    diff = [k for k in mine if k not in ("compile", "precision", "channels_last", "calibrate")
-            and saved.get(k, defaults[k]) != mine[k]]
-    if diff:
-        raise UsageError(f"--resume: options differ from the interrupted run "
-                         f"({', '.join(f'{k}: {saved.get(k)} → {mine[k]}' for k in diff)})")
-    was = state.get("input_sha256")
-    if source is not None and was and was != sha256(source):
-        raise UsageError(f"--resume: the state was written by a run on another input "
-                         f"(sha256 {was[:12]}…), not '{source}' (sha256 "
-                         f"{sha256(source)[:12]}…); resume with that input, or start again "
-                         f"with --force")
-
-
-def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
-                ) -> tuple[int, int, list[EpochStats]]:
-    state = _read_state(path)
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history = [EpochStats(**h) for h in json.loads(state["history"])]
-    except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
-        raise UsageError(f"--resume: cannot read {path}: {_first_line(exc)}") from None
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["epoch"]), int(state["step"]), history

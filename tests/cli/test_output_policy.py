@@ -20,7 +20,7 @@ import torch
 from cli_helpers import assert_one_error_line, run_main, write_mini
 
 from netmorph_cli import checkpoint as ck
-from netmorph_cli import outputs, train, zoo
+from netmorph_cli import outputs, runfiles, train, zoo
 from netmorph_cli.errors import OutputError, TrainingError, WriteError
 
 NETMORPH = Path(sys.executable).with_name("netmorph")
@@ -139,7 +139,7 @@ def test_disk_full_mid_run_keeps_the_last_state(capsys, tmp_path, parent, data_d
             raise WriteError(f"cannot write '{path}': No space left on device")
         return real(path, write, **kw)
 
-    monkeypatch.setattr(train, "write_file", write_file)
+    monkeypatch.setattr(runfiles, "write_file", write_file)
     code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir)[:-3],
                                  "--epochs", "2", "--quiet")
     assert_one_error_line(code, stdout, err, "No space left", "earlier epoch", str(spath),

@@ -1,0 +1,114 @@
+"""A training run's files: OUT, its state file OUT.state.pt (weights, optimizer, options,
+the input's sha256, history) and its metrics, under the write policy (``outputs.py``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import OutputError, UsageError, WriteError
+from .network import Network, state_of
+from .outputs import check_outputs, probe_directory, sha256, write_file
+from .recipes import EpochStats, TrainConfig, config_json
+
+
+def state_path(out: str | Path) -> Path:
+    return Path(f"{out}.state.pt")
+
+
+def check_run_files(out: str | Path, cfg: TrainConfig, *, source: str | Path | None = None,
+                    metrics: str | Path | None = None, resume: bool = False,
+                    force: bool = False) -> None:
+    """Refuse, before any work, what this run's files would refuse (``outputs.py``'s policy):
+    OUT, OUT.state.pt and the metrics file must not be the input ``source`` or each other;
+    without ``resume`` an existing state is refused ("pass --resume … or --force …"), with
+    it the state must exist and come from the same input and options; an existing OUT or
+    metrics file needs ``force`` (a resumed run rewrites its own metrics)."""
+    spath = state_path(out)
+    files = [out, spath] + ([metrics] if metrics else [])
+    check_outputs(files, inputs=[source], force=True)  # inputs, duplicates, directories
+    if resume:
+        if not spath.is_file():
+            raise UsageError(f"--resume: no state file {spath} (was the run started with "
+                             "this -o?)")
+        check_same_run(read_state(spath), cfg, source)
+    if Path(out).exists() and not force:
+        raise OutputError(f"'{out}' exists; pass --force to overwrite"
+                          + (" (the run it resumes had finished)" if resume else ""))
+    if not resume and spath.exists() and not force:
+        raise OutputError(f"a training state '{spath}' exists from an earlier run: pass "
+                          f"--resume to continue or --force to start again")
+    if not resume and metrics and Path(metrics).exists() and not force:
+        raise OutputError(f"'{metrics}' exists; pass --force to overwrite")
+
+def probe_run(net: Network, out: str | Path, metrics: str | Path | None) -> None:
+    """A read-only directory, a missing permission or a full disk fails now, not after an
+    epoch: the state holds the weights, BN statistics and momentum (2× the tensors, in
+    float32) and is written beside the old one; the checkpoint holds the tensors once."""
+    size = sum(t.numel() for t in net.tensors.values()) * 4
+    probe_directory(Path(out).parent, need_bytes=5 * size)
+    if metrics and Path(metrics).parent.resolve() != Path(out).parent.resolve():
+        probe_directory(Path(metrics).parent)
+
+def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                cfg: TrainConfig, source_sha256: str | None, epoch: int, step: int,
+                history: list[EpochStats]) -> None:
+    """Atomic and durable (``outputs.write_file``); a failed write keeps the last state."""
+    state = {"netmorph_train_state": 1, "epoch": epoch, "step": step,
+             "model": state_of(model), "optimizer": opt.state_dict(),
+             "config": json.dumps(config_json(cfg)), "input_sha256": source_sha256 or "",
+             "history": json.dumps([h.to_json() for h in history]),
+             "torch_rng": torch.get_rng_state()}
+    try:
+        write_file(path, lambda f: torch.save(state, f), force=True)
+    except WriteError as exc:
+        kept = (f"the state of an earlier epoch in {path} is kept: make room and continue "
+                f"with --resume" if path.exists() else "no state was kept")
+        raise WriteError(f"{exc}; {kept}") from None
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+        state["config"] = json.loads(state["config"])
+        return state
+    except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
+        raise UsageError(f"--resume: cannot read {path}: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def check_same_run(state: dict[str, Any], cfg: TrainConfig, source: str | Path | None) -> None:
+    """``--resume`` continues the run that wrote the state: same input, same options."""
+    saved, mine = state["config"], config_json(cfg)
+    defaults = config_json(TrainConfig())  # states written before a field existed
+    diff = [k for k in mine if k not in ("compile", "precision", "channels_last", "calibrate")
+            and saved.get(k, defaults[k]) != mine[k]]
+    if diff:
+        raise UsageError(f"--resume: options differ from the interrupted run "
+                         f"({', '.join(f'{k}: {saved.get(k)} → {mine[k]}' for k in diff)})")
+    was = state.get("input_sha256")
+    if source is not None and was and was != sha256(source):
+        raise UsageError(f"--resume: the state was written by a run on another input "
+                         f"(sha256 {was[:12]}…), not '{source}' (sha256 "
+                         f"{sha256(source)[:12]}…); resume with that input, or start again "
+                         f"with --force")
+
+
+def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
+                ) -> tuple[int, int, list[EpochStats]]:
+    state = read_state(path)
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history = [EpochStats(**h) for h in json.loads(state["history"])]
+    except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
+        raise UsageError(f"--resume: cannot read {path}: {first_line(exc)}") from None
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"]), int(state["step"]), history
