@@ -4,8 +4,9 @@ Run with ``make bench`` or ``.venv/bin/python benchmarks/morph.py [--repeat 3]
 [--threads N] [--samples 64]``.
 
 1. ``netmorph morph resnet110.safetensors --module 1c1 -o child.safetensors`` in process:
-   load the parent checkpoint, ``morph_network(..., "1c1")`` (51 blocks: 0.5·I split, 1×1
-   TYPE-I decompositions), ``checkpoint.save``. Baseline in the same run: load + save of the
+   load the parent checkpoint, ``morph_network(…, Preset.parse("1c1"), check=False)`` (51
+   blocks: 0.5·I split, 1×1 TYPE-I decompositions; the check is left to the subprocess
+   figure), ``checkpoint.save``. Baseline in the same run: load + save of the
    parent alone (the I/O the command cannot avoid). Also the real command in a subprocess
    (interpreter start, imports, the CLI's 4-image float32 check before writing), against
    ``netmorph info`` on the same file as the subprocess baseline.
@@ -36,6 +37,7 @@ import torch
 
 from netmorph_cli import checkpoint, zoo
 from netmorph_cli.morph import morph_network
+from netmorph_cli.presets import Preset
 from netmorph_cli.verify import verify
 
 NETMORPH = Path(sys.executable).with_name("netmorph")
@@ -78,7 +80,7 @@ def main() -> None:
         parent_path, child_path = d / "resnet110.safetensors", d / "morph110_1c1.safetensors"
         checkpoint.save(zoo.create("resnet110", seed=0), parent_path)  # not timed
         # warm-up: first-call costs (kernels, allocator) stay out of the figures
-        morph_network(zoo.create("resnet20"), "1c1")
+        morph_network(zoo.create("resnet20"), Preset.parse("1c1"))
 
         # 1. morph + write, in process
         def load_save() -> None:
@@ -86,7 +88,8 @@ def main() -> None:
 
         def load_morph_save():
             net = checkpoint.load(parent_path)
-            child = morph_network(net, "1c1", parent_sha256=checkpoint.file_sha256(parent_path))
+            child, _ = morph_network(net, Preset.parse("1c1"), check=False,
+                                     parent_sha256=checkpoint.file_sha256(parent_path))
             checkpoint.save(child, child_path, force=True, protect=[parent_path])
             return child
 
@@ -108,7 +111,7 @@ def main() -> None:
 
         # 2. verify the pair in float64 (a float64 child: the 1e-10 tolerance applies)
         parent = checkpoint.load(parent_path)
-        child = morph_network(parent, "1c1", dtype=torch.float64)  # not timed
+        child, _ = morph_network(parent, Preset.parse("1c1"), dtype=torch.float64)  # not timed
         x = torch.randn(args.samples, 3, 32, 32, generator=torch.Generator().manual_seed(0),
                         dtype=torch.float64)
         module = parent.module(torch.float64)

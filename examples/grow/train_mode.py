@@ -21,6 +21,7 @@ import torch
 
 from netmorph_cli import calibrate, importers, morph, train, verify
 from netmorph_cli.data import load_dataset
+from netmorph_cli.spec import load_spec
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = {20: "akamaster_resnet20-12fca82f.th", 56: "akamaster_resnet56-4bfd9763.th"}
@@ -57,8 +58,8 @@ def main() -> None:
                                                    purpose="calibrate", data=ds)]
         for name in [*PRESETS, "D"]:
             where = {"at": D_AT} if name == "D" else {}
-            child = morph.morph_network(parent, D_SPEC if name == "D" else name, seed=0,
-                                        **where)
+            module = load_spec(D_SPEC) if name == "D" else morph.Preset.parse(name)
+            child, _ = morph.morph_network(parent, module, seed=0, **where)
             cal = calibrate.calibrate(child, cb, dataset="cifar10")
             for how, net in (("as is", child), ("calibrated", cal)):
                 r = {"depth": depth, "morph": f"D at {D_AT}" if name == "D" else name,

@@ -97,13 +97,19 @@ def _gib(value: float | None) -> int | None:
               show_default=True, help="--solve: precision of the solve.")
 @click.option("--device", default="cpu", show_default=True, help="--solve: cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="--solve: random seed.")
+@click.option("--method", type=click.Choice(["auto", "algorithm2", "reduce"]), default="auto",
+              show_default=True,
+              help="--solve: auto (Algorithm 1's splits around Algorithm 2 on the irreducible "
+                   "rest, Algorithm 2 on the whole module if a split cannot be exact), "
+                   "algorithm2 (the whole module: every edge uses its full kernel) or "
+                   "reduce (the splits, no fallback).")
 @click.option("--pretty", is_flag=True,
               help="--json: indent the JSON (default: compact, one line; a 100,000-edge "
                    "module's plan is ~17 MB compact, ~37 MB indented).")
 @_solver_limits("--solve")
 def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dtype: str,
-           device: str, seed: int, pretty: bool, max_seconds: float, max_sweeps: int,
-           max_memory: float | None) -> None:
+           device: str, seed: int, method: str, pretty: bool, max_seconds: float,
+           max_sweeps: int, max_memory: float | None) -> None:
     """Classify a module and find its morphing sequence (Algorithm 1).
 
     Reduces SPEC.json by inverse TYPE-I/TYPE-II morphs, then prints the morphing sequence in
@@ -131,15 +137,17 @@ def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dt
             raise click.BadParameter(f"kernel must be odd, got {kernel}", param_hint="--kernel")
         result = solve_random(plan.module, channels=channels, kernel=kernel,
                               dtype=resolve_dtype(dtype), device=resolve_device(device),
-                              seed=seed, max_seconds=max_seconds, max_sweeps=max_sweeps,
-                              max_memory=_gib(max_memory), progress=_solve_progress)
+                              seed=seed, method=method, max_seconds=max_seconds,
+                              max_sweeps=max_sweeps, max_memory=_gib(max_memory),
+                              progress=_solve_progress)
     if as_json:
         gc.disable()  # ~10⁶ small objects: the collector's rescans cost more than the build
         try:
             out = plan.to_json()
             if result is not None:
                 out["solve"] = {"channels": channels, "kernel": kernel, "dtype": dtype,
-                                "device": device, "seed": seed, **result.to_json()}
+                                "device": device, "seed": seed, "method": method,
+                                **result.to_json()}
             _emit_json(out, pretty=pretty)
         finally:
             gc.enable()
@@ -154,7 +162,7 @@ def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dt
 
 # -- choices and help texts from the library's registries ---------------------------------
 # Read when shown or parsed, not at import: the CLI starts without importing torch, and an
-# entry added to a registry (data.DATASETS, zoo.ARCHS, morph.PRESETS) is offered at once.
+# entry added to a registry (data.DATASETS, zoo.ARCHS, presets.PRESETS) is offered at once.
 
 class _RegistryChoice(click.Choice):  # not Choice[str]: click < 8.4 is not generic
     """The names of a registry as a ``click.Choice``."""
@@ -202,7 +210,7 @@ def _default_classes() -> str:
 
 def _preset_list() -> str:
     """"1c1, 3c1, 3c3, with _2branch and/or _half": the paper's plain presets, the suffixes."""
-    from .morph import PRESET_SUFFIXES, PRESETS
+    from .presets import PRESET_SUFFIXES, PRESETS
 
     plain = [n for n in PRESETS if not any(s in n for s in PRESET_SUFFIXES)]
     return f"{', '.join(plain)}, with {' and/or '.join(PRESET_SUFFIXES)}"
@@ -359,10 +367,8 @@ def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_a
           --at layer1.1.conv1 -o morph20_D.safetensors
     """
     from .checkpoint import check_output, file_sha256, load, save
-    from .flops import count_flops, format_flops
     from .morph import morph_network
     from .runtime import resolve_dtype
-    from .verify import verify
 
     if calibrate_on and paper_bn:
         raise click.UsageError("--calibrate sets the new BN layers from data; --paper-bn "
@@ -371,37 +377,55 @@ def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_a
         raise click.UsageError("--data-dir applies to --calibrate")
     check_output(out, force=force, protect=[parent])
     net = load(parent)
-    batches = None
-    if calibrate_on:  # read the data first: a missing set fails before the solve
-        from .train import training_batches
-
-        batches = training_batches(net, calibrate_on, data_dir, batches=calibrate_batches,
-                                   seed=seed, purpose="calibrate")
-    child = morph_network(net, module, at=at, seed=seed, prelu=prelu_all, bn=not no_bn, act=act,
-                          exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
-                          parent_sha256=file_sha256(parent), max_seconds=max_seconds,
-                          max_sweeps=max_sweeps, max_memory=_gib(max_memory),
-                          progress=_solve_progress)
-    if batches is not None:
-        from .calibrate import calibrate
-
-        assert calibrate_on is not None
-        child = calibrate(child, [x for x, _ in batches], dataset=calibrate_on, seed=seed)
-    report = None
-    if not no_check and not paper_bn:
-        report = verify(net, child, dtype=child.dtype, samples=4)
-        if not report.passed:
-            raise _check_failed(report)
+    target = _module_arg(module)
+    images = _calibration_images(net, calibrate_on, data_dir, calibrate_batches, seed)
+    child, report = morph_network(
+        net, target, at=at, seed=seed, check=not no_check, prelu=prelu_all, bn=not no_bn,
+        act=act, exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
+        calibrate=images, parent_sha256=file_sha256(parent), max_seconds=max_seconds,
+        max_sweeps=max_sweeps, max_memory=_gib(max_memory), progress=_solve_progress)
     sha = save(child, out, force=force, protect=[parent])
-    entry = child.history[-1]
-    f0, f1 = count_flops(net.description), count_flops(child.description)
+    _show_morph(out, sha, child, report, as_json)
+
+
+def _module_arg(module: str) -> Any:
+    """--module: a spec file (``*.json`` or an existing file), else a preset name."""
+    from pathlib import Path
+
+    if module.endswith(".json") or Path(module).is_file():
+        from .spec import load_spec
+
+        return load_spec(module)
+    from .presets import Preset
+
+    return Preset.parse(module)
+
+
+def _calibration_images(net: Any, dataset: str | None, data_dir: str | None, batches: int,
+                        seed: int) -> tuple[str, list[Any]] | None:
+    """--calibrate: the training images, read before the solve (a missing set fails first)."""
+    if not dataset:
+        return None
+    from .train import training_batches
+
+    data = training_batches(net, dataset, data_dir, batches=batches, seed=seed,
+                            purpose="calibrate")
+    return dataset, [x for x, _ in data]
+
+
+def _show_morph(out: str, sha: str, child: Any, report: Any, as_json: bool) -> None:
+    """What ``morph`` prints: one JSON object, or the morph, calibration and check lines."""
+    from .flops import count_flops, format_flops
+
+    entry, parent = child.history[-1], child.meta["parent"]
+    f0, f1 = parent["flops"], count_flops(child.description)
     if as_json:
         _emit_json({"output": out, "sha256": sha, "arch": child.description["arch"],
                     "flops": f1, "parent_flops": f0, "morph": entry,
                     "check": report.to_json() if report else None})
         return
     where = entry.get("at") or f"{len(entry.get('blocks', []))} blocks"
-    click.echo(f"morphed {net.description['arch']} → {child.description['arch']} at {where}: "
+    click.echo(f"morphed {parent['arch']} → {child.description['arch']} at {where}: "
                f"solver residual {entry['residual']:.2e}, FLOPs {format_flops(f0)} → "
                f"{format_flops(f1)} ({f1 / f0:.2f}×)")
     cal = entry.get("calibration")
@@ -421,16 +445,6 @@ def _positive_finite(value: float | None, param: Any) -> float | None:
         raise click.BadParameter(f"must be a positive finite number, got {value}",
                                  param=param)
     return value
-
-
-def _check_failed(report: Any) -> NetmorphError:
-    from .errors import VerificationError
-
-    err = VerificationError(f"the morphed network does not reproduce the parent (max relative "
-                            f"error {report.max_rel_err:.3g} > {report.tolerance:g}); "
-                            "nothing written")
-    err.exit_code = 1
-    return err
 
 
 @cli.command(name="verify")
@@ -537,7 +551,9 @@ def _verify_train(parent: str, child: str, as_json: bool, dtype: str | None, see
 def info(ckpt: str, as_json: bool) -> None:
     """Summarize a checkpoint: architecture, parameters, FLOPs, morph history.
 
-    FLOPs are multiply-accumulates of conv and linear layers (the paper's convention).
+    FLOPs are multiply-accumulates of conv and linear layers (the paper's convention: convs
+    at their logical, "same"-padded sizes). Where a module realized with a padded input runs
+    its convs on larger maps, the MACs it really executes follow (--json: executed_macs).
 
     \b
     Example:

@@ -18,21 +18,22 @@ bytes, numbers and numpy arrays), never with plain ``pickle.load``.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import pickle
 import tarfile
-import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import DataError
+from .outputs import write_file
 
 if TYPE_CHECKING:
     import torch
@@ -280,30 +281,46 @@ def synthetic(n_train: int = 4096, n_test: int = 512, classes: int = 10,
 
 def fetch(url: str, dest: Path, md5: str, *, progress: Callable[[int, int], None] | None = None,
           offline_error: DataError | None = None, timeout: float = 30.0) -> Path:
-    """Download ``url`` to ``dest`` atomically, checking its MD5; ``progress(done, total)``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    digest = hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        tmp.unlink(missing_ok=True)
+    """Download ``url`` to ``dest``, checking its MD5; ``progress(done, total)``.
+
+    The bytes stream into ``outputs.write_file``'s temp file beside ``dest`` (fsynced, then
+    renamed into place, the directory fsynced), so ``dest`` appears only complete and
+    checked; a failed or corrupt download leaves nothing. A network failure is a
+    ``DataError`` (``offline_error`` with the reason appended, when given); a failing disk
+    is the policy's ``WriteError``.
+    """
+    def failed(exc: BaseException) -> DataError:
         if offline_error is not None:
-            raise DataError(f"{offline_error} [download failed: {exc}]") from None
-        raise DataError(f"download of {url} failed: {exc}") from None
-    if digest.hexdigest() != md5:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"download of {url} is corrupt: MD5 {digest.hexdigest()}, "
-                        f"expected {md5}")
-    os.replace(tmp, dest)
+            return DataError(f"{offline_error} [download failed: {exc}]")
+        return DataError(f"download of {url} failed: {exc}")
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        resp = urllib.request.urlopen(url, timeout=timeout)
+    except (OSError, TimeoutError, http.client.HTTPException) as exc:  # URLError is an OSError
+        raise failed(exc) from None
+
+    def download(out: IO[bytes]) -> None:  # into the policy's temp file
+        digest, done = hashlib.md5(), 0
+        total = int(resp.headers.get("Content-Length") or 0)
+        while True:
+            try:
+                chunk = resp.read(1 << 20)
+            except (OSError, TimeoutError, http.client.HTTPException) as exc:
+                raise failed(exc) from None  # the network, not the disk: not a WriteError
+            if not chunk:
+                break
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+        if digest.hexdigest() != md5:  # raised before the rename: nothing is published
+            raise DataError(f"download of {url} is corrupt: MD5 {digest.hexdigest()}, "
+                            f"expected {md5}")
+
+    with resp:
+        write_file(dest, download, force=True)
     return dest
 
 

@@ -3,6 +3,18 @@
 The library raises these; only ``cli.py`` turns them into an ``Error: …`` line and an exit
 code. ``exit_code`` follows the CLI contract: 2 for bad input or usage, 1 for a failed check
 or a runtime failure.
+
+Every exception a caller of the library can receive is defined here. Three more live beside
+the code that raises and catches them, as control flow that never reaches a caller in their
+own form:
+
+- ``budget.OutOfTime`` (a ``SolverError``): the solve's time budget ran out; raised deep in
+  the solver, turned by ``solve.morph_filter`` into ``SolverTimeout`` with what was reached.
+- ``feasibility.Narrow`` (an ``InfeasibleError``): too narrow, with *unverified* candidate
+  widenings (``feasibility.Widening`` records, hence defined there); ``morph_filter``
+  re-solves at them and raises ``InfeasibleError`` with verified advice only.
+- ``limits.JSONDepthError`` (a ``ValueError``): nesting too deep for ``parse_json``;
+  ``spec.py`` and ``checkpoint.py`` turn it into ``SpecError`` / ``CheckpointError``.
 """
 
 from __future__ import annotations

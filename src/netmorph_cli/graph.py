@@ -82,10 +82,6 @@ class ModuleGraph:
             inc[e.dst].append(e)
         return inc
 
-    @cached_property
-    def edge_by_name(self) -> dict[str, Edge]:
-        return {e.name: e for e in self.edges}
-
     def _seen_blobs(self) -> list[str]:
         seen: dict[str, None] = {}
         for e in self.edges:

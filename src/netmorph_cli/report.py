@@ -117,6 +117,18 @@ def train_mode_report(r: TrainModeReport) -> Group:
     return Group(head, table, tail)
 
 
+def _executed(s: dict[str, Any]) -> str:
+    """The executed MACs where they exceed the paper's logical count (padded modules run
+    their unpadded convs on larger maps); nothing where the two agree."""
+    from .flops import format_flops
+
+    executed = s.get("executed_macs")
+    if executed is None or executed == s["flops"]:
+        return ""
+    return (f"; executed {format_flops(executed)} MACs ({s['executed_vs_flops']:.2f}× "
+            "logical: padded module inputs)")
+
+
 def info_report(s: dict[str, Any]) -> Group:
     from .flops import format_flops
 
@@ -128,7 +140,8 @@ def info_report(s: dict[str, Any]) -> Group:
                       f"{s['layers']} conv/linear"),
         Text.assemble(("FLOPs: ", "bold"), f"{format_flops(s['flops'])} ({s['flops']:,} MACs)"
                       + "".join(f", {s[f'flops_vs_{k}']:.2f}× {k} ({s[k].get('arch')})"
-                                for k in ("parent", "root") if f"flops_vs_{k}" in s)),
+                                for k in ("parent", "root") if f"flops_vs_{k}" in s)
+                      + _executed(s)),
     ]
     if "normalization" in s:
         n = s["normalization"]

@@ -84,6 +84,10 @@ def relative_residual(graph: ModuleGraph, filters: Mapping[str, torch.Tensor],
     return float(torch.linalg.vector_norm(diff)) / (den if den > 0 else 1.0)
 
 
+# how ``morph_filter`` solves: ``auto`` is the paper's route with a fallback (below)
+METHODS = ("auto", "algorithm2", "reduce")
+
+
 def _default_tol(dtype: torch.dtype) -> float:
     return 1e-10 if dtype == torch.float64 else 1e-6
 
@@ -103,13 +107,17 @@ def morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None
                  seed: int = 0, tol: float | None = None, max_sweeps: int = 60,
                  method: str = "auto", max_seconds: float | None = None,
                  max_memory: int | None = None, progress: ProgressFn | None = None,
-                 advice_seconds: float = ADVICE_SECONDS, verify_advice: bool = True
-                 ) -> SolveResult:
+                 advice_seconds: float = ADVICE_SECONDS, verify_advice: bool = True,
+                 rng: SeededRng | None = None) -> SolveResult:
     """Filters for every edge of ``graph`` whose module function equals G exactly.
 
     ``g`` is (C_out, C_in, kh, kw) on any device and dtype; the filters come back on the
-    same. ``method``: ``auto`` (reduce, solve the remainder, replay; Algorithm 2 on the
-    whole module if a split cannot be exact), ``reduce`` or ``algorithm2`` only.
+    same. ``method`` (one of ``METHODS``): ``auto`` reduces, solves the remainder and
+    replays the atomic morphs, falling back to Algorithm 2 on the whole module if a split
+    cannot be exact; ``reduce`` is that route without the fallback; ``algorithm2`` solves
+    the whole module with Algorithm 2. The routes give different, equally exact filters:
+    the reduction can leave an edge a zero outer ring (a 5×5 edge holding a 3×3 filter
+    when a TYPE-I split pads by identity) where Algorithm 2 fills its whole kernel.
 
     Limits: the memory estimate (``solve_memory``) is checked against ``max_memory`` bytes
     (default: half the physical memory) before anything is allocated
@@ -119,13 +127,19 @@ def morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None
     every ``PROGRESS_EVERY`` seconds. A refusal advises wider inner blobs only when a
     re-solve of ``g`` at them (same seed, within ``advice_seconds`` and the time left)
     reached the tolerance; otherwise it says that no advice is proven.
+
+    ``rng``: the stream the solve draws from (default: a new one from ``seed``); a morph
+    that solves several sites (a preset's blocks) passes one stream to all of them.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     budget = Budget(max_seconds, progress, current_budget())
     tol = _default_tol(g.dtype) if tol is None else tol
     with running(budget):
         try:
             return _morph_filter(g, graph, inner_width=inner_width, seed=seed, tol=tol,
-                                 max_sweeps=max_sweeps, method=method, max_memory=max_memory)
+                                 max_sweeps=max_sweeps, method=method, max_memory=max_memory,
+                                 rng=rng)
         except Narrow as exc:
             if not verify_advice:
                 raise
@@ -146,12 +160,10 @@ def morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None
 
 
 def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None, seed: int,
-                  tol: float, max_sweeps: int, method: str, max_memory: int | None
-                  ) -> SolveResult:
+                  tol: float, max_sweeps: int, method: str, max_memory: int | None,
+                  rng: SeededRng | None = None) -> SolveResult:
     t0 = time.perf_counter()
     c_out, c_in = g.shape[:2]
-    if method not in ("auto", "reduce", "algorithm2"):
-        raise ValueError(f"unknown method {method!r}")
     k_eff = graph.effective_kernel()
     widths = module_widths(graph, c_in, c_out, inner_width)
     limit = default_memory_limit(g.device) if max_memory is None else max_memory
@@ -167,7 +179,7 @@ def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | Non
     refusal = rank_refusal(g, graph, widths)
     if refusal is not None:
         raise refusal
-    rng = SeededRng(seed, g.dtype, g.device)
+    rng = SeededRng(seed, g.dtype, g.device) if rng is None else rng
     target = resize(g, k_eff)
     history: list[float] = []
     budget = current_budget()
@@ -363,21 +375,24 @@ def _reduce_route(plan: ReductionPlan, target: torch.Tensor, widths: dict[str, i
 def solve_random(graph: ModuleGraph, *, channels: int = 16, kernel: int = 3,
                  dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
                  seed: int = 0, tol: float | None = None, max_sweeps: int = 60,
-                 max_seconds: float | None = None, max_memory: int | None = None,
-                 progress: ProgressFn | None = None,
+                 method: str = "auto", max_seconds: float | None = None,
+                 max_memory: int | None = None, progress: ProgressFn | None = None,
                  advice_seconds: float = ADVICE_SECONDS) -> SolveResult:
     """Morph a random channels→channels kernel×kernel filter into ``graph`` (``reduce
-    --solve``): the filter is drawn from ``seed`` on the CPU, then moved to ``device``.
-    The memory estimate is checked before the filter is drawn (see ``morph_filter``)."""
+    --solve``) by ``method`` (see ``morph_filter``): the filter is drawn from ``seed`` on
+    the CPU, then moved to ``device``. The memory estimate is checked before the filter is
+    drawn (see ``morph_filter``)."""
     if channels < 1 or kernel < 1 or kernel % 2 == 0:
         raise InfeasibleError(f"need channels ≥ 1 and an odd kernel, got {channels} and {kernel}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     widths = module_widths(graph, channels, channels)
     limit = default_memory_limit(device) if max_memory is None else max_memory
     name = f"module {graph.name!r}" if graph.name else "the module"
-    solve_memory(graph, widths, kernel=(kernel, kernel)).check(
+    solve_memory(graph, widths, kernel=(kernel, kernel), whole=method == "algorithm2").check(
         limit, f"morphing a {channels}→{channels} {kernel}×{kernel} filter into {name}")
     rng = SeededRng(seed + 1_000_003, dtype, device)
     g = rng.filter(channels, channels, (kernel, kernel))
-    return morph_filter(g, graph, seed=seed, tol=tol, max_sweeps=max_sweeps,
+    return morph_filter(g, graph, seed=seed, tol=tol, max_sweeps=max_sweeps, method=method,
                         max_seconds=max_seconds, max_memory=max_memory, progress=progress,
                         advice_seconds=advice_seconds)

@@ -50,6 +50,17 @@ class VerifyReport:
                             for s in self.sites]}
 
 
+def require_passed(report: VerifyReport) -> None:
+    """Raise unless a morph's own check passed: a ``VerificationError`` with exit code 1
+    (a failed check, not bad input), raised before anything is written."""
+    if not report.passed:
+        err = VerificationError(f"the morphed network does not reproduce the parent (max "
+                                f"relative error {report.max_rel_err:.3g} > "
+                                f"{report.tolerance:g}); nothing written")
+        err.exit_code = 1
+        raise err
+
+
 def check_pair(parent: Network, child: Network) -> None:
     """Refuse pairs that cannot be parent and child."""
     pd, cd = parent.description, child.description

@@ -45,9 +45,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     net = zoo.create("resnet20", seed=7)
     checkpoint.save(net, paths["parent"])
     from netmorph_cli.morph import morph_network
+    from netmorph_cli.presets import Preset
 
-    checkpoint.save(morph_network(net, "1c1"), paths["child"])
-    checkpoint.save(morph_network(net, "1c1", dtype=torch.float64), paths["child64"])
+    checkpoint.save(morph_network(net, Preset.parse("1c1"))[0], paths["child"])
+    checkpoint.save(morph_network(net, Preset.parse("1c1"), dtype=torch.float64)[0],
+                    paths["child64"])
     return paths
 
 
@@ -261,6 +263,7 @@ def test_info_json(capsys, files):
     assert data["arch"] == "resnet20+1c1" and data["flops"] == 43_958_912
     assert data["params"] == 295_098 and data["flops_text"] == "44.0M"
     assert round(data["flops_vs_parent"], 2) == 1.08
+    assert data["executed_macs"] == 43_958_912 and data["executed_vs_flops"] == 1.0  # 1×1 convs
     assert [h["preset"] for h in data["history"]] == ["1c1"]
     parent = json.loads(ok(capsys, "info", str(files["parent"]), "--json"))
     assert parent["history"] == [] and parent["params"] == 272_474
@@ -280,6 +283,20 @@ def test_info_text(capsys, files, tmp_path):
     assert "FLOPs: 56.5M" in text and "1.29× parent (resnet20+1c1)" in text
     assert "1.39× root (resnet20)" in text
     assert "not a morphed network" in flat(ok(capsys, "info", str(files["parent"])))
+    assert "executed" not in text  # 1c1 and 3c1 branches run every conv at its logical size
+
+
+def test_info_executed_macs_of_a_padded_module(capsys, files, tmp_path):
+    """3c3 branches pad their input by 2 and run the first 3×3 conv on the larger map: the
+    line keeps the paper's logical count and adds what the network really executes."""
+    child = tmp_path / "c3.safetensors"
+    ok(capsys, "morph", str(files["parent"]), "--module", "3c3", "-o", str(child))
+    text = flat(ok(capsys, "info", str(child)))
+    assert ("FLOPs: 69.1M (69,124,736 MACs), 1.69× parent (resnet20), 1.69× root (resnet20); "
+            "executed 73.6M MACs (1.07× logical: padded module inputs)") in text
+    data = json.loads(ok(capsys, "info", str(child), "--json"))
+    assert data["flops"] == 69_124_736 and data["executed_macs"] == 73_640_576
+    assert round(data["executed_vs_flops"], 4) == 1.0653
 
 
 # --------------------------------------------------------------------------------------------

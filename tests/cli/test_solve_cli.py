@@ -94,6 +94,7 @@ def test_device_cuda_without_cuda(capsys):
     (["--channels", "x"], "--channels"),
     (["--device", "tpu"], "tpu"),
     (["--seed", "1.5"], "--seed"),
+    (["--method", "magic"], "'magic' is not one of 'auto', 'algorithm2', 'reduce'"),
 ])
 def test_bad_solve_options_exit_2(capsys, args, needle):
     assert_one_error_line(*run_main(capsys, "reduce", D, "--solve", *args), needle)
@@ -102,5 +103,29 @@ def test_bad_solve_options_exit_2(capsys, args, needle):
 def test_solve_help_documents_the_options(capsys):
     code, out, _ = run_main(capsys, "reduce", "--help")
     assert code == 0
-    for opt in ("--solve", "--channels", "--kernel", "--dtype", "--device", "--seed"):
+    for opt in ("--solve", "--channels", "--kernel", "--dtype", "--device", "--seed",
+                "--method"):
         assert opt in out
+
+
+# module B with a 5×5 first edge: the reduction route leaves F1 a zero outer ring
+B5 = {"name": "B5", "edges": [{"name": n, "from": a, "to": b, "kernel": k} for n, a, b, k in (
+    ("F1", "s", "a", 5), ("F2", "a", "t", 3), ("F3", "s", "t", 3))]}
+
+
+def test_solve_method_choice(capsys, tmp_path):
+    path = tmp_path / "B5.json"
+    path.write_text(json.dumps(B5))
+    runs = {}
+    for method in (None, "auto", "algorithm2", "reduce"):
+        extra = ["--method", method] if method else []
+        code, out, err = run_main(capsys, "reduce", str(path), "--solve", "--channels", "8",
+                                  "--json", *extra)
+        assert code == 0, err
+        runs[method] = json.loads(out)["solve"]
+        assert runs[method]["method"] == (method or "auto")
+        assert runs[method]["residual"] <= 1e-10
+    same = ("residual", "history", "methods", "conditioning")
+    assert all(runs[None][k] == runs["auto"][k] == runs["reduce"][k] for k in same)
+    assert set(runs["algorithm2"]["methods"].values()) == {"algorithm-2"}
+    assert runs["algorithm2"]["sweeps"] >= 1 and runs["auto"]["sweeps"] == 0

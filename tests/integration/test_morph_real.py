@@ -19,6 +19,7 @@ import torch
 from netmorph_cli import checkpoint as ck
 from netmorph_cli import importers
 from netmorph_cli.morph import morph_network
+from netmorph_cli.presets import Preset
 from netmorph_cli.verify import verify
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -67,7 +68,7 @@ def test_real_resnet20_morphs_to_1c1_with_unchanged_logits(parent, images, dtype
     # float64 convolutions run at ~2 GMAC/s here: the float64 check uses every 5th image
     # (200, 20 per class); float32 uses all 1000 and checks the accuracy
     x, y = x[::every], y[::every]
-    child = morph_network(parent, "1c1", dtype=dtype)
+    child, _ = morph_network(parent, Preset.parse("1c1"), dtype=dtype)
     assert child.dtype == dtype
     assert sum(n["op"] == "shortcut_a" for n in child.description["nodes"]) == 2
     y_parent = logits(parent, x, dtype)
@@ -84,7 +85,7 @@ def test_real_resnet20_morphs_to_1c1_with_unchanged_logits(parent, images, dtype
 
 def test_real_child_survives_its_checkpoint(parent, images, tmp_path):
     x, _ = images
-    child = morph_network(parent, "1c1", dtype=torch.float64)
+    child, _ = morph_network(parent, Preset.parse("1c1"), dtype=torch.float64)
     path = tmp_path / "morph20_1c1.safetensors"
     ck.save(child, path, protect=[WEIGHTS])
     back = ck.load(path)

@@ -41,7 +41,7 @@ def test_imported_resnet20_has_the_published_test_error(parent_result):
 
 
 def test_its_1c1_child_has_the_same_test_error(parent, parent_result):
-    child = morph.morph_network(parent, "1c1")
+    child, _ = morph.morph_network(parent, morph.Preset.parse("1c1"))
     assert child.meta["normalization"] == parent.meta["normalization"]
     r = train.evaluate(child, "cifar10", DATA)
     assert r.samples == 10000

@@ -24,6 +24,7 @@ from netmorph_cli.calibrate import calibrate, uncalibrated_layers
 from netmorph_cli.errors import MorphError
 from netmorph_cli.morph import morph_at, morph_preset
 from netmorph_cli.network import Network
+from netmorph_cli.presets import Preset
 from netmorph_cli.spec import load_spec
 
 F64, STATS, FAR = 1e-10, 1e-12, 1e-2
@@ -73,7 +74,7 @@ def d_spec():
 
 @pytest.mark.parametrize("preset", ["1c1", "3c3", "1c1_2branch"])
 def test_calibrated_preset_is_exact_in_train_mode_on_its_batch_and_in_eval_mode(parent, preset):
-    child = morph_preset(parent, preset, seed=1)
+    child = morph_preset(parent, Preset.parse(preset), seed=1)
     x = images(24, seed=2)
     cal = calibrate(child, [x], dataset="test")
     assert rel(run(cal, x, train=True), run(parent, x, train=True)) <= F64
@@ -101,7 +102,7 @@ def test_statistics_are_the_average_batch_statistics_of_the_input(parent):
     """Over two batches, bn1 of a 1c1 branch holds the mean over batches of the per-channel
     batch mean and biased batch variance of conv1(block input), the block input taken from
     the parent in training mode."""
-    child = morph_preset(parent, "1c1", seed=0)
+    child = morph_preset(parent, Preset.parse("1c1"), seed=0)
     xs = [images(12, seed=6), images(12, seed=7)]
     cal = calibrate(child, xs, dataset="test")
     w = child.tensors["layer2.1.morph1.conv1.weight"]  # 1×1
@@ -124,7 +125,7 @@ def test_statistics_are_the_average_batch_statistics_of_the_input(parent):
 
 
 def test_history_records_the_calibration_and_inputs_are_untouched(parent):
-    child = morph_preset(parent, "1c1_half", seed=0)
+    child = morph_preset(parent, Preset.parse("1c1_half"), seed=0)
     before = {k: v.clone() for k, v in child.tensors.items()}
     new = child.history[-1]["new_bn"]
     assert uncalibrated_layers(child) == new and len(new) == 2 * 3  # blocks 1 of 3 stages
@@ -148,8 +149,8 @@ def test_every_morph_since_the_last_training_is_calibrated(parent):
     """1c1 then 3c3 without training: 3c3 adds no BN, but 1c1's new BN are still at (0, 1)
     and must be calibrated (each entry records its own layers); after a training entry the
     layers before it count as trained."""
-    child = morph_preset(parent, "1c1", seed=0)
-    grown = morph_preset(child, "3c3", seed=0)
+    child = morph_preset(parent, Preset.parse("1c1"), seed=0)
+    grown = morph_preset(child, Preset.parse("3c3"), seed=0)
     assert grown.history[-1]["new_bn"] == []  # kernels grown, no new layer
     first = child.history[-1]["new_bn"]
     assert first and uncalibrated_layers(grown) == first
@@ -178,7 +179,7 @@ def test_nothing_to_calibrate_is_an_error(parent, d_spec):
 
 
 def test_no_batch_and_a_layer_that_is_not_bn_are_errors(parent):
-    child = morph_preset(parent, "1c1", seed=0)
+    child = morph_preset(parent, Preset.parse("1c1"), seed=0)
     with pytest.raises(MorphError, match="0 batches"):
         calibrate(child, [], dataset="test")
     with pytest.raises(MorphError, match="not a BN layer"):

@@ -440,6 +440,78 @@ def test_download_of_a_missing_url_is_the_offline_error(tmp_path, http_server, m
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+class _Response:
+    """A urlopen response that sends ``body`` in chunks, then fails with ``error`` if given."""
+
+    def __init__(self, body: bytes, error: Exception | None = None):
+        self.parts = [body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]
+        self.error = error
+        self.headers = {"Content-Length": str(len(body) + (1 if error else 0))}
+
+    def read(self, n: int) -> bytes:
+        if self.parts:
+            return self.parts.pop(0)
+        if self.error is not None:
+            raise self.error
+        return b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_download_cut_off_midway_is_a_data_error_and_leaves_nothing(tmp_path, monkeypatch):
+    body = bytes(range(256)) * 8192  # 2 MiB: two chunks, then the connection drops
+    monkeypatch.setattr(data.urllib.request, "urlopen",
+                        lambda url, timeout: _Response(body, ConnectionResetError("reset")))
+    with pytest.raises(DataError, match=r"download of http://x/a.tar.gz failed: reset"):
+        data.fetch("http://x/a.tar.gz", tmp_path / "a.tar.gz", hashlib.md5(body).hexdigest())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_is_written_under_the_output_policy(tmp_path, monkeypatch):
+    """The bytes go through ``outputs.write_file``: a temp file beside the target, fsynced
+    before the rename, no ``.part`` or temp file left; a failing disk is a ``WriteError``
+    (exit 1), not a download error, and leaves nothing."""
+    from netmorph_cli import outputs
+    from netmorph_cli.errors import WriteError
+
+    body = b"archive bytes" * 1000
+    md5 = hashlib.md5(body).hexdigest()
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: _Response(body))
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(f"replace {Path(src).name} → {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "fsync", fsync)
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    dest = tmp_path / "a.tar.gz"
+    assert data.fetch("http://x/a.tar.gz", dest, md5) == dest
+    assert dest.read_bytes() == body and list(tmp_path.iterdir()) == [dest]
+    # the temp file fsynced, renamed onto the target, then the directory fsynced
+    assert [e.split(" ")[0] for e in events] == ["fsync", "replace", "fsync"], events
+    assert events[1].startswith("replace .a.tar.gz.") and events[1].endswith(".tmp → a.tar.gz")
+    monkeypatch.setattr(outputs.os, "replace", real_replace)
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", full)
+    other = tmp_path / "b.tar.gz"
+    with pytest.raises(WriteError, match="cannot write .*b.tar.gz.*No space left on device"):
+        data.fetch("http://x/b.tar.gz", other, md5)
+    assert sorted(tmp_path.iterdir()) == [dest]
+
+
 def test_unreachable_server_is_the_offline_error(tmp_path, monkeypatch):
     with socket.socket() as sock:  # bound, never listening: connections are refused
         sock.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netmorph_cli import checkpoint, zoo
-from netmorph_cli.errors import MorphError, SolverError
+from netmorph_cli.errors import MorphError, SolverError, VerificationError
 from netmorph_cli.feasibility import width_advice
 from netmorph_cli.flops import count_flops
 from netmorph_cli.morph import (
@@ -113,7 +113,8 @@ def test_parent_is_not_trivial(parent, x64):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_child_equals_parent(parent, x64, preset):
     p = Preset.parse(preset)
-    child = morph_network(parent, preset, dtype=torch.float64, seed=3)
+    child, report = morph_network(parent, p, dtype=torch.float64, seed=3)
+    assert report is not None and report.passed and report.samples == 4
     assert child.dtype == torch.float64
     y_parent = run(parent, x64, torch.float64)
     y_child, maps = run(child, x64, capture=("layer2.0.relu2", "layer2.1.add",
@@ -155,7 +156,7 @@ def test_preset_child_equals_parent(parent, x64, preset):
     assert [a for a, _ in entry["compare"]] == [f"{blk}.add" for blk in expected]
 
     # the float32 child (the parent's dtype) is exact to float32 rounding
-    child32 = morph_network(parent, preset, seed=3)
+    child32, _ = morph_network(parent, p, seed=3)
     assert child32.dtype == torch.float32
     x32 = x64.float()
     assert rel_err(run(child32, x32), run(parent, x32)) <= F32
@@ -188,8 +189,10 @@ def test_new_bn_is_exactly_identity_and_paper_bn_is_not():
 
 
 def test_paper_bn_child_is_close_but_not_exact(parent, x64):
-    exact = morph_network(parent, "1c1", dtype=torch.float64)
-    paper = morph_network(parent, "1c1", dtype=torch.float64, exact_bn=False)
+    exact, _ = morph_network(parent, Preset.parse("1c1"), dtype=torch.float64)
+    paper, report = morph_network(parent, Preset.parse("1c1"), dtype=torch.float64,
+                                  exact_bn=False)
+    assert report is None  # approximate by design: no check
     y = run(parent, x64, torch.float64)
     assert rel_err(run(exact, x64), y) <= F64
     err = rel_err(run(paper, x64), y)
@@ -201,7 +204,7 @@ def test_paper_bn_child_is_close_but_not_exact(parent, x64):
 
 def test_new_bn_in_a_child_is_bit_identical(parent, x64):
     for dtype in (torch.float32, torch.float64):
-        child = morph_preset(parent.to(dtype), "3c3")
+        child = morph_preset(parent.to(dtype), Preset.parse("3c3"))
         _, maps = run(child, x64, capture=("layer3.2.morph1.conv1", "layer3.2.morph1.bn1",
                                            "layer3.2.morph1.prelu", "layer3.2.morph1.conv2",
                                            "layer3.2.morph1.bn2"))
@@ -219,7 +222,7 @@ def test_prelu_all_is_bit_identical(parent, x64):
         assert pr.nodes["layer1.0.relu1"]["op"] == "prelu"
         assert torch.equal(pr.tensors["layer3.2.relu2.weight"], torch.zeros(64, dtype=dtype))
         assert torch.equal(run(pr, x64), run(net, x64))
-    child = morph_network(parent, "1c1", prelu=True, dtype=torch.float64)
+    child, _ = morph_network(parent, Preset.parse("1c1"), prelu=True, dtype=torch.float64)
     assert [h["op"] for h in child.history] == ["prelu_all", "preset"]
     assert rel_err(run(child, x64), run(parent, x64, torch.float64)) <= F64
     with pytest.raises(MorphError, match="no ReLU"):
@@ -233,10 +236,10 @@ def test_phases_stay_exact_and_cost_what_the_direct_preset_costs(parent64, x64, 
     net = parent64
     for i, preset in enumerate(phases):
         before = net
-        net = morph_preset(net, preset, seed=i)
+        net = morph_preset(net, Preset.parse(preset), seed=i)
         assert rel_err(run(net, x64), y) <= F64, preset
         assert count_flops(net.description) == count_flops(
-            morph_preset(parent64, preset).description), preset
+            morph_preset(parent64, Preset.parse(preset)).description), preset
         assert len(net.history) == i + 1
         if i and "layer1.1.morph1.conv1.weight" in before.tensors:
             # growing a kernel is zero padding: the old filter sits in the centre
@@ -250,17 +253,17 @@ def test_phases_stay_exact_and_cost_what_the_direct_preset_costs(parent64, x64, 
 
 
 def test_presets_never_shrink(parent64):
-    child = morph_preset(parent64, "3c3")
+    child = morph_preset(parent64, Preset.parse("3c3"))
     with pytest.raises(MorphError, match=r"already 3×3: presets only grow kernels"):
-        morph_preset(child, "1c1")
+        morph_preset(child, Preset.parse("1c1"))
     with pytest.raises(MorphError, match=r"already 3×3"):
-        morph_preset(child, "1c3")
+        morph_preset(child, Preset.parse("1c3"))
 
 
 def test_presets_refuse_networks_without_blocks():
     net = small_net()
     with pytest.raises(MorphError, match="no residual block"):
-        morph_preset(net, "1c1")
+        morph_preset(net, Preset.parse("1c1"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,7 +353,7 @@ def test_conv_bias_is_kept():
 
 
 def test_morphing_a_morphed_child(parent64, x64):
-    once = morph_preset(parent64, "1c1")
+    once = morph_preset(parent64, Preset.parse("1c1"))
     twice = morph_at(once, load_spec(MODULES / "A.json"), "layer3.1.morph1.conv1")
     assert rel_err(run(twice, x64[:2]), run(parent64, x64[:2])) <= F64
     assert [h["op"] for h in twice.history] == ["preset", "module"]
@@ -362,10 +365,10 @@ def test_a_preset_refuses_branches_whose_conv_a_module_replaced(parent64, preset
     """A preset grows its branches' plain convs; once a module replaced one (here
     layer1.1.morph1.conv1), the refusal names that layer and what to do instead of failing
     on a duplicate node name."""
-    once = morph_preset(parent64, "1c1")
+    once = morph_preset(parent64, Preset.parse("1c1"))
     twice = morph_at(once, load_spec(MODULES / "A.json"), "layer1.1.morph1.conv1")
     with pytest.raises(MorphError) as info:
-        morph_preset(twice, preset)
+        morph_preset(twice, Preset.parse(preset))
     msg = str(info.value)
     assert msg.startswith(f"preset {preset!r} cannot grow 'layer1.1.morph1.conv1': a module "
                           "morph replaced that conv")
@@ -377,10 +380,10 @@ def test_a_preset_after_a_module_at_a_block_conv_is_exact_and_named(parent64, x6
     records both, in order."""
     once = morph_at(parent64, load_spec(MODULES / "A.json"), "layer1.2.conv1", seed=1)
     assert once.description["arch"] == "resnet20+A@layer1.2.conv1"
-    twice = morph_preset(once, "1c1")
+    twice = morph_preset(once, Preset.parse("1c1"))
     assert twice.description["arch"] == "resnet20+A@layer1.2.conv1+1c1"
     assert rel_err(run(twice, x64[:2]), run(parent64, x64[:2])) <= F64
-    thrice = morph_preset(twice, "3c1")  # a grown preset keeps its place in the name
+    thrice = morph_preset(twice, Preset.parse("3c1"))  # a grown preset keeps its place
     assert thrice.description["arch"] == "resnet20+A@layer1.2.conv1+3c1"
 
 
@@ -420,8 +423,8 @@ def test_morph_at_passes_the_time_limit_and_progress(parent64, monkeypatch):
         morph_at(parent64, load_spec(MODULES / "D.json"), "layer1.1.conv1", max_seconds=1e-3)
     monkeypatch.setattr(budget, "PROGRESS_EVERY", 0.0)
     seen = []
-    morph_network(parent64, str(MODULES / "D.json"), at="layer1.1.conv1", progress=seen.append,
-                  max_sweeps=60, max_seconds=600)
+    morph_network(parent64, load_spec(MODULES / "D.json"), at="layer1.1.conv1",
+                  progress=seen.append, max_sweeps=60, max_seconds=600)
     assert seen and seen[-1].max_seconds == 600
 
 
@@ -469,7 +472,7 @@ def test_convs_with_any_zero_padding_morph_exactly(layer, name):
 
 
 def test_a_3c1_childs_unpadded_inner_conv_morphs_again(parent64, x64):
-    once = morph_preset(parent64, "3c1")
+    once = morph_preset(parent64, Preset.parse("3c1"))
     inner = once.nodes["layer3.1.morph1.conv1"]
     assert inner["kernel"] == [3, 3] and inner["padding"] == [0, 0]
     twice = morph_at(once, load_spec(MODULES / "C.json"), "layer3.1.morph1.conv1", seed=1)
@@ -520,7 +523,7 @@ def test_refuses_an_already_morphed_shortcut(parent64):
     child = morph_at(parent64, load_spec(MODULES / "resnet.json"), "layer1.1.shortcut")
     with pytest.raises(MorphError, match="no identity edge left"):
         morph_at(child, load_spec(MODULES / "A.json"), "layer1.1.shortcut")
-    two = morph_preset(parent64, "1c1_2branch")
+    two = morph_preset(parent64, Preset.parse("1c1_2branch"))
     with pytest.raises(MorphError, match="not an identity shortcut"):
         morph_at(two, load_spec(MODULES / "A.json"), "layer1.1.shortcut")
 
@@ -539,11 +542,33 @@ def test_refuses_spec_names_with_dots(parent64, edges):
 
 def test_morph_network_argument_errors(parent):
     with pytest.raises(MorphError, match="needs --at"):
-        morph_network(parent, str(MODULES / "A.json"))
-    with pytest.raises(MorphError, match="--at applies to spec files"):
-        morph_network(parent, "1c1", at="layer1.1.conv1")
+        morph_network(parent, load_spec(MODULES / "A.json"))
+    with pytest.raises(MorphError, match="--at applies to spec files; preset '1c1' places"):
+        morph_network(parent, Preset.parse("1c1"), at="layer1.1.conv1")
     with pytest.raises(MorphError, match="unknown preset 'bogus'"):
-        morph_network(parent, "bogus")
+        Preset.parse("bogus")
+
+
+def test_morph_network_takes_objects_and_refuses_a_child_that_fails_its_check(parent,
+                                                                              monkeypatch):
+    with pytest.raises(TypeError, match=r"Preset.parse\(name\)"):
+        morph_network(parent, "1c1")  # type: ignore[arg-type]  # names are the CLI's job
+    from netmorph_cli import morph
+
+    real = morph.morph_preset
+
+    def broken(*args, **kwargs):  # a morph whose child is off by 1% in one branch
+        child = real(*args, **kwargs)
+        key = "layer3.2.morph1.conv2.weight"
+        child.tensors[key] = child.tensors[key] * 1.01
+        return child
+
+    monkeypatch.setattr(morph, "morph_preset", broken)
+    with pytest.raises(VerificationError, match="does not reproduce the parent") as info:
+        morph_network(parent, Preset.parse("1c1"))
+    assert info.value.exit_code == 1  # a failed check, not bad input
+    child, report = morph_network(parent, Preset.parse("1c1"), check=False)
+    assert report is None and child.history[-1]["preset"] == "1c1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,7 +621,7 @@ def test_naive_realization_breaks_at_the_border_netmorph_does_not(parent64, x64)
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_child_is_rebuilt_from_its_checkpoint(parent, x64, tmp_path, suffix):
-    child = morph_network(parent, "3c3_2branch_half", prelu=True)
+    child, _ = morph_network(parent, Preset.parse("3c3_2branch_half"), prelu=True)
     child = morph_at(child, load_spec(MODULES / "C.json"), "layer3.1.conv2")
     path = tmp_path / f"child{suffix}"
     checkpoint.save(child, path)

@@ -20,6 +20,7 @@ import torch
 
 from netmorph_cli import zoo
 from netmorph_cli.morph import morph_network
+from netmorph_cli.presets import Preset
 from netmorph_cli.solve import conditioning
 from netmorph_cli.verify import verify
 
@@ -48,7 +49,7 @@ def new_factors(parent, child):
 
 
 def check(parent, preset: str, seed: int) -> None:
-    child = morph_network(parent, preset, seed=seed)
+    child, _ = morph_network(parent, Preset.parse(preset), seed=seed)
     report = verify(parent, child, dtype=torch.float32, samples=16, seed=seed)
     assert report.passed and report.max_rel_err <= F32, (preset, seed, report.max_rel_err)
     factors = new_factors(parent, child)
@@ -80,7 +81,7 @@ def test_presets_pass_float32_with_well_conditioned_factors(depth, preset, seeds
 
 def test_factor_condition_does_not_grow_with_width():
     """ResNet-18's 512-channel stage: the worst factor stays under COND."""
-    child = morph_network(zoo.create("resnet18"), "1c1_half", seed=0)
+    child, _ = morph_network(zoo.create("resnet18"), Preset.parse("1c1_half"), seed=0)
     assert child.history[-1]["condition"] <= COND
 
 

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from netmorph_cli import checkpoint, data, morph, zoo
 from netmorph_cli.cli import main
@@ -160,9 +161,9 @@ def test_architecture_records():
 # -- presets ----------------------------------------------------------------------------
 
 def test_preset_records():
-    assert list(morph.PRESETS) == ["1c1", "3c1", "3c3", "1c1_half", "1c1_2branch"]
+    assert list(morph.PRESETS) == ["1c1", "3c1", "3c3", "1c1_half", "1c1_2branch", "1c3"]
     for name, p in morph.PRESETS.items():
-        assert p.name == name and morph.Preset.parse(name)  # every paper preset parses
+        assert p.name == name and morph.Preset.parse(name).name == name  # every one parses
         assert all(n.startswith("morph") and n.endswith(f"_{name}") for n in p.networks)
     assert morph.PRESET_RE.pattern == r"^(\d+)c(\d+)(_2branch)?(_half)?$"
 
@@ -170,15 +171,41 @@ def test_preset_records():
 def test_module_help_and_errors_list_the_presets(capsys, monkeypatch):
     code, out, _ = run_main(capsys, "morph", "--help")
     assert code == 0
-    assert "A preset (1c1, 3c1, 3c3, with _2branch and/or _half) or a SPEC.json." in words(out)
+    assert ("A preset (1c1, 3c1, 3c3, 1c3, with _2branch and/or _half) or a SPEC.json."
+            in words(out))
     with pytest.raises(MorphError, match=r"use KcJ\[_2branch\]\[_half\] with odd K and J, "
-                                         r"e\.g\. 1c1, 3c1, 3c3, 1c1_half, 1c1_2branch$"):
+                                         r"e\.g\. 1c1, 3c1, 3c3, 1c1_half, 1c1_2branch, 1c3$"):
         morph.Preset.parse("2c1")
-    monkeypatch.setitem(morph.PRESETS, "5c5", morph.PaperPreset("5c5", "5×5 then 5×5", ()))
+    monkeypatch.setitem(morph.PRESETS, "5c5", morph.NamedPreset("5c5", "5×5 then 5×5"))
     _, out, _ = run_main(capsys, "morph", "--help")
-    assert "A preset (1c1, 3c1, 3c3, 5c5, with _2branch" in words(out)
-    with pytest.raises(MorphError, match="1c1_2branch, 5c5$"):
+    assert "A preset (1c1, 3c1, 3c3, 1c3, 5c5, with _2branch" in words(out)
+    with pytest.raises(MorphError, match="1c1_2branch, 1c3, 5c5$"):
         morph.Preset.parse("2c1")
+
+
+def test_a_new_preset_is_one_entry_and_morphs_exactly(capsys):
+    """1c3 (a 1×1 conv, then a 3×3 conv on the branch) is one ``NamedPreset`` entry: it is
+    offered by --module's help (above), and the engine places, solves and names it like
+    any preset. Exact: float64 verify ≤ 1e-10, at the logits and at every morphed join."""
+    from netmorph_cli.verify import verify
+
+    assert morph.Preset.parse("1c3") == morph.Preset(1, 3, 1, False)
+    parent = zoo.create("resnet20", seed=3).to(torch.float64)
+    child, check = morph.morph_network(parent, morph.Preset.parse("1c3"), seed=1)
+    assert check is not None and check.passed and check.dtype == "float64"
+    report = verify(parent, child, dtype=torch.float64, samples=16)
+    assert report.passed and report.max_rel_err <= 1e-10
+    assert [s.child_node for s in report.sites] == [
+        f"layer{s}.{i}.add" for s in (1, 2, 3) for i in (1, 2)]
+    assert all(s.max_rel_err <= 1e-10 for s in report.sites)
+    nodes = child.nodes
+    assert nodes["layer2.1.morph1.conv1"]["kernel"] == [1, 1]
+    assert nodes["layer2.1.morph1.conv2"]["kernel"] == [3, 3]
+    assert nodes["layer2.1.morph1.pad"]["pad"] == [1, 1]  # the 3×3 conv's margin, once
+    assert child.description["arch"] == "resnet20+1c3"
+    assert child.history[-1]["preset"] == "1c3" and child.history[-1]["residual"] <= 1e-12
+    code, out, _ = run_main(capsys, "morph", "--help")
+    assert code == 0 and "1c3" in words(out)
 
 
 # -- the CLI starts without the library ---------------------------------------------------

@@ -17,6 +17,7 @@ from netmorph_cli import checkpoint as ck
 from netmorph_cli import results, zoo
 from netmorph_cli.errors import DataError
 from netmorph_cli.morph import morph_network
+from netmorph_cli.presets import Preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,8 +38,8 @@ def lineage(tmp_path_factory):
     """resnet20 trained 3 epochs → 1c1 → 2 epochs → 3c1 → 1 epoch, each stage saved."""
     d = tmp_path_factory.mktemp("runs")
     parent = trained(zoo.create("resnet20", seed=0), [0.5, 0.4, 0.3])
-    child = trained(morph_network(parent, "1c1", seed=0), [0.25, 0.2])
-    grand = trained(morph_network(child, "3c1", seed=0), [0.15])
+    child = trained(morph_network(parent, Preset.parse("1c1"), seed=0)[0], [0.25, 0.2])
+    grand = trained(morph_network(child, Preset.parse("3c1"), seed=0)[0], [0.15])
     paths = {}
     for name, net in (("parent", parent), ("child", child), ("grand", grand)):
         paths[name] = d / f"{name}.safetensors"
@@ -78,7 +79,8 @@ def test_two_phase_run_lists_its_intermediate_phase(lineage):
 
 
 def test_morph_before_any_training_is_a_phase_but_not_a_point(tmp_path):
-    net = trained(morph_network(zoo.create("resnet20", seed=0), "1c1_half"), [0.3, 0.2])
+    net = trained(morph_network(zoo.create("resnet20", seed=0), Preset.parse("1c1_half"))[0],
+                  [0.3, 0.2])
     ck.save(net, tmp_path / "m.safetensors")
     run = results.load_run(tmp_path / "m.safetensors")
     assert run.name == "morph20_1c1_half"

@@ -33,6 +33,7 @@ from netmorph_cli.algebra import (
     prefix_filters,
     resize,
     suffix_filters,
+    support,
 )
 from netmorph_cli.budget import SolveProgress, solve_memory
 from netmorph_cli.errors import InfeasibleError, ResourceLimitError, SolverTimeout
@@ -372,6 +373,44 @@ def test_morph_filter_refuses_a_too_small_effective_kernel():
                                    Edge("F2", "a", "t", (1, 3)))).check()
     with pytest.raises(InfeasibleError, match="effective kernel 1×3 is smaller"):
         morph_filter(rng(1).filter(4, 4, (3, 3)), graph)
+
+
+# module B with a 5×5 first edge: the reduction splits G̃ (7×7) by TYPE-II off the 3×3 skip
+# F3, then by TYPE-I with identity padding, which leaves F1 a 3×3 filter in a zero ring
+B5_EDGES = [("F1", "s", "a", 5), ("F2", "a", "t", 3), ("F3", "s", "t", 3)]
+
+
+def test_algorithm2_fills_the_kernel_the_reduction_leaves_zero():
+    graph = spec("B5", B5_EDGES)
+    g = rng(1).filter(8, 8, (3, 3))
+    auto = morph_filter(g, graph, seed=0)
+    assert support(auto.filters["F1"]) == (3, 3) and auto.sweeps == 0
+    whole = morph_filter(g, graph, seed=0, method="algorithm2")
+    assert set(whole.methods.values()) == {"algorithm-2"} and whole.sweeps >= 1
+    assert all(support(whole.filters[e.name]) == e.kernel for e in graph.edges)
+    ring = whole.filters["F1"].clone()
+    ring[..., 1:4, 1:4] = 0
+    assert float(torch.linalg.vector_norm(ring)) > 0.1 * float(
+        torch.linalg.vector_norm(whole.filters["F1"]))  # live, not rounding noise
+    assert whole.residual <= ITER_F64
+    assert_conv_exact(graph, whole.filters, g)
+    # auto took the reduction route without its fallback: the same filters as "reduce"
+    red = morph_filter(g, graph, seed=0, method="reduce")
+    assert all(torch.equal(auto.filters[k], red.filters[k]) for k in auto.filters)
+
+
+def test_solve_random_passes_the_method_on():
+    graph = spec("B5", B5_EDGES)
+    default = solve_random(graph, channels=8, seed=2)
+    auto = solve_random(graph, channels=8, seed=2, method="auto")
+    assert all(torch.equal(default.filters[k], auto.filters[k]) for k in default.filters)
+    assert default.methods == auto.methods and default.residual == auto.residual
+    whole = solve_random(graph, channels=8, seed=2, method="algorithm2")
+    assert set(whole.methods.values()) == {"algorithm-2"} and whole.residual <= ITER_F64
+    assert support(whole.filters["F1"]) == (5, 5)
+    with pytest.raises(ValueError, match="unknown method 'magic' \\(one of auto, algorithm2, "
+                                         "reduce\\)"):
+        solve_random(graph, channels=8, method="magic")
 
 
 @pytest.mark.parametrize("name", ["D", "C"])

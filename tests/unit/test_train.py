@@ -208,7 +208,7 @@ def test_imported_normalization_is_used_and_kept(tmp_path, small):
 
 def test_a_morphed_child_trains(tmp_path, small):
     parent = zoo.create("resnet20")
-    child = morph.morph_network(parent, "1c1")
+    child, _ = morph.morph_network(parent, morph.Preset.parse("1c1"))
     trained, history = train.train(child, config(epochs=1), tmp_path / "child.safetensors",
                                    dataset=small)
     assert trained.description == child.description

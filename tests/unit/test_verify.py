@@ -15,6 +15,7 @@ from netmorph_cli import zoo
 from netmorph_cli.errors import VerificationError
 from netmorph_cli.morph import morph_network
 from netmorph_cli.network import Network
+from netmorph_cli.presets import Preset
 from netmorph_cli.verify import DEFAULT_TOL, compare_pairs, verify
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +28,7 @@ def parent() -> Network:
 
 @pytest.fixture(scope="module")
 def child(parent) -> Network:
-    return morph_network(parent, "1c1", dtype=torch.float64)
+    return morph_network(parent, Preset.parse("1c1"), dtype=torch.float64)[0]
 
 
 def perturbed(net: Network, key: str, delta: float) -> Network:
@@ -73,7 +74,7 @@ def test_perturbed_child_fails_and_the_site_errors_point_at_the_module(parent, c
 def test_a_change_below_float32_precision_passes_in_float32_only(parent):
     # a float32 child carries float32-rounded filters: exact to 1e-5 in float32, but far
     # from the 1e-10 that float64 demands
-    child32 = morph_network(parent, "3c3")
+    child32, _ = morph_network(parent, Preset.parse("3c3"))
     r32 = verify(parent, child32, dtype=torch.float32, samples=8)
     assert r32.passed and r32.tolerance == DEFAULT_TOL[torch.float32] == 1e-5
     r64 = verify(parent, child32, dtype=torch.float64, samples=8)
@@ -84,7 +85,7 @@ def test_a_change_below_float32_precision_passes_in_float32_only(parent):
 
 
 def test_paper_bn_child_fails_in_float64(parent):
-    paper = morph_network(parent, "1c1", dtype=torch.float64, exact_bn=False)
+    paper, _ = morph_network(parent, Preset.parse("1c1"), dtype=torch.float64, exact_bn=False)
     r = verify(parent, paper, samples=8)
     assert not r.passed and r.max_rel_err > 1e-9
 
