@@ -141,16 +141,10 @@ def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dt
                               max_sweeps=max_sweeps, max_memory=_gib(max_memory),
                               progress=_solve_progress)
     if as_json:
-        gc.disable()  # ~10⁶ small objects: the collector's rescans cost more than the build
-        try:
-            out = plan.to_json()
-            if result is not None:
-                out["solve"] = {"channels": channels, "kernel": kernel, "dtype": dtype,
-                                "device": device, "seed": seed, "method": method,
-                                **result.to_json()}
-            _emit_json(out, pretty=pretty)
-        finally:
-            gc.enable()
+        solved = None if result is None else {
+            "channels": channels, "kernel": kernel, "dtype": dtype, "device": device,
+            "seed": seed, "method": method, **result.to_json()}
+        _reduce_json(plan, solved, pretty)
         return
     from .report import reduction_report, solve_report
 
@@ -158,6 +152,17 @@ def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dt
     console.print(reduction_report(plan))
     if result is not None:
         console.print(solve_report(result, channels, kernel, dtype, device))
+
+
+def _reduce_json(plan: Any, solved: dict[str, Any] | None, pretty: bool) -> None:
+    gc.disable()  # ~10⁶ small objects: the collector's rescans cost more than the build
+    try:
+        out = plan.to_json()
+        if solved is not None:
+            out["solve"] = solved
+        _emit_json(out, pretty=pretty)
+    finally:
+        gc.enable()
 
 
 # -- choices and help texts from the library's registries ---------------------------------
