@@ -21,48 +21,32 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from .errors import MorphError
+from .history import Calibration, MorphRecord, Record, TrainRecord, parse_history
 from .network import Network
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """What a calibration did, as recorded in the morph's history entry."""
-
-    dataset: str
-    batches: int
-    batch_size: int
-    seed: int
-    layers: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"method": "train-mode batch statistics (eq. 9 with the data's mean and "
-                          "variance)", "dataset": self.dataset, "batches": self.batches,
-                "batch_size": self.batch_size, "images": self.batches * self.batch_size,
-                "seed": self.seed, "layers": list(self.layers)}
 
 
 def uncalibrated_layers(net: Network) -> list[str]:
     """New BN layers of the morphs since the last training that no calibration has set yet
     (a child morphed twice before training has both morphs' layers; training sets them)."""
     nodes = net.nodes
-    return [name for entry in _pending(net.history) for name in entry["new_bn"]
+    return [name for _, entry in _pending(parse_history(net.history)) for name in entry.new_bn
             if nodes.get(name, {}).get("op") == "bn"]
 
 
-def _pending(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """History entries after the last training whose new BN layers are uncalibrated."""
-    entries: list[dict[str, Any]] = []
-    for entry in reversed(history):
-        if entry.get("op") == "train":
+def _pending(history: list[Record]) -> list[tuple[int, MorphRecord]]:
+    """The morphs after the last training whose new BN layers are uncalibrated, with their
+    places in the history."""
+    entries: list[tuple[int, MorphRecord]] = []
+    for i in reversed(range(len(history))):
+        entry = history[i]
+        if isinstance(entry, TrainRecord):
             break
-        if entry.get("new_bn") and not entry.get("calibration"):
-            entries.insert(0, entry)
+        if isinstance(entry, MorphRecord) and entry.new_bn and not entry.calibration:
+            entries.insert(0, (i, entry))
     return entries
 
 
@@ -117,9 +101,10 @@ def calibrate(net: Network, batches: Iterable[torch.Tensor], *, dataset: str, se
             tensors[f"{name}.{k}"] = v.to(net.tensors[f"{name}.{k}"].dtype).contiguous()
     history = copy.deepcopy(net.history)
     if layers is None:  # each morph's entry records the calibration of its own layers
-        for entry in _pending(history):
-            mine = tuple(n for n in names if n in entry["new_bn"])
-            entry["calibration"] = Calibration(dataset, count, size, seed, mine).to_json()
+        for i, entry in _pending(parse_history(history)):
+            mine = tuple(n for n in names if n in entry.new_bn)
+            cal = Calibration.measured(dataset, count, size, seed, mine)
+            history[i] = entry.with_(calibration=cal).to_json()
     return Network(copy.deepcopy(net.description), tensors, history,
                    copy.deepcopy(net.meta)).check()
 

@@ -421,22 +421,23 @@ def _calibration_images(net: Any, dataset: str | None, data_dir: str | None, bat
 def _show_morph(out: str, sha: str, child: Any, report: Any, as_json: bool) -> None:
     """What ``morph`` prints: one JSON object, or the morph, calibration and check lines."""
     from .flops import count_flops, format_flops
+    from .history import MorphRecord
 
-    entry, parent = child.history[-1], child.meta["parent"]
+    entry, parent = MorphRecord.from_json(child.history[-1]), child.meta["parent"]
     f0, f1 = parent["flops"], count_flops(child.description)
     if as_json:
         _emit_json({"output": out, "sha256": sha, "arch": child.description["arch"],
-                    "flops": f1, "parent_flops": f0, "morph": entry,
+                    "flops": f1, "parent_flops": f0, "morph": entry.to_json(),
                     "check": report.to_json() if report else None})
         return
-    where = entry.get("at") or f"{len(entry.get('blocks', []))} blocks"
+    where = entry.at or f"{len(entry.blocks or ())} blocks"
     click.echo(f"morphed {parent['arch']} → {child.description['arch']} at {where}: "
-               f"solver residual {entry['residual']:.2e}, FLOPs {format_flops(f0)} → "
+               f"solver residual {entry.residual:.2e}, FLOPs {format_flops(f0)} → "
                f"{format_flops(f1)} ({f1 / f0:.2f}×)")
-    cal = entry.get("calibration")
+    cal = entry.calibration
     if cal:
-        click.echo(f"calibrated {len(cal['layers'])} new BN layers on {cal['images']} "
-                   f"{cal['dataset']} training images (train-mode batch statistics)")
+        click.echo(f"calibrated {len(cal.layers)} new BN layers on {cal.images} "
+                   f"{cal.dataset} training images (train-mode batch statistics)")
     if report:
         click.echo(f"check: {report.samples} random inputs in {report.dtype}, max relative "
                    f"error {report.max_rel_err:.2e}")
@@ -727,9 +728,12 @@ def _save_trained(trained: Any, out: str, ckpt: str, force: bool) -> str:
 
 def _train_summary(trained: Any, history: list[Any], *, calibrated: int) -> None:
     if calibrated:
-        cal = next(h["calibration"] for h in reversed(trained.history) if h.get("calibration"))
-        click.echo(f"calibrated {calibrated} new BN layers on {cal['images']} "
-                   f"{cal['dataset']} training images before the first step")
+        from .history import MorphRecord, parse_history
+
+        cal = next(h.calibration for h in reversed(parse_history(trained.history))
+                   if isinstance(h, MorphRecord) and h.calibration)
+        click.echo(f"calibrated {calibrated} new BN layers on {cal.images} "
+                   f"{cal.dataset} training images before the first step")
     last = history[-1]
     click.echo(f"trained {len(history)} epochs: test error {100 * last.test_error:.2f}%, "
                f"train loss {last.train_loss:.4f}, {last.images_per_s:,.0f} images/s")

@@ -27,6 +27,7 @@ import torch
 
 from .errors import MorphError
 from .graph import ModuleGraph
+from .history import MorphRecord
 from .network import Network, as_pair, node, validate_description
 from .presets import BlobLayers
 from .rng import SeededRng
@@ -99,20 +100,20 @@ class Edit:
             raise MorphError(f"module node {clash[0]!r} already exists in the network")
         return wire(self.desc, site, nodes, out), result, out
 
-    def finish(self, entry: dict[str, Any]) -> Network:
+    def finish(self, entry: MorphRecord) -> Network:
         return finish(self.net, self.desc, self.tensors, entry)
 
 
 def finish(net: Network, desc: dict[str, Any], tensors: dict[str, torch.Tensor],
-           entry: dict[str, Any]) -> Network:
+           entry: MorphRecord) -> Network:
     """The checked child of ``net``: ``desc`` and ``tensors``, ``entry`` in its history."""
     validate_description(desc)
     old = net.nodes
     # BN layers this morph added: identity in eval mode on (mean 0, var 1) until
     # ``calibrate`` sets them from data for training mode
-    entry["new_bn"] = [n["name"] for n in desc["nodes"]
-                       if n["op"] == "bn" and n["name"] not in old]
-    child = Network(desc, tensors, [*net.history, entry], dict(net.meta))
+    entry = entry.with_(new_bn=tuple(n["name"] for n in desc["nodes"]
+                                     if n["op"] == "bn" and n["name"] not in old))
+    child = Network(desc, tensors, [*net.history, entry.to_json()], dict(net.meta))
     return child.check()
 
 

@@ -31,6 +31,7 @@ from .budget import ProgressFn
 from .errors import MorphError
 from .flops import count_flops
 from .graph import ModuleGraph
+from .history import MorphRecord
 from .insertion import Edit, Site, finish, identity_bn, index_of, put, site_at
 from .network import Network, node, validate_description
 from .presets import BRANCH, PRESET_RE, PRESET_SUFFIXES, PRESETS, BlobLayers, NamedPreset, Preset
@@ -116,9 +117,10 @@ def morph_preset(net: Network, preset: Preset, *, seed: int = 0, exact_bn: bool 
         for b in new:  # each takes its share of what is left of the identity
             _, result, _ = edit.insert(site, spec, f"{block}.morph{b}", preset.layers)
             worst, cond = max(worst, result.residual), max(cond, *result.conditioning.values())
-    entry = {"op": "preset", "preset": preset.name, "seed": seed, "residual": worst,
-             "condition": cond, "blocks": blocks,
-             "compare": [[f"{b}.add", f"{b}.add"] for b in blocks], "exact_bn": exact_bn}
+    entry = MorphRecord.of(op="preset", preset=preset.name, seed=seed, residual=worst,
+                           condition=cond, blocks=tuple(blocks),
+                           compare=tuple((f"{b}.add", f"{b}.add") for b in blocks),
+                           exact_bn=exact_bn)
     edit.desc["arch"] = arch_name(edit.desc["arch"], preset=preset.name)
     return edit.finish(entry)
 
@@ -195,8 +197,8 @@ def prelu_all(net: Network) -> Network:
             replaced.append(n["name"])
     if not replaced:
         raise MorphError("the network has no ReLU to replace")
-    entry = {"op": "prelu_all", "replaced": len(replaced), "residual": 0.0,
-             "compare": [[desc["output"], desc["output"]]]}
+    entry = MorphRecord.of(op="prelu_all", replaced=len(replaced), residual=0.0,
+                           compare=((desc["output"], desc["output"]),))
     return finish(net, desc, tensors, entry)
 
 
@@ -224,11 +226,12 @@ def morph_at(net: Network, spec: ModuleGraph, layer: str, *, seed: int = 0, bn: 
                                              progress), drop=f"{layer}.")
     compare, result, out = edit.insert(site, spec, layer, BlobLayers(bn=bn, act=act),
                                        inner_width)
-    entry = {"op": "module", "module": spec.name or "module", "spec": spec.to_spec(),
-             "at": layer, "seed": seed, "residual": result.residual,
-             "condition": max(result.conditioning.values()), "sweeps": result.sweeps,
-             "methods": result.methods, "output": out, "compare": [compare],
-             "exact_bn": exact_bn, "bn": bn, "act": act}
+    entry = MorphRecord.of(op="module", module=spec.name or "module", spec=spec.to_spec(),
+                           at=layer, seed=seed, residual=result.residual,
+                           condition=max(result.conditioning.values()), sweeps=result.sweeps,
+                           methods=result.methods, output=out,
+                           compare=((compare[0], compare[1]),),
+                           exact_bn=exact_bn, bn=bn, act=act)
     edit.desc["arch"] = arch_name(edit.desc["arch"], module=spec.name or "module", at=layer)
     return edit.finish(entry)
 

@@ -13,7 +13,7 @@ initialization) are records of the op table in ``ops.py``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import NetworkError
+from .history import parse_history
 from .limits import MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_MAP_SIDE, MAX_WIDTH
 from .ops import OPS, count, finite, param_shapes, short
 from .ops import as_pair as as_pair  # re-exported: morph.py builds nodes with it
@@ -250,63 +251,11 @@ def state_of(module: nn.Module) -> dict[str, torch.Tensor]:
 
 # -- history and metadata: what readers of a checkpoint rely on -----------------------------
 
-def _strings(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(s, str) for s in v)
-
-
-def _pairs(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 and _strings(p)
-                                       for p in v)
-
-
-def _epochs(v: Any) -> bool:
-    return isinstance(v, list) and all(
-        isinstance(m, dict) and all(type(m.get(k)) in (int, float)
-                                    for k in ("test_error", "train_error")) for m in v)
-
-
-def _num(v: Any) -> bool:
-    return type(v) in (int, float)
-
-
-# history-entry field → (check, what it must be); other fields are kept unchecked
-_ENTRY_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **dict.fromkeys(("op", "preset", "module", "act", "output"),
-                    (lambda v: isinstance(v, str), "a string")),
-    **dict.fromkeys(("at", "dataset"), (lambda v: v is None or isinstance(v, str),
-                                        "a string or null")),
-    **dict.fromkeys(("sweeps", "replaced", "epochs_run", "world_size"),
-                    (lambda v: type(v) is int, "an integer")),
-    "seed": (lambda v: v is None or type(v) is int, "an integer or null"),
-    **dict.fromkeys(("residual", "condition", "test_error", "seconds"),
-                    (lambda v: v is None or _num(v), "a number or null")),
-    **dict.fromkeys(("exact_bn", "bn"), (lambda v: type(v) is bool, "true or false")),
-    **dict.fromkeys(("blocks", "new_bn"), (_strings, "a list of strings")),
-    "compare": (_pairs, "a list of [parent node, child node] pairs"),
-    "metrics": (_epochs, "a list of epoch records with numeric 'test_error' and "
-                         "'train_error'"),
-    **dict.fromkeys(("config", "spec", "methods"), (lambda v: isinstance(v, dict),
-                                                   "an object")),
-    "calibration": (lambda v: isinstance(v, dict) and isinstance(v.get("dataset"), str)
-                    and type(v.get("images")) is int and _strings(v.get("layers")),
-                    "an object with 'dataset' (a string), 'images' (an integer) and "
-                    "'layers' (a list of strings)"),
-}
-
-
 def validate_history(history: Any) -> None:
     """The morph history: a list of objects whose known fields have the types ``info``,
     ``report``, ``verify``, ``calibrate`` and ``train`` read (``NetworkError`` naming the
-    entry and the field)."""
-    if not isinstance(history, list):
-        raise NetworkError(f"the history must be a list of entries, got {_kind(history)}")
-    for i, entry in enumerate(history, 1):
-        if not isinstance(entry, dict):
-            raise NetworkError(f"history entry #{i} must be an object, got {_kind(entry)}")
-        for key, (ok, what) in _ENTRY_FIELDS.items():
-            if key in entry and not ok(entry[key]):
-                raise NetworkError(f"history entry #{i}: {key!r} must be {what}, "
-                                   f"not {short(entry[key])}")
+    entry and the field): what ``history.parse_history`` needs to make its records."""
+    parse_history(history)
 
 
 def validate_meta(meta: Any, channels: int) -> None:

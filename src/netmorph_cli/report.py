@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .graph import Kernel
+from .history import Record, TrainRecord, UnknownRecord, parse_history
 from .reduce import ReductionPlan
 from .solve import SolveResult
 from .verify import TrainModeReport, VerifyReport
@@ -151,26 +152,8 @@ def info_report(s: dict[str, Any]) -> Group:
         table = Table()
         for col in ("#", "step", "where", "seed", "residual / result"):
             table.add_column(col)
-        for i, h in enumerate(s["history"], 1):
-            if h.get("op") == "train":
-                err = h.get("test_error")
-                table.add_row(str(i), f"train {h.get('epochs_run')} epochs",
-                              str(h.get("dataset")), str(h.get("config", {}).get("seed", "")),
-                              f"test error {100 * err:.2f}%" if err is not None else "")
-                continue
-            what = h.get("preset") or h.get("module") or h.get("op")
-            where = h.get("at") or (f"{len(h['blocks'])} blocks" if "blocks" in h else "all")
-            res = h.get("residual")
-            result = f"{res:.2e}" if isinstance(res, float) else ""
-            cond = h.get("condition")
-            if isinstance(cond, float) and cond > 0:
-                result += f", cond {cond:.3g}"
-            cal = h.get("calibration")
-            if isinstance(cal, dict):
-                result += f", BN calibrated on {cal.get('images')} {cal.get('dataset')} images"
-            elif h.get("new_bn"):
-                result += f", {len(h['new_bn'])} new BN uncalibrated"
-            table.add_row(str(i), str(what), str(where), str(h.get("seed", "")), result)
+        for i, h in enumerate(parse_history(s["history"]), 1):
+            table.add_row(str(i), *_history_row(h))
         lines.append(Text("morph history:", style="bold"))
         lines.append(table)
     else:
@@ -243,6 +226,29 @@ class TrainProgress:
                 f"train error {100 * stats.train_error:.2f}%, test error "
                 f"{100 * stats.test_error:.2f}%, lr {stats.lr:.4g}, "
                 f"{stats.images_per_s:,.0f} img/s, {stats.seconds:.1f} s")
+
+
+def _history_row(h: Record) -> tuple[str, str, str, str]:
+    """A history entry as the info table's step, where, seed and result columns."""
+    if isinstance(h, TrainRecord):
+        err = h.test_error
+        return (f"train {h.epochs_run} epochs", str(h.dataset),
+                str((h.config or {}).get("seed", "")),
+                f"test error {100 * err:.2f}%" if err is not None else "")
+    if isinstance(h, UnknownRecord):  # a step of a netmorph this one does not know
+        d = h.data
+        return (str(h.op or "unknown step"), str(d.get("at") or ""), str(d.get("seed", "")),
+                "")
+    where = h.at or (f"{len(h.blocks)} blocks" if h.blocks is not None else "all")
+    result = f"{h.residual:.2e}" if isinstance(h.residual, float) else ""
+    if isinstance(h.condition, float) and h.condition > 0:
+        result += f", cond {h.condition:.3g}"
+    cal = h.calibration
+    if cal is not None:
+        result += f", BN calibrated on {cal.images} {cal.dataset} images"
+    elif h.new_bn:
+        result += f", {len(h.new_bn)} new BN uncalibrated"
+    return h.name, str(where), str(h.seed) if "seed" in h.keys else "", result
 
 
 def results_table(rows: list[dict[str, Any]]) -> Table:

@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import DataError
 from .flops import count_flops
+from .history import MorphRecord, TrainRecord, parse_history
 from .outputs import check_outputs, write_file
 
 
@@ -60,15 +61,15 @@ def load_run(path: str | Path) -> Run:
     morphs: list[tuple[int, str]] = []
     archs: list[str] = []
     dataset = None
-    for h in net.history:
-        if h.get("op") == "train":
-            dataset = h.get("dataset")
-            for m in h.get("metrics", []):
+    for h in parse_history(net.history):
+        if isinstance(h, TrainRecord):
+            dataset = h.dataset
+            for m in h.metrics:
                 epochs.append(len(epochs) + 1)
                 test.append(m["test_error"])
                 train.append(m["train_error"])
-        elif h.get("op") in ("preset", "module"):
-            what = h.get("preset") or h.get("module") or "module"
+        elif isinstance(h, MorphRecord) and h.op in ("preset", "module"):
+            what = h.preset or h.module or "module"
             if epochs:
                 morphs.append((len(epochs), what))
             archs.append(what)

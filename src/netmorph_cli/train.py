@@ -40,6 +40,7 @@ from .evaluation import (
     top1_error,
     training_batches,
 )
+from .history import TrainRecord
 from .network import Network, state_of
 from .outputs import append_line, exclusive, sha256, write_text
 from .recipes import RECIPES, SCHEDULES, EpochStats, TrainConfig, config_json, recipe_config
@@ -296,12 +297,12 @@ class _Run:
         trained.meta["normalization"] = {"mean": list(self.data.mean),
                                          "std": list(self.data.std)}
         final = history[-1] if history else None
-        trained.history.append({
-            "op": "train", "dataset": self.data.name, "config": config_json(self.cfg),
-            "epochs_run": len(history), "world_size": self.dist.world,
-            "test_error": final.test_error if final else None,
-            "seconds": sum(h.seconds for h in history),
-            "metrics": [h.to_json() for h in history]})
+        trained.history.append(TrainRecord.of(
+            op="train", dataset=self.data.name, config=config_json(self.cfg),
+            epochs_run=len(history), world_size=self.dist.world,
+            test_error=final.test_error if final else None,
+            seconds=sum(h.seconds for h in history),
+            metrics=tuple(h.to_json() for h in history)).to_json())
         return trained.check()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .errors import VerificationError
+from .history import MorphRecord, parse_history
 from .network import Network
 
 DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -77,8 +78,8 @@ def compare_pairs(parent: Network, child: Network) -> list[tuple[str, str]]:
     p_nodes, c_nodes = parent.nodes, child.nodes
     n = len(parent.history) if child.history[:len(parent.history)] == parent.history else 0
     pairs: list[tuple[str, str]] = []
-    for entry in child.history[n:]:
-        for a, b in entry.get("compare", []):
+    for entry in parse_history(child.history)[n:]:
+        for a, b in entry.compare if isinstance(entry, MorphRecord) else ():
             if a in p_nodes and b in c_nodes and (a, b) not in pairs:
                 pairs.append((a, b))
     return pairs
