@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.netmorph-installed
 # CPU build on these machines; see README for CUDA builds.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test test-all demo lint bench clean reproduce-quick reproduce-full grow-quick \
+.PHONY: install test test-all test-slow demo lint bench clean reproduce-quick reproduce-full grow-quick \
         readme-check
 
 install: $(STAMP)
@@ -23,6 +23,10 @@ test: install
 # everything, the slow tests too (e.g. every preset × depth × 10 seeds in float32)
 test-all: install
 	$(PY) -m pytest -q -m ""
+
+# only the tests `make test` leaves out (CI runs test, then this)
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 demo: install
 	bash examples/demo.sh
