@@ -19,7 +19,7 @@ import click
 
 from . import __version__
 from .errors import NetmorphError
-from .limits import MAX_KERNEL, MAX_WIDTH
+from .limits import MAX_BATCH, MAX_KERNEL, MAX_WIDTH
 
 _DEBUG = False
 
@@ -459,7 +459,7 @@ def _positive_finite(value: float | None, param: Any) -> float | None:
 @_JSON
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
               help="Precision both networks run in [default: the child's dtype].")
-@click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--samples", type=click.IntRange(min=1, max=MAX_BATCH), default=64, show_default=True,
               help="Number of inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
 @click.option("--tol", type=float, default=None, callback=lambda ctx, p, v: _positive_finite(v, p),
@@ -632,7 +632,8 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
               help="Peak learning rate per global batch [recipe: 0.1 paper, 0.02 continue].")
 @click.option("--schedule", type=click.Choice(["step", "cosine"]), default=None,
               help="step: lr ÷10 at --milestones; cosine: from --lr to 0 [recipe's].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH), default=128,
+              show_default=True,
               help="Global batch size (split over torchrun ranks).")
 @click.option("--milestones", default=None,
               help="Step schedule's lr ÷10 points: fractions of training (≤ 1) or epochs "

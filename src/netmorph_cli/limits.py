@@ -57,6 +57,11 @@ room for zero padding (a module realized with one input padding grows its input 
 margin), while a padding, stride or dilation of 10^9 in a tampered description is refused
 before a layer runs."""
 
+MAX_BATCH = 65536
+"""A training batch or a verification's number of random inputs is at most 2^16: CIFAR's
+whole training set is 50,000 images and verify's default is 64 samples; a value of 10^9
+would ask for terabytes of inputs before any check could run."""
+
 MAX_SAFETENSORS_HEADER = 100 * 2**20
 """A safetensors JSON header is at most 100 MiB (the limit the safetensors library itself
 enforces); netmorph's headers are a few hundred KB even for ResNet-110 children."""

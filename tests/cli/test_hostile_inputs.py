@@ -151,6 +151,16 @@ def test_init_num_classes_is_capped(capsys, tmp_path):
             "--num-classes", "1<=x<=65536", out=out)
 
 
+def test_verify_samples_and_train_batch_are_capped(capsys, files, tmp_path):
+    """10⁹ random inputs or a 10⁹-image batch would be allocated before any check."""
+    r20 = str(files["r20"])
+    refused(capsys, ["verify", r20, r20, "--samples", "1000000000"], "--samples",
+            "1<=x<=65536")
+    out = tmp_path / "t.safetensors"
+    refused(capsys, ["train", r20, "--dataset", "synthetic", "--batch-size", "1000000000",
+                     "-o", str(out)], "--batch-size", "1<=x<=65536", out=out)
+
+
 def test_deeply_nested_spec(capsys, files, tmp_path):
     refused(capsys, ["reduce", str(files["deep"])], "nested more than 64 levels deep")
     out = tmp_path / "child.safetensors"
