@@ -44,3 +44,9 @@ def write_mini(root: Path, n_train: int, n_test: int, classes: int = 10,
     np.savez(root / f"{name}.npz", x_train=ds.x_train, y_train=ds.y_train,
              x_test=ds.x_test, y_test=ds.y_test)
     return root
+
+
+def train_args(ckpt: Path, out: Path, data_dir: Path, *extra: str) -> list[str]:
+    """``netmorph train`` on ``cifar10-mini`` in ``data_dir``, batch 64, on the CPU."""
+    return ["train", str(ckpt), "--dataset", "cifar10-mini", "--data-dir", str(data_dir),
+            "-o", str(out), "--batch-size", "64", "--device", "cpu", *extra]

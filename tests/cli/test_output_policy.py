@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import assert_one_error_line, run_main, write_mini
+from cli_helpers import assert_one_error_line, run_main, train_args
 
 from netmorph_cli import checkpoint as ck
 from netmorph_cli import outputs, runfiles, train, zoo
@@ -32,22 +32,8 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_mini(tmp_path_factory.mktemp("data"), 128, 64)
-
-
-@pytest.fixture
-def parent(tmp_path) -> Path:
-    path = tmp_path / "v.safetensors"
-    ck.save(zoo.create("resnet20", seed=0), path)
-    return path
-
-
-def train_args(ckpt: Path, out: Path, data_dir: Path, *extra: str) -> list[str]:
-    return ["train", str(ckpt), "--dataset", "cifar10-mini", "--data-dir", str(data_dir),
-            "-o", str(out), "--batch-size", "64", "--device", "cpu", "--epochs", "1",
-            "--quiet", *extra]
+def run_args(ckpt: Path, out: Path, data_dir: Path, *extra: str) -> list[str]:
+    return train_args(ckpt, out, data_dir, "--epochs", "1", "--quiet", *extra)
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,14 +41,14 @@ def train_args(ckpt: Path, out: Path, data_dir: Path, *extra: str) -> list[str]:
 
 def test_metrics_onto_the_input_is_refused(capsys, tmp_path, parent, data_dir):
     before = sha(parent)
-    code, out, err = run_main(capsys, *train_args(parent, tmp_path / "o.safetensors", data_dir,
+    code, out, err = run_main(capsys, *run_args(parent, tmp_path / "o.safetensors", data_dir,
                                                   "--metrics", str(parent)))
     assert_one_error_line(code, out, err, "refusing to overwrite the input", str(parent))
     assert sha(parent) == before
-    code, out, err = run_main(capsys, *train_args(parent, tmp_path / "o.safetensors", data_dir,
+    code, out, err = run_main(capsys, *run_args(parent, tmp_path / "o.safetensors", data_dir,
                                                   "--metrics", str(tmp_path / "o.safetensors")))
     assert_one_error_line(code, out, err, "named for two outputs")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.safetensors"]
 
 
 def test_existing_state_or_metrics_need_resume_or_force(capsys, tmp_path, parent, data_dir):
@@ -70,17 +56,17 @@ def test_existing_state_or_metrics_need_resume_or_force(capsys, tmp_path, parent
     out = tmp_path / "o.safetensors"
     spath, mpath = train.state_path(out), Path(f"{out}.metrics.jsonl")
     spath.write_bytes(b"an earlier run's state")
-    code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir))
+    code, stdout, err = run_main(capsys, *run_args(parent, out, data_dir))
     assert_one_error_line(code, stdout, err, f"a training state '{spath}' exists",
                           "pass --resume to continue or --force to start again")
     assert spath.read_bytes() == b"an earlier run's state" and not out.exists()
     spath.unlink()
     mpath.write_text("{}\n")
-    code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir))
+    code, stdout, err = run_main(capsys, *run_args(parent, out, data_dir))
     assert_one_error_line(code, stdout, err, f"'{mpath}' exists; pass --force")
     assert mpath.read_text() == "{}\n" and not out.exists()
     spath.write_bytes(b"stale")  # --force starts again: fresh metrics, fresh state
-    code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir, "--force"))
+    code, stdout, err = run_main(capsys, *run_args(parent, out, data_dir, "--force"))
     assert code == 0, err
     assert [json.loads(x)["epoch"] for x in mpath.read_text().splitlines()] == [1]
     assert torch.load(spath, weights_only=True)["epoch"] == 1
@@ -89,26 +75,26 @@ def test_existing_state_or_metrics_need_resume_or_force(capsys, tmp_path, parent
 
 def test_resume_with_another_input_is_refused(capsys, tmp_path, parent, data_dir):
     out = tmp_path / "o.safetensors"
-    assert run_main(capsys, *train_args(parent, out, data_dir))[0] == 0
+    assert run_main(capsys, *run_args(parent, out, data_dir))[0] == 0
     out.unlink()  # as if the run had been killed after its epoch
     other = tmp_path / "w.safetensors"
     ck.save(zoo.create("resnet20", seed=1), other)
     spath = train.state_path(out)
     state_before = sha(spath)
-    code, stdout, err = run_main(capsys, *train_args(other, out, data_dir, "--resume"))
+    code, stdout, err = run_main(capsys, *run_args(other, out, data_dir, "--resume"))
     assert_one_error_line(code, stdout, err, "--resume", "another input", str(other))
     assert sha(spath) == state_before and not out.exists()
-    code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir, "--resume"))
+    code, stdout, err = run_main(capsys, *run_args(parent, out, data_dir, "--resume"))
     assert code == 0, err  # its own input resumes (nothing left to train: writes OUT)
     assert out.exists()
-    code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir, "--resume"))
+    code, stdout, err = run_main(capsys, *run_args(parent, out, data_dir, "--resume"))
     assert_one_error_line(code, stdout, err, "exists", "had finished")
 
 
 def test_unwritable_output_directory_fails_before_training(capsys, parent, data_dir,
                                                            monkeypatch):
     """/sys refuses new files even for root; the probe says so before an epoch runs."""
-    code, stdout, err = run_main(capsys, *train_args(parent, Path("/sys/o.safetensors"),
+    code, stdout, err = run_main(capsys, *run_args(parent, Path("/sys/o.safetensors"),
                                                      data_dir))
     assert_one_error_line(code, stdout, err, "cannot write in '/sys'", exit_code=1)
 
@@ -120,9 +106,9 @@ def test_full_disk_is_found_before_training(capsys, tmp_path, parent, data_dir, 
     monkeypatch.setattr(shutil, "disk_usage",
                         lambda p: real(p)._replace(free=1 << 20))  # 1 MiB left
     out = tmp_path / "o.safetensors"
-    code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir))
+    code, stdout, err = run_main(capsys, *run_args(parent, out, data_dir))
     assert_one_error_line(code, stdout, err, "not enough space", "1.0 MiB free", exit_code=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.safetensors"]
 
 
 def test_disk_full_mid_run_keeps_the_last_state(capsys, tmp_path, parent, data_dir,
@@ -140,7 +126,7 @@ def test_disk_full_mid_run_keeps_the_last_state(capsys, tmp_path, parent, data_d
         return real(path, write, **kw)
 
     monkeypatch.setattr(runfiles, "write_file", write_file)
-    code, stdout, err = run_main(capsys, *train_args(parent, out, data_dir)[:-3],
+    code, stdout, err = run_main(capsys, *run_args(parent, out, data_dir)[:-3],
                                  "--epochs", "2", "--quiet")
     assert_one_error_line(code, stdout, err, "No space left", "earlier epoch", str(spath),
                           "--resume", exit_code=1)

@@ -20,33 +20,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import assert_one_error_line, run_main, write_mini
+from cli_helpers import assert_one_error_line, run_main, train_args, write_mini
 
 from netmorph_cli import checkpoint as ck
-from netmorph_cli import data, train, zoo
+from netmorph_cli import data, train
 
 NETMORPH = Path(sys.executable).with_name("netmorph")
 METRIC_KEYS = {"epoch", "train_loss", "train_error", "test_error", "lr", "seconds"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_mini(tmp_path_factory.mktemp("data"), 128, 64)
-
-
-@pytest.fixture
-def parent(tmp_path) -> Path:
-    path = tmp_path / "r20.safetensors"
-    ck.save(zoo.create("resnet20", seed=0), path)
-    return path
-
-
-def train_args(ckpt: Path, out: Path, data_dir: Path, *extra: str) -> list[str]:
-    return ["train", str(ckpt), "--dataset", "cifar10-mini", "--data-dir", str(data_dir),
-            "-o", str(out), "--batch-size", "64", "--device", "cpu", *extra]
 
 
 def metrics(out: Path) -> list[dict]:
