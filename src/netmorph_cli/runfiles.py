@@ -21,12 +21,13 @@ def state_path(out: str | Path) -> Path:
 
 def check_run_files(out: str | Path, cfg: TrainConfig, *, source: str | Path | None = None,
                     metrics: str | Path | None = None, resume: bool = False,
-                    force: bool = False) -> None:
+                    force: bool = False, source_sha256: str | None = None) -> None:
     """Refuse, before any work, what this run's files would refuse (``outputs.py``'s policy):
     OUT, OUT.state.pt and the metrics file must not be the input ``source`` or each other;
     without ``resume`` an existing state is refused ("pass --resume … or --force …"), with
     it the state must exist and come from the same input and options; an existing OUT or
-    metrics file needs ``force`` (a resumed run rewrites its own metrics)."""
+    metrics file needs ``force`` (a resumed run rewrites its own metrics).
+    ``source_sha256``: the input's digest when the caller has it (else hashed here)."""
     spath = state_path(out)
     files = [out, spath] + ([metrics] if metrics else [])
     check_outputs(files, inputs=[source], force=True)  # inputs, duplicates, directories
@@ -34,7 +35,7 @@ def check_run_files(out: str | Path, cfg: TrainConfig, *, source: str | Path | N
         if not spath.is_file():
             raise UsageError(f"--resume: no state file {spath} (was the run started with "
                              "this -o?)")
-        check_same_run(read_state(spath), cfg, source)
+        check_same_run(read_state(spath), cfg, source, source_sha256)
     if Path(out).exists() and not force:
         raise OutputError(f"'{out}' exists; pass --force to overwrite"
                           + (" (the run it resumes had finished)" if resume else ""))
@@ -84,7 +85,8 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def check_same_run(state: dict[str, Any], cfg: TrainConfig, source: str | Path | None) -> None:
+def check_same_run(state: dict[str, Any], cfg: TrainConfig, source: str | Path | None,
+                   source_sha256: str | None = None) -> None:
     """``--resume`` continues the run that wrote the state: same input, same options."""
     saved, mine = state["config"], config_json(cfg)
     defaults = config_json(TrainConfig())  # states written before a field existed
@@ -94,11 +96,13 @@ def check_same_run(state: dict[str, Any], cfg: TrainConfig, source: str | Path |
         raise UsageError(f"--resume: options differ from the interrupted run "
                          f"({', '.join(f'{k}: {saved.get(k)} → {mine[k]}' for k in diff)})")
     was = state.get("input_sha256")
-    if source is not None and was and was != sha256(source):
+    if source is None or not was:
+        return
+    now = source_sha256 or sha256(source)
+    if was != now:
         raise UsageError(f"--resume: the state was written by a run on another input "
-                         f"(sha256 {was[:12]}…), not '{source}' (sha256 "
-                         f"{sha256(source)[:12]}…); resume with that input, or start again "
-                         f"with --force")
+                         f"(sha256 {was[:12]}…), not '{source}' (sha256 {now[:12]}…); "
+                         f"resume with that input, or start again with --force")
 
 
 def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer

@@ -101,7 +101,9 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
     hooks = hooks or TrainHooks()
     device = torch.device(device)
     dist = init_distributed(device)
-    check_run_files(out, cfg, source=source, metrics=metrics, resume=resume, force=force)
+    digest = sha256(source) if source else None  # recorded in the state, checked on resume
+    check_run_files(out, cfg, source=source, metrics=metrics, resume=resume, force=force,
+                    source_sha256=digest)
     if dist.main:
         probe_run(net, out, metrics)
     with exclusive(out) if dist.main else contextlib.nullcontext():
@@ -110,7 +112,7 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                 state_path(out).unlink(missing_ok=True)  # --force: start again
         return _train(net, cfg, out, data_dir=data_dir, device=device, resume=resume,
                       metrics=metrics, hooks=hooks, dataset=dataset, dist=dist,
-                      source_sha256=sha256(source) if source else None)
+                      source_sha256=digest)
 
 def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Path | None,
            device: torch.device, resume: bool, metrics: str | Path | None, hooks: TrainHooks,
