@@ -122,15 +122,21 @@ def test_flops_count_convs_at_their_output_size_and_linear_layers():
     assert child_flops("resnet20", 10, "1c1") == total + extra
 
 
-def test_unpadded_module_convs_count_at_the_logical_size():
-    # a module realized with one input padding: pad 2, then two unpadded 3×3 convs; counted
-    # as if each were "same"-padded (what it contributes to the 8×8 output)
-    desc = {"format": 1, "arch": "t", "input": [2, 8, 8], "num_classes": 2, "output": "fc",
+def unpadded_module() -> dict:
+    """A module realized with one input padding: pad 2 (8×8 → 12×12), then two unpadded
+    3×3 convs (10×10, then 8×8), a GAP and a 2→2 linear."""
+    return {"format": 1, "arch": "t", "input": [2, 8, 8], "num_classes": 2, "output": "fc",
             "nodes": [node("pad", "pad", ["input"], pad=[2, 2]),
                       node("a", "conv", ["pad"], **{"in": 2, "out": 3}, kernel=[3, 3]),
                       node("b", "conv", ["a"], **{"in": 3, "out": 2}, kernel=[3, 3]),
                       node("g", "gap", ["b"]),
                       node("fc", "linear", ["g"], **{"in": 2, "out": 2})]}
+
+
+def test_unpadded_module_convs_count_at_the_logical_size():
+    # a module realized with one input padding: pad 2, then two unpadded 3×3 convs; counted
+    # as if each were "same"-padded (what it contributes to the 8×8 output)
+    desc = unpadded_module()
     assert flops.count_flops(desc) == (2 * 3 * 9 + 3 * 2 * 9) * 64 + 4
     assert flops.count_params(desc) == 2 * 3 * 9 + 3 * 2 * 9 + 4 + 2
 
@@ -223,14 +229,8 @@ def test_zoo_parents_execute_their_logical_macs(arch):
 
 
 def test_unpadded_module_convs_execute_at_their_real_size():
-    # the module of test_unpadded_module_convs_count_at_the_logical_size: pad 2 → 12×12, conv
-    # a runs at 10×10, conv b at 8×8
-    desc = {"format": 1, "arch": "t", "input": [2, 8, 8], "num_classes": 2, "output": "fc",
-            "nodes": [node("pad", "pad", ["input"], pad=[2, 2]),
-                      node("a", "conv", ["pad"], **{"in": 2, "out": 3}, kernel=[3, 3]),
-                      node("b", "conv", ["a"], **{"in": 3, "out": 2}, kernel=[3, 3]),
-                      node("g", "gap", ["b"]),
-                      node("fc", "linear", ["g"], **{"in": 2, "out": 2})]}
+    # conv a runs at 10×10, conv b at 8×8
+    desc = unpadded_module()
     assert flops.count_executed_macs(desc) == 2 * 3 * 9 * 100 + 3 * 2 * 9 * 64 + 4
     cost = flops.flop_count(desc)
     assert cost == flops.FlopCount(flops.count_flops(desc), 2 * 3 * 9 * 100 + 3 * 2 * 9 * 64 + 4)
