@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,plot]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,plot,onnx]'
 	touch $(STAMP)
 
 test: install

@@ -19,7 +19,7 @@ import click
 
 from . import __version__
 from .errors import NetmorphError
-from .limits import MAX_BATCH, MAX_KERNEL, MAX_WIDTH
+from .limits import MAX_BATCH, MAX_INPUT_SIDE, MAX_KERNEL, MAX_WIDTH
 
 _DEBUG = False
 
@@ -298,27 +298,117 @@ def init(arch: str, out: str, num_classes: int | None, seed: int, shortcut: str,
     _wrote(out, sha, f"{arch}, {format_flops(count_flops(net.description))} FLOPs")
 
 
+def _floats(ctx: Any, param: Any, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        out = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers",
+                                 param=param) from None
+    if not all(math.isfinite(v) for v in out) or (param.name == "std" and min(out) <= 0):
+        raise click.BadParameter(f"{value!r}: every value must be finite"
+                                 + (" and > 0" if param.name == "std" else ""), param=param)
+    return out
+
+
+def _input_size(ctx: Any, param: Any, value: str | None) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    parts = value.lower().replace(",", "x").split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise click.BadParameter(f"{value!r} is not C×H×W (e.g. 3x32x32)", param=param)
+    c, h, w = (int(p) for p in parts)
+    if max(h, w) > MAX_INPUT_SIDE or c > MAX_WIDTH:
+        raise click.BadParameter(f"{value!r} is larger than netmorph's limits "
+                                 f"({MAX_INPUT_SIDE} pixels a side, {MAX_WIDTH} channels)",
+                                 param=param)
+    return c, h, w
+
+
+def _kwargs(ctx: Any, param: Any, value: str | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    from .limits import JSONDepthError, parse_json
+
+    try:
+        out = parse_json(value)
+    except (ValueError, JSONDepthError) as exc:
+        raise click.BadParameter(f"not JSON ({exc})", param=param) from None
+    if not isinstance(out, dict):
+        raise click.BadParameter("must be a JSON object of keyword arguments, e.g. "
+                                 '\'{"num_classes": 10}\'', param=param)
+    return out
+
+
 @cli.command(name="import")
 @click.argument("file", metavar="FILE")
 @_OUT
-@click.option("--arch", default=None, help="Expected architecture (checked against the file).")
+@click.option("--model", "factory", default=None, metavar="PACKAGE.MODULE:FACTORY",
+              help="Build the model with this factory, load FILE's state_dict into it and "
+                   "trace it with torch.export (the current directory is importable).")
+@click.option("--kwargs", "kwargs", default=None, metavar="JSON", callback=_kwargs,
+              help="--model: keyword arguments of the factory, a JSON object.")
+@click.option("--input-size", default=None, metavar="CxHxW", callback=_input_size,
+              help="The input the model takes [--model: 3x32x32; a .pt2: its own, checked].")
+@click.option("--mean", default=None, metavar="M1,M2,…", callback=_floats,
+              help="Input normalization recorded in the checkpoint (used by eval and train) "
+                   "[default: CIFAR-10's].")
+@click.option("--std", default=None, metavar="S1,S2,…", callback=_floats,
+              help="See --mean [default: CIFAR-10's].")
+@click.option("--arch", default=None, help="State_dicts: the expected architecture "
+              "(checked against the file).")
 @_FORCE
-def import_(file: str, out: str, arch: str | None, force: bool) -> None:
-    """Import a plain PyTorch state_dict of a known ResNet layout.
-
-    Reads the common CIFAR ResNet layout (module. prefixes, linear.*, option-A or option-B
-    shortcuts) and torchvision resnet18/34, always with torch.load(weights_only=True).
+def import_(file: str, out: str, factory: str | None, kwargs: dict[str, Any],
+            input_size: tuple[int, int, int] | None, mean: list[float] | None,
+            std: list[float] | None, arch: str | None, force: bool) -> None:
+    """Import a PyTorch model: any traceable CNN, or a state_dict of a known ResNet layout.
 
     \b
-    Example:
+    FILE is one of
+      a torch.export program (torch.export.save): converted op by op, read without
+      torch.export.load, which can run code stored in the file; netmorph never does;
+      a state_dict with --model PACKAGE.MODULE:FACTORY: the factory's model, traced;
+      a state_dict of the CIFAR ResNet layout or torchvision resnet18/34 (--arch).
+    State_dicts are read with torch.load(weights_only=True) or as safetensors. Node names
+    are the model's module paths (features.3, layer1.0.conv1), so `morph --at` takes them.
+    The imported network's logits are checked against the program's (or the model's) on
+    random inputs before anything is written.
+
+    \b
+    Examples:
+      netmorph import vgg.pt2 -o vgg.safetensors
+      netmorph import vgg_weights.pt --model mymodels:vgg11_bn \\
+          --kwargs '{"num_classes": 10}' -o vgg.safetensors
       netmorph import resnet20-12fca82f.th -o resnet20.safetensors
     """
-    from .checkpoint import save
-    from .importers import import_state_dict
+    from .checkpoint import check_output, save
+    from .importers import import_factory, import_program, import_state_dict
+    from .program import is_pt2
 
-    net = import_state_dict(file, arch)
+    traced = factory is not None or is_pt2(file)
+    if not traced and (kwargs or input_size or mean or std):
+        raise click.UsageError("--kwargs, --input-size, --mean and --std apply to .pt2 "
+                               "programs and --model")
+    if kwargs and factory is None:
+        raise click.UsageError("--kwargs applies to --model")
+    if traced and arch is not None:
+        raise click.UsageError("--arch applies to state_dicts of known ResNet layouts")
+    check_output(out, force=force, protect=[file])
+    if factory is not None:
+        net, err = import_factory(file, factory, kwargs=kwargs,
+                                  input_size=input_size or (3, 32, 32), mean=mean, std=std)
+    elif traced:
+        net, err = import_program(file, input_size=input_size, mean=mean, std=std)
+    else:
+        net = import_state_dict(file, arch)
     sha = save(net, out, force=force, protect=[file])
-    _wrote(out, sha, f"{net.description['arch']}, {net.description['num_classes']} classes")
+    d = net.description
+    what = f"{d['arch']}, {d['num_classes']} classes"
+    if traced:
+        what += (f", {len(d['nodes'])} nodes, {str(net.dtype).removeprefix('torch.')}; "
+                 f"logits match the {'model' if factory else 'program'} to {err:.1e}")
+    _wrote(out, sha, what)
 
 
 @cli.command()
@@ -328,6 +418,10 @@ def import_(file: str, out: str, arch: str | None, force: bool) -> None:
 @click.option("--at", "at", default=None, metavar="LAYER",
               help="With a SPEC.json: the stride-1 conv or identity shortcut to replace "
                    "(e.g. layer2.1.conv1, layer2.1.shortcut).")
+@click.option("--after", "after", default=None, metavar="NODE",
+              help="With a SPEC.json, instead of --at: insert the module after NODE (any "
+                   "node with a (C, H, W) output, or input), morphed from the identity; its "
+                   "nodes are named NODE_after.* (e.g. layer1.0.relu1).")
 @_OUT
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the new filters.")
 @click.option("--prelu-all", is_flag=True, help="Also replace every ReLU by PReLU(a=0) (exact).")
@@ -351,8 +445,9 @@ def import_(file: str, out: str, arch: str | None, force: bool) -> None:
 @_solver_limits("SPEC.json")
 @_JSON
 @_FORCE
-def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_all: bool,
-          no_bn: bool, act: str, paper_bn: bool, dtype: str | None, no_check: bool,
+def morph(parent: str, module: str, at: str | None, after: str | None, out: str, seed: int,
+          prelu_all: bool, no_bn: bool, act: str, paper_bn: bool, dtype: str | None,
+          no_check: bool,
           calibrate_on: str | None, data_dir: str | None, calibrate_batches: int,
           max_seconds: float, max_sweeps: int, max_memory: float | None,
           as_json: bool, force: bool) -> None:
@@ -364,12 +459,19 @@ def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_a
     statistics of their inputs over 32 batches of training images (eq. 9 with the data's
     mean and variance); eval mode stays exact and training mode keeps the parent's loss.
 
+    A SPEC.json goes --at a layer it replaces (a stride-1 conv or an identity shortcut) or
+    --after a node (the paper's deepening): the identity at NODE's output becomes the
+    module, whose output then feeds NODE's consumers; `netmorph verify` also compares the
+    module's output with NODE's.
+
     \b
     Examples:
       netmorph morph resnet20.safetensors --module 1c1 -o morph20_1c1.safetensors
       netmorph morph r20.safetensors --module 1c1 --calibrate cifar10 -o c.safetensors
       netmorph morph resnet20.safetensors --module examples/modules/D.json \\
           --at layer1.1.conv1 -o morph20_D.safetensors
+      netmorph morph resnet20.safetensors --module examples/modules/morph_1c1.json \\
+          --after layer1.0.relu1 -o deeper.safetensors
     """
     from .checkpoint import check_output, file_sha256, load, save
     from .morph import morph_network
@@ -380,13 +482,16 @@ def morph(parent: str, module: str, at: str | None, out: str, seed: int, prelu_a
                                "keeps the paper's gamma=1, beta=0: choose one")
     if data_dir is not None and not calibrate_on:
         raise click.UsageError("--data-dir applies to --calibrate")
+    if at is not None and after is not None:
+        raise click.UsageError("--at LAYER replaces a layer and --after NODE inserts the "
+                               "module after a node: choose one")
     check_output(out, force=force, protect=[parent])
     net = load(parent)
     target = _module_arg(module)
     images = _calibration_images(net, calibrate_on, data_dir, calibrate_batches, seed)
     child, report = morph_network(
-        net, target, at=at, seed=seed, check=not no_check, prelu=prelu_all, bn=not no_bn,
-        act=act, exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
+        net, target, at=at, after=after, seed=seed, check=not no_check, prelu=prelu_all,
+        bn=not no_bn, act=act, exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
         calibrate=images, parent_sha256=file_sha256(parent), max_seconds=max_seconds,
         max_sweeps=max_sweeps, max_memory=_gib(max_memory), progress=_solve_progress)
     sha = save(child, out, force=force, protect=[parent])
@@ -430,8 +535,8 @@ def _show_morph(out: str, sha: str, child: Any, report: Any, as_json: bool) -> N
                     "flops": f1, "parent_flops": f0, "morph": entry.to_json(),
                     "check": report.to_json() if report else None})
         return
-    where = entry.at or f"{len(entry.blocks or ())} blocks"
-    click.echo(f"morphed {parent['arch']} → {child.description['arch']} at {where}: "
+    where = entry.where if entry.after is not None else f"at {entry.where}"
+    click.echo(f"morphed {parent['arch']} → {child.description['arch']} {where}: "
                f"solver residual {entry.residual:.2e}, FLOPs {format_flops(f0)} → "
                f"{format_flops(f1)} ({f1 / f0:.2f}×)")
     cal = entry.calibration
@@ -575,6 +680,61 @@ def info(ckpt: str, as_json: bool) -> None:
     from .report import info_report
 
     _console().print(info_report(s))
+
+
+@cli.command(name="export")
+@click.argument("ckpt", metavar="CKPT")
+@click.option("-o", "--output", "out", required=True, metavar="OUT",
+              help="File to write (.pt2, or .onnx).")
+@click.option("--format", "fmt", type=click.Choice(["pt2", "onnx"]), default=None,
+              help="pt2: a torch.export program; onnx: an ONNX model (needs the onnx extra) "
+                   "[default: onnx for a .onnx OUT, else pt2].")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
+              help="Precision of the exported file [default: the checkpoint's for pt2, "
+                   "float32 for onnx].")
+@click.option("--samples", type=click.IntRange(min=1, max=MAX_BATCH), default=8,
+              show_default=True, help="Random inputs of the check.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs.")
+@_JSON
+@_FORCE
+def export_cmd(ckpt: str, out: str, fmt: str | None, dtype: str | None, samples: int,
+               seed: int, as_json: bool, force: bool) -> None:
+    """Export a checkpoint for deployment, checked against netmorph's module.
+
+    Writes the network in eval mode (BN on running statistics) with a dynamic batch
+    dimension (a batch of 1 where torch cannot keep it dynamic, said so), then loads the
+    written file, runs it and netmorph's module on the same seeded random inputs and
+    reports the max relative error ‖Δ‖∞/‖logits‖∞; above 1e-5 the file is removed and
+    the command exits 1. The exported network takes normalized inputs: the checkpoint's
+    input normalization (mean, std) is not part of it.
+
+    --format onnx uses torch.onnx.export (dynamo) and checks with ONNX Runtime; it needs
+    pip install 'netmorph[onnx]'. Load a .pt2 with torch.export.load only if you trust it:
+    it can run code from the file.
+
+    \b
+    Examples:
+      netmorph export morph20_1c1.safetensors -o morph20_1c1.pt2
+      netmorph export morph20_1c1.safetensors -o morph20_1c1.onnx --format onnx
+    """
+    from .checkpoint import load
+    from .export import export_network
+    from .outputs import check_outputs
+    from .runtime import resolve_dtype
+
+    fmt = fmt or ("onnx" if out.lower().endswith(".onnx") else "pt2")
+    check_outputs([out], inputs=[ckpt], force=force)
+    r = export_network(load(ckpt), out, fmt=fmt, dtype=resolve_dtype(dtype) if dtype else None,
+                       force=force, protect=[ckpt], samples=samples, seed=seed)
+    if as_json:
+        _emit_json(r.to_json())
+        return
+    what = "torch.export program" if fmt == "pt2" else "ONNX model"
+    batch = "dynamic batch" if r.dynamic_batch else r.note
+    click.echo(f"checked on {r.samples} random inputs against netmorph's module: max "
+               f"relative error {r.max_rel_err:.1e} (≤ {r.tolerance:g}), max absolute "
+               f"error {r.max_abs_err:.1e}")
+    _wrote(out, r.sha256, f"{what}, {r.dtype}, {batch}")
 
 
 _DATA = [

@@ -30,9 +30,12 @@ def logical_sizes(desc: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     validate_description(desc)
     sizes: dict[str, tuple[int, int]] = {"input": tuple(desc["input"][1:])}  # type: ignore
     for n in desc["nodes"]:
-        if not n["inputs"] or n["inputs"][0] not in sizes:
+        ins = [sizes[i] for i in n["inputs"] if i in sizes]
+        if not ins:
             continue  # flat tensors (after pooling)
-        hw = OPS[n["op"]].logical_hw(n, sizes[n["inputs"][0]])
+        # joins take their largest input's size: equal for a module's adds (same-size
+        # convention), the map's for a squeeze-excitation mul ((H, W) · (1, 1))
+        hw = OPS[n["op"]].logical_hw(n, (max(h for h, _ in ins), max(w for _, w in ins)))
         if hw is not None:
             sizes[n["name"]] = hw
     return sizes

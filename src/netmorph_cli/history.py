@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
+from .attrs import short
 from .errors import NetworkError
-from .ops import short
 
 # -- the type checks of a loaded entry ------------------------------------------------------
 
@@ -56,7 +56,7 @@ _CALIBRATION = ("an object with 'dataset' (a string), 'images' (an integer) and 
 ENTRY_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **dict.fromkeys(("op", "preset", "module", "act", "output"),
                     (lambda v: isinstance(v, str), "a string")),
-    **dict.fromkeys(("at", "dataset"), (lambda v: v is None or isinstance(v, str),
+    **dict.fromkeys(("at", "after", "dataset"), (lambda v: v is None or isinstance(v, str),
                                         "a string or null")),
     **dict.fromkeys(("sweeps", "replaced", "epochs_run", "world_size"),
                     (lambda v: type(v) is int, "an integer")),
@@ -183,7 +183,8 @@ MORPH_OPS = ("preset", "module", "prelu_all")
 @dataclass(frozen=True, kw_only=True)
 class MorphRecord(_Keyed):
     """A morph (``morph.py``): ``op`` "preset" (``preset``, ``blocks``), "module"
-    (``module``, ``spec``, ``at``, ``sweeps``, ``methods``, ``output``, ``bn``, ``act``) or
+    (``module``, ``spec``, ``at`` the layer replaced or ``after`` the node whose output's
+    identity became the module, ``sweeps``, ``methods``, ``output``, ``bn``, ``act``) or
     "prelu_all" (``replaced``); each with the node pairs to ``compare``, most with the
     ``seed``, worst solver ``residual`` and ``condition``, ``exact_bn``, the BN layers it
     added (``new_bn``) and, once set from data, their ``calibration``."""
@@ -193,6 +194,7 @@ class MorphRecord(_Keyed):
     module: str | None = None
     spec: dict[str, Any] | None = None
     at: str | None = None
+    after: str | None = None
     seed: int | None = None
     residual: float | None = None
     condition: float | None = None
@@ -214,6 +216,13 @@ class MorphRecord(_Keyed):
     def name(self) -> str:
         """What was morphed in: the preset, the module, else the op."""
         return self.preset or self.module or self.op
+
+    @property
+    def where(self) -> str:
+        """Where it went: the layer replaced, ``after NODE``, ``N blocks`` or ``all``."""
+        if self.after is not None:
+            return f"after {self.after}"
+        return self.at or (f"{len(self.blocks)} blocks" if self.blocks is not None else "all")
 
     @classmethod
     def _field(cls, key: str, v: Any) -> Any:

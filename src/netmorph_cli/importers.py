@@ -1,6 +1,15 @@
-"""Importers: plain PyTorch state_dicts of known layouts → netmorph networks.
+"""Importers: PyTorch files → netmorph networks.
 
-Layouts: the common CIFAR ResNet (``conv1``, ``layerL.I.conv1/bn1/conv2/bn2``, option-A
+- ``import_program``: any traceable CNN saved with ``torch.export.save`` (read safely by
+  ``program.read_pt2``, converted by ``conversion.py``);
+- ``import_factory``: a state_dict plus ``package.module:factory`` that builds the model,
+  traced with ``torch.export``;
+- ``import_state_dict``: plain state_dicts of known layouts.
+
+Every conversion is checked before it is returned: the netmorph network and the traced
+program (its own ATen calls, or the model itself) run on the same seeded random inputs.
+
+State_dict layouts: the common CIFAR ResNet (``conv1``, ``layerL.I.conv1/bn1/conv2/bn2``, option-A
 shortcuts without tensors or option-B ``shortcut.0/.1``, ``linear``) and torchvision's
 resnet18/34. Files are read by ``checkpoint``'s safe readers (safetensors, or
 ``torch.load(weights_only=True)``); tensors are checked like any checkpoint's (finite, BN
@@ -10,13 +19,13 @@ variances ≥ 0).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import zoo
+from . import conversion, program, zoo
 from .checkpoint import (
     WRAPPERS,
     check_values,
@@ -27,7 +36,8 @@ from .checkpoint import (
     sniff,
     torch_load,
 )
-from .errors import CheckpointError, NetmorphError, NetworkError
+from .data import CIFAR_MEAN, CIFAR_STD
+from .errors import CheckpointError, NetmorphError, NetworkError, UsageError, VerificationError
 from .network import Network, expected_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -191,3 +201,153 @@ def _map_tensors(path: Path, desc: Mapping[str, Any], sd: Mapping[str, torch.Ten
         out[k] = t.contiguous()
     check_values(path, desc, out)
     return out
+
+
+# -- any traceable CNN ------------------------------------------------------------------------
+
+CHECK_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}  # relative, ‖Δ‖∞ / ‖logits‖∞
+CHECK_SAMPLES = 4
+
+
+def import_program(path: str | Path, *, input_size: tuple[int, int, int] | None = None,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   ) -> tuple[Network, float]:
+    """A netmorph network from a ``torch.export.save`` file, and the max relative error of
+    its logits against the program's own ATen calls on random inputs."""
+    path = Path(path)
+    prog = program.read_pt2(path)
+    _check_input_size(prog, input_size)
+    arch = path.stem
+    imported = {"file": path.name, "layout": "torch.export", "sha256": file_sha256(path)}
+    net = conversion.to_network(prog, arch=arch, normalization=_norm(prog, mean, std),
+                                imported=imported)
+    err = compare(net, lambda x: program.run(prog, x), str(path))
+    return net, err
+
+
+def import_factory(weights: str | Path | None, factory: str, *,
+                   kwargs: Mapping[str, Any] | None = None,
+                   input_size: tuple[int, int, int] = (3, 32, 32),
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   ) -> tuple[Network, float]:
+    """A netmorph network from ``package.module:factory(**kwargs)`` with the weights of
+    ``weights`` (a state_dict: safetensors or ``torch.load(weights_only=True)``; None keeps
+    the factory's own), traced with ``torch.export`` at ``input_size``; and the max
+    relative error of its logits against the model's on random inputs."""
+    model = build_model(factory, kwargs or {})
+    sha = None
+    if weights is not None:
+        path = Path(weights)
+        if sniff(path) == "safetensors":
+            obj: Any = read_safetensors(path)[1]
+        else:
+            obj = torch_load(path)
+        sd = find_state_dict(obj)
+        if sd is None:
+            raise CheckpointError(f"'{path}' holds no state_dict of tensors")
+        try:
+            model.load_state_dict(_strip_prefixes(sd), strict=True)
+        except RuntimeError as exc:
+            why = " ".join(ln.strip() for ln in str(exc).splitlines()[1:])
+            raise CheckpointError(f"'{path}' does not fit {factory}: {why[:400]}") from None
+        sha = file_sha256(path)
+    model = model.eval()
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0),
+                          dtype=dtype)
+    prog = program.trace(model, example, factory)
+    imported = {"factory": factory, "kwargs": dict(kwargs or {}), "layout": "torch.export",
+                **({"file": Path(weights).name, "sha256": sha} if weights is not None else {})}
+    net = conversion.to_network(prog, arch=factory.rsplit(":", 1)[-1], imported=imported,
+                                normalization=_norm(prog, mean, std))
+    with torch.no_grad():
+        err = compare(net, model, factory)
+    return net, err
+
+
+def build_model(factory: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
+    """``package.module:callable(**kwargs)``, which must return an nn.Module (the user's own
+    code runs here, as in any training script)."""
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:  # as `python -m`: the user's own package is importable
+        sys.path.insert(0, os.getcwd())
+    mod_name, sep, attr = factory.partition(":")
+    if not sep or not mod_name or not attr:
+        raise UsageError(f"--model {factory!r}: expected package.module:factory")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as exc:  # the user's module may raise anything on import
+        raise UsageError(f"--model {factory!r}: cannot import {mod_name!r} "
+                         f"({type(exc).__name__}: {_first(str(exc))})") from None
+    fn = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)  # type: ignore[assignment]
+        if fn is None:
+            raise UsageError(f"--model {factory!r}: module {mod_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise UsageError(f"--model {factory!r}: {attr!r} is not callable")
+    try:
+        model = fn(**kwargs)
+    except Exception as exc:
+        raise UsageError(f"--model {factory!r}: calling it with {dict(kwargs)} failed "
+                         f"({type(exc).__name__}: {_first(str(exc))})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"--model {factory!r} returned a {type(model).__name__}, not an "
+                         "nn.Module")
+    return model
+
+
+def _first(text: str) -> str:
+    return next((ln for ln in text.splitlines() if ln.strip()), "")[:300]
+
+
+def _check_input_size(prog: program.Program, size: tuple[int, int, int] | None) -> None:
+    have = tuple(prog.input_shape[1:])
+    if size is not None and have != tuple(size):
+        dims = "×".join("?" if d is None else str(d) for d in have)
+        raise CheckpointError(f"'{prog.source}' was exported for {dims} inputs, not "
+                              f"{'×'.join(map(str, size))} (--input-size); export the model "
+                              "again at that size")
+
+
+def default_normalization(channels: int) -> dict[str, list[float]]:
+    """CIFAR-10's normalization (what ``eval`` and ``train`` assume without one), or 0/1 per
+    channel for inputs that are not RGB."""
+    if channels == len(CIFAR_MEAN):
+        return {"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
+    return {"mean": [0.0] * channels, "std": [1.0] * channels}
+
+
+def _norm(prog: program.Program, mean: Sequence[float] | None,
+          std: Sequence[float] | None) -> dict[str, list[float]]:
+    """The normalization recorded with the network: the one given, else the default."""
+    c = int(prog.input_shape[1] or 0)
+    default = default_normalization(c)
+    out = {"mean": list(mean) if mean is not None else default["mean"],
+           "std": list(std) if std is not None else default["std"]}
+    for k, v in out.items():
+        if len(v) != c:
+            raise UsageError(f"--{k} has {len(v)} values; the model's input has {c} channels")
+    return out
+
+
+def compare(net: Network, reference: Any, source: str) -> float:
+    """Max relative error of the network's logits against ``reference`` on seeded random
+    inputs in the network's dtype; raises VerificationError above ``CHECK_TOL``."""
+    dtype = net.dtype
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(CHECK_SAMPLES, *net.description["input"], generator=gen, dtype=dtype)
+    with torch.no_grad():
+        ours = net.module()(x)
+        ref = reference(x)
+    scale = ref.abs().max().item() or 1.0
+    err = (ours - ref).abs().max().item() / scale
+    tol = CHECK_TOL.get(dtype, 1e-5)
+    if not err <= tol:
+        raise VerificationError(f"'{source}': the imported network differs from the traced "
+                                f"model (max relative error {err:.3g} > {tol:g}); nothing "
+                                "written")
+    return err

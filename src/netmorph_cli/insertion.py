@@ -1,12 +1,15 @@
 """The one module-insertion engine: a module in place of a site of a network, exactly.
 
-A **site** is what a module replaces: a stride-1 conv, a block's identity shortcut, or a
-share of one (a preset's TYPE-II split 0.5·I + 0.5·I of the shortcut). ``Edit.insert``
+A **site** is what a module replaces: a stride-1 conv, a block's identity shortcut, a
+share of one (a preset's TYPE-II split 0.5·I + 0.5·I of the shortcut), or the identity at a
+node's output (``site_after``: the paper's deepening, a module where there was no layer, its
+nodes inserted right after the node and its output taking the node's place). ``Edit.insert``
 solves the site's filter G into the module (``solve.morph_filter``, the one solver entry;
 every solve of one morph draws from one stream seeded by the morph's seed), builds the
 module's nodes (``module_nodes``, with the BN and activation layers a ``BlobLayers`` asks
 for) and wires them in place of the site (``wire``). ``morph.morph_at`` and
-``morph.morph_preset`` only choose the sites, the module and the names.
+``morph.morph_after`` and ``morph.morph_preset`` only choose the sites, the module and
+the names.
 
 Exactness at image borders: a module replaces a conv with kernel K and zero padding p by
 one zero padding at its input, p plus the module's margin beyond K, unpadded convs inside,
@@ -59,7 +62,8 @@ def put(tensors: dict[str, torch.Tensor], name: str, values: dict[str, torch.Ten
 
 @dataclass(frozen=True)
 class Site:
-    """What a module replaces: a conv node, a block's identity shortcut, or a share of it."""
+    """What a module replaces: a conv node, a block's identity shortcut, a share of it, or
+    the identity at a node's output (``after``)."""
 
     layer: str
     source: str  # node feeding the site
@@ -68,6 +72,7 @@ class Site:
     padding: tuple[int, int] = (0, 0)  # the conv's zero padding (a shortcut has none)
     join: str | None = None  # the add whose identity input is the site (None: a conv)
     share: float | None = None  # the part of the identity's coefficient taken (None: all)
+    after: bool = False  # the identity at ``source``'s output: the module goes right after it
 
 
 class Edit:
@@ -168,6 +173,12 @@ def module_nodes(spec: ModuleGraph, filters: dict[str, torch.Tensor], site: Site
 def wire(desc: dict[str, Any], site: Site, nodes: list[dict[str, Any]], out: str
          ) -> list[str]:
     """Put ``nodes`` (output ``out``) in place of ``site``; returns the pair to compare."""
+    if site.after:  # right after the source; its consumers (not the module's pad) read out
+        for n in desc["nodes"]:  # (never the network's output: a vector, not a site)
+            n["inputs"] = [out if x == site.source else x for x in n["inputs"]]
+        pos = 0 if site.source == "input" else index_of(desc)[site.source] + 1
+        desc["nodes"][pos:pos] = nodes
+        return [site.source, out]
     if site.join is None:  # a conv: the module takes its place and its consumers
         i = index_of(desc)[site.layer]
         desc["nodes"][i:i + 1] = nodes
@@ -199,26 +210,38 @@ def site_at(net: Network, layer: str) -> Site:
     if layer in nodes and nodes[layer]["op"] == "conv":
         n = nodes[layer]
         k, s, p, d = (as_pair(n[a]) for a in ("kernel", "stride", "padding", "dilation"))
+        instead = f"; insert the module after it instead (--after {layer})"
         if s != (1, 1):
-            raise MorphError(f"{layer!r} is a strided conv (stride {list(s)}); only stride-1 "
-                             "convs can be morphed in this version")
+            raise MorphError(f"{layer!r} is a strided conv (stride {list(s)}): a module's "
+                             "convs compose to one stride-1 filter, and a strided conv's "
+                             "output is a subsampled grid, which would need the module's last "
+                             "conv strided (not in this version); morph the stride-1 conv "
+                             f"after it, or insert the module after it (--after {layer})")
         if d != (1, 1):
-            raise MorphError(f"{layer!r} is a dilated conv (dilation {list(d)}); not supported")
+            raise MorphError(f"{layer!r} is a dilated conv (dilation {list(d)}): a dilated "
+                             "kernel would need dilated module convs, and the module's convs "
+                             f"are not dilated{instead}")
         if n["groups"] != 1:
-            raise MorphError(f"{layer!r} is a grouped conv ({n['groups']} groups); "
-                             "not supported")
+            kind = "depthwise" if n["groups"] == n["in"] == n["out"] else "grouped"
+            raise MorphError(f"{layer!r} is a {kind} conv ({n['groups']} groups): the solver "
+                             "treats the filter as one dense C_out×C_in kernel, and the "
+                             "module's dense convs would not keep its block-diagonal groups "
+                             f"(the child would not be a grouped network){instead}")
         if k[0] % 2 == 0 or k[1] % 2 == 0:
             raise MorphError(f"{layer!r} has an even {k[0]}×{k[1]} kernel; a module's "
                              "filter is centred in its effective kernel, which needs odd "
-                             "sizes")
+                             f"sizes{instead}")
         return Site(layer, n["inputs"][0], net.tensors[f"{layer}.weight"],
                     net.tensors.get(f"{layer}.bias"), p)
     m = re.fullmatch(r"(.+)\.shortcut", layer)
     if m and f"{m[1]}.add" in nodes:
         add = nodes[f"{m[1]}.add"]
         sc = add.get("shortcut")
-        src_op = nodes.get(add["inputs"][sc], {}).get("op") if sc is not None else None
-        if sc is None or src_op in ("conv", "bn", "shortcut_a"):
+        src = add["inputs"][sc] if sc is not None else None
+        src_op = nodes.get(src, {}).get("op") if src is not None else None
+        # a projection is computed inside the block; a conv or BN before it is an identity
+        inside = src is not None and src.startswith(f"{m[1]}.")
+        if sc is None or src_op == "shortcut_a" or inside:
             if sc is None:  # a morph replaced it (its nodes are named "{layer}.…")
                 what = "no identity edge left (a morph already replaced it)"
             elif src_op == "shortcut_a":
@@ -234,7 +257,35 @@ def site_at(net: Network, layer: str) -> Site:
         return Site(layer, add["inputs"][sc], g, join=f"{m[1]}.add")
     if layer in nodes:
         raise MorphError(f"layer {layer!r} is a {nodes[layer]['op']}, not a conv or an "
-                         "identity shortcut")
+                         f"identity shortcut; to insert a module at its output, use --after "
+                         f"{layer}")
     convs = [k for k, n in nodes.items() if n["op"] == "conv"]
     raise MorphError(f"no layer {layer!r} in the network (convs: {', '.join(convs[:6])}"
                      f"{', …' if len(convs) > 6 else ''})")
+
+
+def site_after(net: Network, name: str) -> Site:
+    """The identity at node ``name``'s output (``input`` included): a C×C 1×1 identity
+    filter, C the channels of the node's (C, H, W) output; anything else is refused."""
+    shapes = validate_description(net.description)
+    maps = [k for k, shape in shapes.items() if len(shape) == 3]
+    if name not in shapes:
+        raise MorphError(f"no node {name!r} in the network (nodes with a (C, H, W) output: "
+                         f"{', '.join(maps[:6])}{', …' if len(maps) > 6 else ''})")
+    if len(shapes[name]) != 3:
+        raise MorphError(f"node {name!r} outputs a vector of {shapes[name][0]} features, not "
+                         "a (C, H, W) map, and a module's convs need a map; insert it after "
+                         f"a node before the pooling (the last one is {maps[-1]!r})")
+    c = shapes[name][0]
+    return Site(name, name, torch.eye(c, dtype=torch.float64).reshape(c, c, 1, 1), after=True)
+
+
+def after_prefix(desc: dict[str, Any], name: str) -> str:
+    """The first free name of ``NODE_after``, ``NODE_after2``, … for a module inserted after
+    node ``name`` (``NODE.after`` would lie inside the node's layer)."""
+    taken = index_of(desc)
+    prefix, k = f"{name}_after", 1
+    while any(n == prefix or n.startswith(f"{prefix}.") for n in taken):
+        k += 1
+        prefix = f"{name}_after{k}"
+    return prefix

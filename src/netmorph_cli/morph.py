@@ -5,6 +5,10 @@ builder, the wiring) and differ only in the sites they choose:
 
 - ``morph_at(net, spec, layer)``: the module ``spec`` in place of one stride-1 conv or
   identity shortcut (``--module SPEC --at LAYER``);
+- ``morph_after(net, spec, node)``: the module where there is no layer (the paper's
+  deepening): the identity at ``node``'s (C, H, W) output becomes ``spec``, whose nodes,
+  named ``NODE_after.…`` (``NODE_after2.…`` when taken), go right after ``node`` and whose
+  output feeds all of ``node``'s consumers (``--module SPEC --after NODE``);
 - ``morph_preset(net, preset)``: a preset is data (``presets.py``: a branch module, a
   placement rule, a shortcut split); its branch goes at a share of the identity shortcut
   of every block it places itself in, named ``layerL.I.morphB.*``. Branches an earlier
@@ -32,21 +36,32 @@ from .errors import MorphError
 from .flops import count_flops
 from .graph import ModuleGraph
 from .history import MorphRecord
-from .insertion import Edit, Site, finish, identity_bn, index_of, put, site_at
+from .insertion import (
+    Edit,
+    Site,
+    after_prefix,
+    finish,
+    identity_bn,
+    index_of,
+    put,
+    site_after,
+    site_at,
+)
 from .network import Network, node, validate_description
 from .presets import BRANCH, PRESET_RE, PRESET_SUFFIXES, PRESETS, BlobLayers, NamedPreset, Preset
 from .verify import VerifyReport, require_passed, verify
 
 __all__ = ["PRESETS", "PRESET_RE", "PRESET_SUFFIXES", "BlobLayers", "NamedPreset", "Preset",
-           "arch_name", "identity_bn", "morph_at", "morph_network", "morph_preset",
-           "prelu_all", "resnet_blocks"]
+           "arch_name", "identity_bn", "morph_after", "morph_at", "morph_network",
+           "morph_preset", "prelu_all", "resnet_blocks"]
 
 
 def arch_name(arch: str, *, preset: str | None = None, module: str | None = None,
-              at: str | None = None) -> str:
+              at: str | None = None, after: str | None = None) -> str:
     """The architecture name after a morph: ``resnet20`` → ``resnet20+1c1``; a later preset
     replaces the earlier one where it stands (1c1 → 3c1 grows the same branches), a module
-    morph appends ``NAME@LAYER``: ``resnet20+1c1+D@layer1.0.conv1``. Parts recorded by
+    morph appends ``NAME@LAYER`` (``resnet20+1c1+D@layer1.0.conv1``) or, inserted after a
+    node, ``NAME@after:NODE`` (``resnet20+D@after:layer1.0.relu1``). Parts recorded by
     older versions (``+module``) are kept as they are."""
     base, *parts = arch.split("+")
     if preset is not None:
@@ -57,7 +72,8 @@ def arch_name(arch: str, *, preset: str | None = None, module: str | None = None
             parts[i] = preset
     if module is not None:
         token = _ARCH_UNSAFE.sub("_", module) or "module"
-        parts.append(f"{token}@{_ARCH_UNSAFE.sub('_', at)}" if at else token)
+        where = f"after:{after}" if after is not None else at
+        parts.append(f"{token}@{_ARCH_UNSAFE.sub('_', where)}" if where else token)
     return "+".join([base, *parts])
 
 
@@ -133,7 +149,9 @@ def _identity(desc: dict[str, Any], block: str) -> tuple[str, float]:
     if sc is None:
         raise MorphError(f"block {block!r} has no identity shortcut left to morph")
     x = add["inputs"][sc]
-    if x in idx and desc["nodes"][idx[x]]["op"] in ("conv", "bn", "shortcut_a"):
+    # a projection is computed inside the block (``BLOCK.shortcut…``, ``BLOCK.downsample…``);
+    # the identity may come from any node before it (a MobileNet block's input is a BN)
+    if x.startswith(f"{block}.") or (x in idx and desc["nodes"][idx[x]]["op"] == "shortcut_a"):
         raise MorphError(f"block {block!r} has a projection shortcut, not an identity")
     return x, add["coeffs"][sc]
 
@@ -216,39 +234,75 @@ def morph_at(net: Network, spec: ModuleGraph, layer: str, *, seed: int = 0, bn: 
     ``progress`` are the solve's limits (see ``morph_filter``): the memory estimate is
     checked before anything is allocated, and nothing is changed when the solve fails.
     """
+    _check_module_args(spec, act)
+    edit = Edit(net, seed, exact_bn, _limits(tol, max_sweeps, max_seconds, max_memory,
+                                             progress), drop=f"{layer}.")
+    return _insert_module(edit, site_at(net, layer), spec, layer, {"at": layer}, bn, act,
+                          inner_width)
+
+
+def morph_after(net: Network, spec: ModuleGraph, name: str, *, seed: int = 0,
+                bn: bool = True, act: str = "prelu", inner_width: int | None = None,
+                exact_bn: bool = True, tol: float = 1e-10, max_sweeps: int = 60,
+                max_seconds: float | None = None, max_memory: int | None = None,
+                progress: ProgressFn | None = None) -> Network:
+    """Insert the module ``spec`` where there is no layer: the identity at node ``name``'s
+    output (a C×C 1×1 identity filter; C the channels of its (C, H, W) output, ``input``
+    included) is morphed into ``spec`` (the paper's deepening).
+
+    The module's nodes, named ``NODE_after.…`` (``NODE_after2.…``, … when taken), go right
+    after the node; its output takes the node's place for all its consumers. The history
+    entry records ``after`` (not ``at``) and the pair (node, module output) ``verify``
+    compares; the arch name gains ``NAME@after:NODE``. Options as ``morph_at``'s.
+    """
+    _check_module_args(spec, act)
+    site = site_after(net, name)
+    edit = Edit(net, seed, exact_bn, _limits(tol, max_sweeps, max_seconds, max_memory,
+                                             progress))
+    return _insert_module(edit, site, spec, after_prefix(edit.desc, name), {"after": name},
+                          bn, act, inner_width)
+
+
+def _check_module_args(spec: ModuleGraph, act: str) -> None:
     if act not in ("prelu", "none"):
         raise MorphError(f"unknown activation {act!r} (prelu or none)")
-    site = site_at(net, layer)
     for name in [*(e.name for e in spec.edges), *spec.blobs]:
         if "." in name:
             raise MorphError(f"spec name {name!r} contains '.', which layer names reserve")
-    edit = Edit(net, seed, exact_bn, _limits(tol, max_sweeps, max_seconds, max_memory,
-                                             progress), drop=f"{layer}.")
-    compare, result, out = edit.insert(site, spec, layer, BlobLayers(bn=bn, act=act),
+
+
+def _insert_module(edit: Edit, site: Site, spec: ModuleGraph, prefix: str,
+                   where: dict[str, str], bn: bool, act: str, inner_width: int | None
+                   ) -> Network:
+    """``morph_at``/``morph_after``: solve, wire, record (``where``: ``at`` or ``after``)."""
+    compare, result, out = edit.insert(site, spec, prefix, BlobLayers(bn=bn, act=act),
                                        inner_width)
-    entry = MorphRecord.of(op="module", module=spec.name or "module", spec=spec.to_spec(),
-                           at=layer, seed=seed, residual=result.residual,
+    name = spec.name or "module"
+    entry = MorphRecord.of(op="module", module=name, spec=spec.to_spec(), **where,
+                           seed=edit.seed, residual=result.residual,
                            condition=max(result.conditioning.values()), sweeps=result.sweeps,
                            methods=result.methods, output=out,
                            compare=((compare[0], compare[1]),),
-                           exact_bn=exact_bn, bn=bn, act=act)
-    edit.desc["arch"] = arch_name(edit.desc["arch"], module=spec.name or "module", at=layer)
+                           exact_bn=edit.exact_bn, bn=bn, act=act)
+    edit.desc["arch"] = arch_name(edit.desc["arch"], module=name, **where)
     return edit.finish(entry)
 
 
 # -- the library call behind `netmorph morph` -----------------------------------------------
 
 def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | None = None,
-                  seed: int = 0, check: bool = True, prelu: bool = False, bn: bool = True,
-                  act: str = "prelu", exact_bn: bool = True, dtype: torch.dtype | None = None,
+                  after: str | None = None, seed: int = 0, check: bool = True,
+                  prelu: bool = False, bn: bool = True, act: str = "prelu",
+                  exact_bn: bool = True, dtype: torch.dtype | None = None,
                   calibrate: tuple[str, Sequence[torch.Tensor]] | None = None,
                   parent_sha256: str | None = None, max_sweeps: int = 60,
                   max_seconds: float | None = None, max_memory: int | None = None,
                   progress: ProgressFn | None = None
                   ) -> tuple[Network, VerifyReport | None]:
-    """Morph ``parent`` with a preset (placed by itself) or a module at the layer ``at``,
-    after casting it to ``dtype`` and replacing its ReLUs by PReLUs (``prelu``) if asked;
-    returns the child and the report of its quick check.
+    """Morph ``parent`` with a preset (placed by itself), a module at the layer ``at`` or a
+    module inserted after the node ``after`` (``morph_after``), after casting it to
+    ``dtype`` and replacing its ReLUs by PReLUs (``prelu``) if asked; returns the child and
+    the report of its quick check.
 
     ``bn``/``act`` shape a module's inner blobs (``morph_at``); ``calibrate`` = (data-set
     name, normalized training images) sets the new BN layers from data
@@ -261,11 +315,16 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
     if not isinstance(module, Preset | ModuleGraph):  # names are resolved by the caller
         raise TypeError(f"module must be a Preset or a ModuleGraph (Preset.parse(name), "
                         f"spec.load_spec(path)), not {type(module).__name__}")
-    if isinstance(module, Preset) and at is not None:
-        raise MorphError(f"--at applies to spec files; preset {module.name!r} places itself")
-    if not isinstance(module, Preset) and at is None:
+    if at is not None and after is not None:
+        raise MorphError("--at LAYER replaces a layer and --after NODE inserts the module "
+                         "after a node: give one of them")
+    if isinstance(module, Preset) and (at, after) != (None, None):
+        flag = "--at" if at is not None else "--after"
+        raise MorphError(f"{flag} applies to spec files; preset {module.name!r} places itself")
+    if not isinstance(module, Preset) and at is None and after is None:
         raise MorphError("--module SPEC.json needs --at LAYER (the conv or identity "
-                         "shortcut to replace)")
+                         "shortcut to replace) or --after NODE (the node whose output the "
+                         "module is inserted after)")
     net = parent.to(dtype) if dtype is not None else parent
     if prelu:
         net = prelu_all(net)
@@ -273,6 +332,9 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
                               "max_memory": max_memory, "progress": progress}
     if isinstance(module, Preset):
         child = morph_preset(net, module, seed=seed, exact_bn=exact_bn, **limits)
+    elif after is not None:
+        child = morph_after(net, module, after, seed=seed, bn=bn, act=act, exact_bn=exact_bn,
+                            **limits)
     else:
         assert at is not None
         child = morph_at(net, module, at, seed=seed, bn=bn, act=act, exact_bn=exact_bn,

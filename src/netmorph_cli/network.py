@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attrs import as_pair as as_pair  # re-exported: morph.py builds nodes with it
+from .attrs import count, finite, short
 from .errors import NetworkError
 from .history import parse_history
 from .limits import MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_MAP_SIDE, MAX_WIDTH
-from .ops import OPS, count, finite, param_shapes, short
-from .ops import as_pair as as_pair  # re-exported: morph.py builds nodes with it
+from .ops import OPS, param_shapes
 
 FORMAT = 1
 
@@ -143,6 +144,9 @@ class GraphNet(nn.Module):
         validate_description(desc)
         self.nodes = [dict(n) for n in desc["nodes"]]
         self.output = desc["output"]
+        # (description, history, meta) of the Network this module was built from (the
+        # Python API morphs, verifies and saves modules by it); None for a bare description
+        self.netmorph_record: tuple[dict[str, Any], list[Any], dict[str, Any]] | None = None
         self._layers: dict[str, nn.Module] = {}
         for n in self.nodes:
             make = OPS[n["op"]].layer
@@ -214,6 +218,8 @@ class Network:
         net.load_state_dict(self.tensors, strict=True)
         if dtype is not None:
             net = net.to(dtype)
+        net.netmorph_record = (copy.deepcopy(self.description), copy.deepcopy(self.history),
+                               copy.deepcopy(self.meta))
         return net.to(device).eval()
 
     def to(self, dtype: torch.dtype) -> Network:

@@ -24,20 +24,8 @@ Record fields (an ``Op``; all but ``name`` have defaults, so a simple op is a sh
 - ``init(node, generator) -> {name: tensor}``: fresh tensors for ``params`` (``netmorph init``).
 
 Adding an op is one more ``Op(...)`` in ``OPS`` (and its examples in tests/unit/test_ops.py).
-Sketches for importing any CNN (issue 12; not registered yet; ``probability``, ``_same_shapes``,
-``_channels_summed`` and ``_resized`` are the small helpers one would write beside these)::
-
-    Op("silu", forward=lambda n, ins, _: F.silu(ins[0])),       # shape kept, no tensors or MACs
-    Op("dropout", attrs=(Attr("p", probability, 0.5),),          # a layer that owns no tensors
-       layer=lambda n: nn.Dropout(n["p"])),
-    Op("mul", arity=2, out_shape=_same_shapes, forward=lambda n, ins, _: ins[0] * ins[1]),
-    Op("concat", arity=None, out_shape=_channels_summed,         # any number of inputs
-       forward=lambda n, ins, _: torch.cat(ins, dim=1)),
-    Op("flatten", out_shape=lambda n, ins: (math.prod(ins[0]),), logical_hw=_flat,
-       forward=lambda n, ins, _: ins[0].flatten(1)),
-    Op("adaptive_avgpool", attrs=(Attr("size", pair(1)),), out_shape=_resized,
-       logical_hw=lambda n, hw: tuple(n["size"]),
-       forward=lambda n, ins, _: F.adaptive_avg_pool2d(ins[0], n["size"])),
+The ops beyond the paper's ResNets (activations, ``mul``, ``concat``, pooling, ``flatten``,
+``dropout``) are those ``conversion.py`` maps a traced PyTorch CNN onto.
 
 Grouped/depthwise convs are ``conv`` with ``groups``: weight (out, in/groups, kh, kw), and
 MACs are that weight's size times the output area, so they follow the groups.
@@ -47,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,64 +43,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .limits import MAX_KERNEL, MAX_MAP_SIDE, MAX_WIDTH
+from .attrs import (
+    Attr,
+    Node,
+    as_pair,
+    boolean,
+    choice,
+    count,
+    finite,
+    integer,
+    number,
+    pair,
+    probability,
+    short,
+)
+from .limits import MAX_KERNEL, MAX_MAP_SIDE
 
-Node = Mapping[str, Any]
 Shape = tuple[int, ...]
 HW = tuple[int, int]
-Check = Callable[[Node, str], object]
-REQUIRED: Any = object()  # ``Attr.default`` of an attribute every node must give
-
-
-def short(v: Any) -> str:
-    """``repr`` cut to 60 characters, for error messages quoting user input."""
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "…"
-
-
-def finite(v: Any) -> bool:
-    """A JSON number (not a boolean) that is finite."""
-    return type(v) in (int, float) and math.isfinite(v)
-
-
-def as_pair(v: Any) -> tuple[int, int]:
-    """An int or [h, w] as (h, w)."""
-    a, b = [v, v] if isinstance(v, int) else list(v)
-    return a, b
-
-
-# -- attribute checks: each ``check(node, attr)`` raises ValueError naming the field ----------
-
-def integer(lo: int, hi: int) -> Check:
-    """An integer in [lo, hi]."""
-    def check(n: Node, attr: str) -> int:
-        v = n[attr]
-        if type(v) is not int or not lo <= v <= hi:
-            raise ValueError(f"{attr} must be an integer from {lo} to {hi}, not {short(v)}")
-        return v
-    return check
-
-
-count = integer(1, MAX_WIDTH)  # a width (channels, features, classes)
-
-
-def pair(lo: int, hi: int = MAX_MAP_SIDE) -> Check:
-    """[h, w], integers in [lo, hi] (kernel, stride, padding, dilation, pad)."""
-    def check(n: Node, attr: str) -> list[int]:
-        v = n[attr]
-        if not (isinstance(v, list) and len(v) == 2
-                and all(type(i) is int and i >= lo for i in v)):
-            raise ValueError(f"{attr} must be a list of two integers ≥ {lo} (e.g. "
-                             f"[{max(lo, 1)}, {max(lo, 1)}]), not {short(v)}")
-        if max(v) > hi:
-            raise ValueError(f"{attr} {v} is larger than netmorph's limit of {hi}")
-        return v
-    return check
-
-
-def boolean(n: Node, attr: str) -> None:
-    if type(n[attr]) is not bool:
-        raise ValueError(f"{attr} must be true or false, not {short(n[attr])}")
 
 
 def _groups(n: Node, attr: str) -> None:
@@ -150,17 +98,10 @@ def _pool_padding(n: Node, attr: str) -> None:
     integer(0, n["kernel"] // 2)(n, attr)  # torch: padding at most half the window
 
 
-@dataclass(frozen=True)
-class Attr:
-    """One attribute of an op: its name, its check and its default (``REQUIRED``: none)."""
-
-    name: str
-    check: Check
-    default: Any = REQUIRED
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
+def _above_min(n: Node, attr: str) -> None:
+    number(n, attr)
+    if n[attr] < n["min"]:
+        raise ValueError(f"{attr} {n[attr]} is below min {n['min']}")
 
 
 # -- shapes -------------------------------------------------------------------------------------
@@ -225,6 +166,36 @@ def _maxpool_shape(n: Node, ins: list[Shape]) -> Shape:
     if min(hw) < 1:
         raise ValueError(f"output would be empty for input {x}")
     return (x[0], *hw)
+
+
+def _broadcast_shape(n: Node, ins: list[Shape]) -> Shape:
+    """Elementwise product with broadcasting (squeeze-excitation: (C, H, W) · (C, 1, 1));
+    the result must be the shape of one input, so no input is silently expanded twice."""
+    try:
+        out = tuple(torch.broadcast_shapes(*ins))
+    except RuntimeError:
+        raise ValueError(f"inputs {ins} do not broadcast") from None
+    if out not in ins:
+        raise ValueError(f"inputs {ins} broadcast to {out}, the shape of neither")
+    return out
+
+
+def _concat_shape(n: Node, ins: list[Shape]) -> Shape:
+    if len({s[1:] for s in ins}) != 1:
+        raise ValueError(f"inputs of different sizes cannot be concatenated: {ins}")
+    return (sum(s[0] for s in ins), *ins[0][1:])
+
+
+def _avgpool_shape(n: Node, ins: list[Shape]) -> Shape:
+    x = ins[0]
+    hw = _maxpool_hw(n, (x[1], x[2]))  # the same window formula
+    if min(hw) < 1:
+        raise ValueError(f"output would be empty for input {x}")
+    return (x[0], *hw)
+
+
+def _adaptive_shape(n: Node, ins: list[Shape]) -> Shape:
+    return (ins[0][0], *n["size"])
 
 
 def _linear_shape(n: Node, ins: list[Shape]) -> Shape:
@@ -317,6 +288,10 @@ def _init_linear(n: Node, gen: torch.Generator) -> dict[str, torch.Tensor]:
     bound = 1.0 / math.sqrt(n["in"])
     return {p: (torch.rand(shape, generator=gen) * 2 - 1) * bound
             for p, shape in _linear_params(n).items()}
+
+
+def _dropout_layer(n: Node) -> nn.Module:
+    return nn.Dropout(n["p"])  # identity in eval mode; drops in training mode, as the original
 
 
 def _conv_layer(n: Node) -> nn.Module:
@@ -426,7 +401,21 @@ OPS: dict[str, Op] = {op.name: op for op in (
        out_shape=_channels_kept, params=_bn_params, buffers=_BN_BUFFERS,
        layer=lambda n: nn.BatchNorm2d(n["channels"], eps=n["eps"], momentum=n["momentum"]),
        init=_init_bn),
-    Op("relu", forward=lambda n, ins, _: F.relu(ins[0])),
+    Op("relu", spatial=False, forward=lambda n, ins, _: F.relu(ins[0])),
+    Op("hardtanh", attrs=(Attr("min", number, -1.0), Attr("max", _above_min, 1.0)),
+       spatial=False, forward=lambda n, ins, _: F.hardtanh(ins[0], n["min"], n["max"])),
+    Op("silu", spatial=False, forward=lambda n, ins, _: F.silu(ins[0])),
+    Op("gelu", attrs=(Attr("approximate", choice("none", "tanh"), "none"),), spatial=False,
+       forward=lambda n, ins, _: F.gelu(ins[0], approximate=n["approximate"])),
+    Op("hardswish", spatial=False, forward=lambda n, ins, _: F.hardswish(ins[0])),
+    Op("hardsigmoid", spatial=False, forward=lambda n, ins, _: F.hardsigmoid(ins[0])),
+    Op("sigmoid", spatial=False, forward=lambda n, ins, _: torch.sigmoid(ins[0])),
+    Op("tanh", spatial=False, forward=lambda n, ins, _: torch.tanh(ins[0])),
+    Op("dropout", attrs=(Attr("p", probability, 0.5),), spatial=False, layer=_dropout_layer),
+    Op("mul", arity=2, spatial=False, out_shape=_broadcast_shape,
+       forward=lambda n, ins, _: ins[0] * ins[1]),
+    Op("concat", arity=None, out_shape=_concat_shape,
+       forward=lambda n, ins, _: torch.cat(ins, dim=1)),
     Op("prelu", attrs=(Attr("channels", count),), out_shape=_channels_kept,
        params=lambda n: {"weight": (n["channels"],)}, layer=lambda n: nn.PReLU(n["channels"]),
        init=lambda n, gen: {"weight": torch.full((n["channels"],), 0.25)}),  # torch's default
@@ -441,6 +430,18 @@ OPS: dict[str, Op] = {op.name: op for op in (
                          Attr("padding", _pool_padding)),
        out_shape=_maxpool_shape, logical_hw=_maxpool_hw,
        forward=lambda n, ins, _: F.max_pool2d(ins[0], n["kernel"], n["stride"], n["padding"])),
+    Op("avgpool", attrs=(Attr("kernel", integer(1, MAX_KERNEL)),
+                         Attr("stride", integer(1, MAX_MAP_SIDE)),
+                         Attr("padding", _pool_padding),
+                         Attr("count_include_pad", boolean, True)),
+       out_shape=_avgpool_shape, logical_hw=_maxpool_hw,
+       forward=lambda n, ins, _: F.avg_pool2d(ins[0], n["kernel"], n["stride"], n["padding"],
+                                              count_include_pad=n["count_include_pad"])),
+    Op("adaptive_avgpool", attrs=(Attr("size", pair(1)),), out_shape=_adaptive_shape,
+       logical_hw=lambda n, hw: (n["size"][0], n["size"][1]),
+       forward=lambda n, ins, _: F.adaptive_avg_pool2d(ins[0], n["size"])),
+    Op("flatten", out_shape=lambda n, ins: (math.prod(ins[0]),), logical_hw=_flat,
+       forward=lambda n, ins, _: ins[0].flatten(1)),  # (N, C, H, W) → (N, C·H·W)
     Op("gap", out_shape=lambda n, ins: (ins[0][0],), logical_hw=_flat,
        forward=lambda n, ins, _: ins[0].mean(dim=(2, 3))),  # (N, C, H, W) → (N, C)
     Op("linear", attrs=(*_CONV_IN_OUT, Attr("bias", boolean, True)), spatial=False,

@@ -239,7 +239,7 @@ def _history_row(h: Record) -> tuple[str, str, str, str]:
         d = h.data
         return (str(h.op or "unknown step"), str(d.get("at") or ""), str(d.get("seed", "")),
                 "")
-    where = h.at or (f"{len(h.blocks)} blocks" if h.blocks is not None else "all")
+    where = h.where
     result = f"{h.residual:.2e}" if isinstance(h.residual, float) else ""
     if isinstance(h.condition, float) and h.condition > 0:
         result += f", cond {h.condition:.3g}"

@@ -80,7 +80,7 @@ def compare_pairs(parent: Network, child: Network) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for entry in parse_history(child.history)[n:]:
         for a, b in entry.compare if isinstance(entry, MorphRecord) else ():
-            if a in p_nodes and b in c_nodes and (a, b) not in pairs:
+            if (a in p_nodes or a == "input") and b in c_nodes and (a, b) not in pairs:
                 pairs.append((a, b))
     return pairs
 

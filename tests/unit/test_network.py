@@ -164,7 +164,7 @@ def _bad_cases() -> list[tuple[str, dict, tuple[str, ...]]]:
     inside["nodes"].insert(1, node("c1.extra", "relu", ["c1"]))
     return [
         ("duplicate node", dup, ("duplicate", "'c1'")),
-        ("unknown op", _with(d, 6, op="gelu"), ("'r1'", "unknown op", "'gelu'")),
+        ("unknown op", _with(d, 6, op="layer_norm"), ("'r1'", "unknown op", "'layer_norm'")),
         ("missing attribute", missing, ("'c1'", "missing", "kernel")),
         ("unknown input", _with(d, 6, inputs=["nowhere"]), ("'r1'", "'nowhere'",
                                                             "not an earlier node")),

@@ -42,6 +42,22 @@ EXAMPLES: dict[str, list[tuple[dict, list[tuple[int, ...]]]]] = {
     "maxpool": [({"kernel": 3, "stride": 2, "padding": 1}, [(3, 9, 8)])],
     "gap": [({}, [(3, 5, 5)])],
     "linear": [({"in": 5, "out": 3}, [(5,)]), ({"in": 5, "out": 3, "bias": False}, [(5,)])],
+    # the ops a traced PyTorch CNN is converted to (conversion.py)
+    "hardtanh": [({"min": 0.0, "max": 6.0}, [(3, 4, 4)]), ({}, [(7,)])],
+    "silu": [({}, [(3, 4, 4)])],
+    "gelu": [({}, [(3, 4, 4)]), ({"approximate": "tanh"}, [(6,)])],
+    "hardswish": [({}, [(3, 4, 4)])],
+    "hardsigmoid": [({}, [(3, 1, 1)])],
+    "sigmoid": [({}, [(3, 1, 1)])],
+    "tanh": [({}, [(5,)])],
+    "dropout": [({"p": 0.2}, [(3, 4, 4)]), ({}, [(9,)])],
+    "mul": [({}, [(3, 5, 6), (3, 1, 1)]), ({}, [(3, 1, 1), (3, 5, 6)]), ({}, [(4,), (4,)])],
+    "concat": [({}, [(3, 5, 6), (2, 5, 6), (1, 5, 6)])],
+    "avgpool": [({"kernel": 2, "stride": 2, "padding": 0}, [(3, 9, 8)]),
+                ({"kernel": 3, "stride": 1, "padding": 1, "count_include_pad": False},
+                 [(2, 5, 5)])],
+    "adaptive_avgpool": [({"size": [1, 1]}, [(3, 5, 7)]), ({"size": [2, 3]}, [(3, 6, 6)])],
+    "flatten": [({}, [(3, 2, 2)])],
 }
 COUNTED = {"conv", "linear"}  # the paper counts conv and linear MACs, nothing else
 CASES = [(op, i) for op, cases in EXAMPLES.items() for i in range(len(cases))]
@@ -106,11 +122,13 @@ def test_shapes_and_tensors_agree_with_running_the_op(op_name, i):
 def test_logical_size_and_macs_by_hand(op_name, i):
     n, op, layer, shapes, xs = _example(op_name, i)
     y = op.forward(n, xs, layer)
-    x_hw = shapes[0][1:] if len(shapes[0]) == 3 else None
+    spatial = [s[1:] for s in shapes if len(s) == 3]  # flops.py passes the largest input
+    x_hw = (max(h for h, _ in spatial), max(w for _, w in spatial)) if spatial else None
     hw = op.logical_hw(n, x_hw) if x_hw is not None else None
     if y.dim() == 2:
         assert hw is None
-    elif op_name == "pad" or (op_name == "conv" and n["padding"] == [0, 0]):
+    elif op_name in ("pad", "add") or (op_name == "conv" and n["padding"] == [0, 0]):
+        # a module's joins see equal logical sizes (their real inputs are centre-cropped)
         assert hw == x_hw  # the same-size convention: a module's pads and convs keep sizes
     else:
         assert hw == tuple(y.shape[2:])

@@ -1,0 +1,154 @@
+"""netmorph's Python API: grow a trained PyTorch CNN into a larger one that computes the same
+function, inside a training script.
+
+    import netmorph
+    child = netmorph.morph(model, "D.json", at="features.4", example_input=x)
+    optimizer = torch.optim.SGD(child.parameters(), lr=0.01)
+    report = netmorph.verify(model, child, example_input=x)   # .passed, .max_rel_err
+
+``morph`` takes a plain ``nn.Module`` (traced once with ``torch.export`` on
+``example_input``, converted op by op and checked against the model) or a module that
+netmorph returned or loaded, and returns a new ``nn.Module`` (netmorph's ``GraphNet``) on the
+model's device, in the model's training mode, whose layers sit at the original module
+paths (``child.features[3]`` stays where it was; the replaced conv's module lies under
+``features.4.*``). ``save``/``load`` read and write netmorph checkpoints (the CLI's files),
+history and lineage included. Everything the CLI prints as ``Error: …`` is raised here as
+a ``netmorph_cli.errors.NetmorphError`` subclass.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netmorph_cli import __version__
+from netmorph_cli.errors import NetmorphError
+from netmorph_cli.graph import ModuleGraph
+from netmorph_cli.network import GraphNet, Network, state_of
+from netmorph_cli.presets import Preset
+from netmorph_cli.verify import VerifyReport
+
+__all__ = ["GraphNet", "NetmorphError", "VerifyReport", "__version__", "load", "morph",
+           "save", "to_network", "verify"]
+
+
+def to_network(model: nn.Module, example_input: torch.Tensor | None = None) -> Network:
+    """The netmorph ``Network`` (description, tensors, history) of ``model``.
+
+    A module netmorph made carries its own; any other is traced with ``torch.export`` on
+    ``example_input`` (one (N, C, H, W) batch; the model's mode is restored afterwards) and
+    its logits checked against the model's on random inputs (``VerificationError`` above
+    1e-5 relative in float32, 1e-10 in float64)."""
+    record = getattr(model, "netmorph_record", None)
+    if isinstance(model, GraphNet) and record is not None:
+        desc, history, meta = record
+        tensors = {k: v.cpu() for k, v in state_of(model).items()}
+        return Network(copy.deepcopy(desc), tensors, copy.deepcopy(history),
+                       copy.deepcopy(meta)).check()
+    if example_input is None:
+        raise TypeError("example_input is needed to trace a plain nn.Module (one batch of "
+                        "inputs, e.g. torch.randn(2, 3, 32, 32))")
+    from netmorph_cli import conversion, importers, program
+
+    was_training = model.training
+    device = example_input.device
+    try:
+        prog = program.trace(model, example_input, type(model).__name__)
+        net = conversion.to_network(
+            prog, arch=type(model).__name__, normalization=importers.default_normalization(
+                int(example_input.shape[1])),
+            imported={"layout": "torch.export", "module": type(model).__qualname__})
+        with torch.no_grad():
+            importers.compare(net, lambda x: model.eval()(x.to(device)).cpu(),
+                              type(model).__name__)
+    finally:
+        model.train(was_training)
+    return net
+
+
+def morph(model: nn.Module, module: str | Path | ModuleGraph | Preset | dict[str, Any], *,
+          at: str | None = None, after: str | None = None,
+          example_input: torch.Tensor | None = None, seed: int = 0, bn: bool = True,
+          act: str = "prelu", calibrate: Iterable[torch.Tensor] | None = None) -> GraphNet:
+    """A child of ``model`` with ``module`` in place of the conv ``at`` (stride 1, groups 1),
+    or inserted ``after`` a node (the identity there morphed into the module); a preset
+    (``"1c1"``, …) places itself in every ResNet block named ``layerL.I``.
+
+    ``module``: a preset name, a spec file path, a spec dict or a ``ModuleGraph``. The
+    filters are solved in float64; the child is checked against the parent on 4 random
+    inputs before it is returned. ``calibrate``: batches of (normalized) training inputs
+    that set the new BN layers' statistics, so the child also starts where the parent is
+    in training mode. The child is on the model's device and in its training mode."""
+    from netmorph_cli.morph import morph_network
+
+    spec = _module(module)
+    parent = to_network(model, example_input)
+    child, _ = morph_network(parent, spec, at=at, after=after, seed=seed, bn=bn, act=act,
+                             calibrate=("user data", [b.detach().cpu() for b in calibrate])
+                             if calibrate is not None else None)
+    return _to_module(child, _device(model, example_input), model.training)
+
+
+def verify(parent: nn.Module, child: nn.Module, *, example_input: torch.Tensor | None = None,
+           inputs: torch.Tensor | None = None, samples: int = 64,
+           dtype: torch.dtype | None = None) -> VerifyReport:
+    """Compare ``child`` with ``parent`` in eval mode (``netmorph verify``): logits and every
+    morphed module's output, on ``inputs`` or ``samples`` seeded random inputs, in
+    ``dtype`` (default: the child's; tolerance 1e-5 relative in float32, 1e-10 in
+    float64). A plain ``parent`` is traced on ``example_input`` as ``morph`` did."""
+    from netmorph_cli import verify as verifying
+
+    p = to_network(parent, example_input)
+    c = to_network(child, example_input)
+    dtype = dtype or c.dtype
+    if inputs is not None:
+        return verifying.verify(p, c, dtype=dtype, inputs=inputs.detach().cpu(),
+                                inputs_name="given")
+    return verifying.verify(p, c, dtype=dtype, samples=samples)
+
+
+def load(path: str | Path) -> GraphNet:
+    """The network of a netmorph checkpoint as an ``nn.Module`` (eval mode, CPU)."""
+    from netmorph_cli.checkpoint import load as load_checkpoint
+
+    return _to_module(load_checkpoint(path), torch.device("cpu"), False)
+
+
+def save(model: nn.Module, path: str | Path, *, force: bool = False,
+         example_input: torch.Tensor | None = None) -> str:
+    """Write ``model`` as a netmorph checkpoint (safetensors, or ``.pt``); returns its
+    sha256. A plain module is traced on ``example_input`` first."""
+    from netmorph_cli.checkpoint import save as save_checkpoint
+
+    return save_checkpoint(to_network(model, example_input), path, force=force)
+
+
+def _module(module: Any) -> ModuleGraph | Preset:
+    from netmorph_cli.spec import load_spec, spec_from_dict
+
+    if isinstance(module, (ModuleGraph, Preset)):
+        return module
+    if isinstance(module, dict):
+        return spec_from_dict(module)
+    if isinstance(module, Path) or (isinstance(module, str) and (
+            module.endswith(".json") or Path(module).is_file())):
+        return load_spec(module)
+    if isinstance(module, str):
+        return Preset.parse(module)
+    raise TypeError(f"module must be a preset name, a spec path or dict, a ModuleGraph or a "
+                    f"Preset, not {type(module).__name__}")
+
+
+def _device(model: nn.Module, example_input: torch.Tensor | None) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return example_input.device if example_input is not None else torch.device("cpu")
+
+
+def _to_module(net: Network, device: torch.device, training: bool) -> GraphNet:
+    return net.module(device=device).train(training)  # carries net's record

@@ -1,0 +1,148 @@
+"""export.py: the written artifact against netmorph's module (the trusted reference), at the
+stated tolerances; a dynamic batch that really is dynamic; a failed check leaves no file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from netmorph_cli import export, morph, outputs, presets, zoo
+from netmorph_cli.errors import OutputError, UsageError, VerificationError
+from netmorph_cli.network import Network
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖Δ‖∞ / ‖ref‖∞, the check's own measure."""
+    return float((got.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+def inputs(net: Network, batch: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(123)
+    return torch.randn(batch, *net.description["input"], generator=gen).to(dtype)
+
+
+@pytest.fixture(scope="module")
+def child(one_thread) -> Network:
+    """ResNet-20 (option-A shortcuts) morphed with 1c1: conv, BN, PReLU, pad and add nodes."""
+    net, _ = morph.morph_network(zoo.create("resnet20", 10, 0, "A"),
+                                 presets.Preset.parse("1c1"), check=False)
+    return net
+
+
+@pytest.fixture(scope="module")
+def pt2(child, tmp_path_factory) -> tuple[Path, export.ExportReport]:
+    path = tmp_path_factory.mktemp("pt2") / "child.pt2"
+    return path, export.export_network(child, path)
+
+
+def test_pt2_report_and_file(pt2):
+    path, report = pt2
+    assert (report.format, report.dtype, report.samples) == ("pt2", "float32", 8)
+    assert report.dynamic_batch and report.note == ""
+    assert report.sha256 == outputs.sha256(path)
+    assert report.max_rel_err <= export.TOLERANCE and report.max_abs_err >= 0
+    assert report.to_json()["path"] == str(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["child.pt2"]  # no temp files
+
+
+@pytest.fixture(scope="module")
+def program(pt2) -> torch.nn.Module:
+    return torch.export.load(pt2[0]).module()  # our own file: trusted
+
+
+@pytest.mark.parametrize("batch", [1, 3, 17])
+def test_pt2_program_matches_graphnet_at_any_batch(program, child, batch):
+    """float32, rtol 1e-5 normwise (atol 0): batch sizes the tracer never saw (it used 2)."""
+    x = inputs(child, batch)
+    with torch.inference_mode():
+        got, ref = program(x), child.module()(x)
+    assert got.shape == ref.shape == (batch, 10)
+    assert rel_err(got, ref) <= 1e-5
+
+
+def test_float64_checkpoint_exports_float64(child, tmp_path):
+    net = child.to(torch.float64)
+    report = export.export_network(net, tmp_path / "c64.pt2")
+    assert report.dtype == "float64" and report.dynamic_batch
+    assert report.max_rel_err <= 1e-12  # same ops in float64
+    program = torch.export.load(tmp_path / "c64.pt2").module()
+    x = inputs(net, 5, torch.float64)
+    with torch.inference_mode():
+        assert rel_err(program(x), net.module()(x)) <= 1e-12
+
+
+def test_static_batch_fallback_is_reported_and_checked(child, tmp_path, monkeypatch):
+    """Where torch cannot keep the batch dynamic: a batch of 1, said so, checked one by one."""
+    def refuse() -> None:
+        raise RuntimeError("Constraints violated (batch)")
+
+    monkeypatch.setattr(export, "_batch_dim", refuse)
+    report = export.export_network(child, tmp_path / "static.pt2", samples=3)
+    assert not report.dynamic_batch
+    assert report.note == ("static batch of 1: torch.export cannot keep the batch dynamic "
+                           "(Constraints violated (batch))")
+    assert report.max_rel_err <= export.TOLERANCE and report.samples == 3
+    program = torch.export.load(tmp_path / "static.pt2").module()
+    with pytest.raises(Exception, match="shape|size|batch|Expected"):  # torch's own guard
+        program(inputs(child, 3))
+
+
+def test_sabotaged_program_fails_and_leaves_no_file(child, tmp_path, monkeypatch):
+    """The loaded program returns wrong logits: exit code 1, the error figure, no file."""
+    real = export._load
+
+    def sabotaged(fmt: str, path: Path) -> export.Runner:
+        run = real(fmt, path)
+        return lambda x: run(x) * 1.01
+
+    monkeypatch.setattr(export, "_load", sabotaged)
+    with pytest.raises(VerificationError, match=r"max relative error 0\.01 > 1e-05") as info:
+        export.export_network(child, tmp_path / "bad.pt2")
+    assert info.value.exit_code == 1
+    assert "removed" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_artifact_fails_and_leaves_no_file(child, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "_pt2", lambda module, example: (
+        lambda f: f.write(b"not a program"), True, ""))
+    with pytest.raises(VerificationError, match="cannot be run back") as info:
+        export.export_network(child, tmp_path / "bad.pt2")
+    assert info.value.exit_code == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refusals_before_any_work(child, tmp_path):
+    with pytest.raises(UsageError, match="unknown export format 'tflite'"):
+        export.export_network(child, tmp_path / "x", fmt="tflite")
+    existing = tmp_path / "x.pt2"
+    existing.write_bytes(b"old")
+    with pytest.raises(OutputError, match="exists; pass --force"):
+        export.export_network(child, existing)
+    assert existing.read_bytes() == b"old"
+
+
+def test_onnx_matches_graphnet(child, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path = tmp_path / "child.onnx"
+    report = export.export_network(child, path, fmt="onnx")
+    assert (report.format, report.dtype, report.dynamic_batch) == ("onnx", "float32", True)
+    assert report.max_rel_err <= export.TOLERANCE
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = inputs(child, 3)
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    with torch.inference_mode():
+        assert rel_err(got, child.module()(x)) <= 1e-5  # float32, normwise, atol 0
+
+
+def test_onnx_float64_is_refused(child, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    with pytest.raises(UsageError, match="no float64 convolution"):
+        export.export_network(child, tmp_path / "c.onnx", fmt="onnx", dtype=torch.float64)
+    assert list(tmp_path.iterdir()) == []
