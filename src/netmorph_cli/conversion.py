@@ -6,8 +6,12 @@ error naming the call, its module, the op and what is supported. Node names are 
 model's own module paths: a layer that owns tensors is named by its state_dict prefix
 (``features.3``, ``stem.0``), a parameter-free module call by its path (``features.2`` for
 an ``nn.ReLU``), and a functional call by its module's path plus the op (``layer1.0.add``),
-numbered when repeated (``layer1.0.relu_1``). A ResNet-like block's join keeps which input is
-its identity (``shortcut``), so the paper's presets find blocks named ``layerL.I``.
+numbered when repeated (``layer1.0.relu_1``). A ResNet-like block's join marks its shortcut
+input (``shortcut``: the one input made outside the block, else its ``shortcut``/
+``downsample`` projection), so the paper's presets find blocks named ``layerL.I``. An
+exported netmorph network (``export.py``) imports back node for node: its parameter-free
+ops are ``OpModule``s at their node names, its joins' crops and constant factors fold back
+into one add, its option-A shortcuts are recognized.
 
 In-place calls (``relu_``, ``add_``) rebind the tensor they write: later readers see the
 new node, as they saw the mutated tensor.
@@ -16,7 +20,9 @@ new node, as they saw the mutated tensor.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,9 +34,11 @@ from .program import Call, Program, SymInt, Value
 
 SUPPORTED = ("conv2d (any stride, padding, dilation, groups), batch_norm (eval), relu, relu6/"
              "hardtanh, silu, gelu, hardswish, hardsigmoid, sigmoid, tanh, prelu, add, sub, "
-             "mul, cat, max_pool2d, avg_pool2d, adaptive_avg_pool2d, mean over H and W, "
-             "flatten/view/reshape to a vector, linear, dropout, clone")
+             "mul, cat, zero padding, the crops of joins, max_pool2d, avg_pool2d, "
+             "adaptive_avg_pool2d, mean over H and W, flatten/view/reshape to a vector, "
+             "linear, dropout, clone")
 _CONTAINERS = ("torch.nn.modules.container.",)
+_SHORTCUT_PATHS = ("shortcut", "downsample")  # a ResNet block's projection, by its usual names
 
 
 class ConversionError(CheckpointError):
@@ -53,7 +61,10 @@ class _Converter:
                                   "imports models of one (N, C, H, W) image input with fixed "
                                   "C, H and W")
         self.input = [int(d) for d in shape[1:]]  # type: ignore[arg-type]
-        self.env: dict[str, str] = {program.input: "input"}  # graph value → node name
+        # graph value → node name, or a slice of one that only a join may consume
+        self.env: dict[str, str | _Sliced] = {program.input: "input"}
+        self.origin: dict[str, str] = {}  # node → the module path of the call that made it
+        self.op_paths = {c.module for c in program.calls if _is_op_module(c)}
         self.shapes: dict[str, tuple[int, ...]] = {"input": tuple(self.input)}
         self.nodes: list[dict[str, Any]] = []
         self.tensors: dict[str, torch.Tensor] = {}
@@ -86,7 +97,22 @@ class _Converter:
                                   "not supported)")
         if v.name not in self.env:
             raise self.fail(call, f"argument {arg!r} ({v.name}) is not computed before it")
-        return self.env[v.name]
+        got = self.env[v.name]
+        if isinstance(got, _Sliced):
+            if got.whole(self.shapes[got.node]):
+                return got.node
+            raise self.fail(call, f"argument {arg!r} is a slice of '{got.node}' "
+                                  f"({got.describe()}); netmorph slices feature maps only as "
+                                  "the centred crops of a join or an option-A shortcut")
+        return got
+
+    def sliced(self, call: Call, arg: str) -> _Sliced:
+        """A tensor argument as a (possibly trivial) slice of a node."""
+        v = call.args.get(arg)
+        got = self.env.get(v.name) if isinstance(v, Value) else None
+        if isinstance(got, _Sliced):
+            return got
+        return _Sliced.of(self.value(call, arg), self.shapes)
 
     def param(self, call: Call, arg: str, required: bool = True) -> tuple[str, torch.Tensor] | None:
         """(state_dict name, tensor) of a lifted tensor argument."""
@@ -111,7 +137,7 @@ class _Converter:
         """The node name of a parameter-free call: its module's path when the call is that
         module's own (an nn.ReLU at features.2), else path + op."""
         leaf = (call.module_type.startswith("torch.nn.modules.")
-                and not call.module_type.startswith(_CONTAINERS))
+                and not call.module_type.startswith(_CONTAINERS)) or _is_op_module(call)
         if call.module and leaf:
             return self.fresh(call.module)
         return self.fresh(f"{call.module}.{op}" if call.module else op)
@@ -130,12 +156,72 @@ class _Converter:
             self.tensors[f"{name}.{k}"] = t
         return name
 
-    def bind(self, call: Call, node_name: str, index: int = 0) -> None:
+    def bind(self, call: Call, node_name: str | _Sliced, index: int = 0) -> None:
+        if isinstance(node_name, str) and node_name in self.shapes:
+            self.origin.setdefault(node_name, call.module)
         self.env[call.outputs[index]] = node_name
         if call.target.split(".")[1].endswith("_"):  # in place: the written tensor is this
             first = next(iter(call.args.values()))
             if isinstance(first, Value):
                 self.env[first.name] = node_name
+
+    def fold_joins(self, out: str) -> str:
+        """Merge the chains a traced join leaves (``(a·c1 + b) + c``, constant factors as
+        one-input adds) into one add per join; name it by the netmorph op module it came
+        from; mark its identity input (``shortcut``): the one input made outside its
+        block. Returns the (possibly renamed) output node."""
+        uses = Counter(i for n in self.nodes for i in n["inputs"])
+        byname = {n["name"]: n for n in self.nodes}
+        removed: set[str] = set()
+
+        def expand(n: dict[str, Any], i: str, c: float, ins: list[str], cs: list[float]) -> None:
+            x = byname.get(i)
+            same = x is not None and self.origin.get(i) == self.origin.get(n["name"])
+            if (x is not None and x["op"] == "add" and uses[i] == 1 and i != out
+                    and (len(x["inputs"]) == 1 or same)):
+                removed.add(i)
+                for j, cj in zip(x["inputs"], x["coeffs"], strict=True):
+                    expand(n, j, c * cj, ins, cs)
+            else:
+                ins.append(i)
+                cs.append(c)
+
+        for n in reversed(self.nodes):  # outermost joins first: they absorb their chains
+            if n["op"] != "add" or n["name"] in removed:
+                continue
+            ins: list[str] = []
+            cs: list[float] = []
+            for i, c in zip(n["inputs"], n["coeffs"], strict=True):
+                expand(n, i, c, ins, cs)
+            n["inputs"], n["coeffs"] = ins, cs
+        self.nodes = [n for n in self.nodes if n["name"] not in removed]
+        names = {n["name"] for n in self.nodes}
+        rename: dict[str, str] = {}
+        for n in self.nodes:
+            path = self.origin.get(n["name"], "")
+            if n["name"] != path and path in self.op_paths and path not in names:
+                rename[n["name"]] = path
+                names.add(path)
+        ops = {rename.get(n["name"], n["name"]): n["op"] for n in self.nodes}
+        for n in self.nodes:
+            path = self.origin.get(n["name"], "")
+            n["name"] = rename.get(n["name"], n["name"])
+            n["inputs"] = [rename.get(i, i) for i in n["inputs"]]
+            if n["op"] == "add":  # its block: the op module's parent, or the calling module
+                block = path.rpartition(".")[0] if path in self.op_paths else path
+                outside = [k for k, i in enumerate(n["inputs"])
+                           if block and not i.startswith(block + ".")]
+                if not outside:  # a projection: a shortcut/downsample Sequential, option A
+                    outside = [k for k, i in enumerate(n["inputs"]) if block and (
+                        any(i.startswith(f"{block}.{p}.") for p in _SHORTCUT_PATHS)
+                        or (i == f"{block}.shortcut" and ops.get(i) == "shortcut_a"))]
+                n["shortcut"] = outside[0] if len(outside) == 1 and len(n["inputs"]) > 1 \
+                    else None
+        for old, new in rename.items():
+            self.shapes[new] = self.shapes[old]
+            for k in [k for k in self.tensors if k.startswith(old + ".")]:
+                self.tensors[new + k[len(old):]] = self.tensors.pop(k)
+        return rename.get(out, out)
 
     # -- the walk -------------------------------------------------------------------------
 
@@ -155,6 +241,10 @@ class _Converter:
                                       f"{SUPPORTED}")
             handler(self, call)
         out = self.env.get(self.p.output)
+        if isinstance(out, _Sliced):
+            raise ConversionError(f"{self.where()}: the output is a slice of '{out.node}'")
+        if out is not None:
+            out = self.fold_joins(out)
         if out is None or out == "input":
             raise ConversionError(f"{self.where()}: the output is not computed from the input")
         shape = self.shapes[out]
@@ -173,6 +263,47 @@ class _Converter:
         tensors = {k: _plain(v) for k, v in self.tensors.items()}
         meta = {"normalization": normalization, "imported": imported}
         return Network(desc, tensors, [], meta).check()
+
+
+def _is_op_module(call: Call) -> bool:
+    """A call inside one of netmorph's own ``OpModule`` (an exported netmorph network)."""
+    return call.module_type.endswith("netmorph_cli.network.OpModule")
+
+
+@dataclass(frozen=True)
+class _Sliced:
+    """``node[:, :, h.start::h.step][..., w.start::w.step]`` cut to ``length`` values a side:
+    a crop or a subsampling waiting for the join (or option-A shortcut) that consumes it."""
+
+    node: str
+    h: tuple[int, int, int]  # (start, length, step)
+    w: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, node: str, shapes: dict[str, tuple[int, ...]]) -> _Sliced:
+        shape = shapes[node]
+        if len(shape) != 3:
+            return cls(node, (0, 0, 1), (0, 0, 1))
+        return cls(node, (0, shape[1], 1), (0, shape[2], 1))
+
+    def cut(self, axis: int, start: int | None, end: int | None, step: int) -> _Sliced:
+        old = self.h if axis == 2 else self.w
+        picked = range(*slice(start, end, step).indices(old[1]))
+        new = (old[0] + picked.start * old[2], len(picked), old[2] * picked.step)
+        return _Sliced(self.node, new, self.w) if axis == 2 else _Sliced(self.node, self.h, new)
+
+    def whole(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) != 3 or (self.h, self.w) == ((0, shape[1], 1), (0, shape[2], 1))
+
+    def centred(self, shape: tuple[int, ...], size: tuple[int, int]) -> bool:
+        """Whether this is the centre crop of the node to ``size`` (even margins)."""
+        return all(st == 1 and n == want and 2 * start == full - want
+                   for (start, n, st), full, want in zip((self.h, self.w), shape[1:], size,
+                                                         strict=True))
+
+    def describe(self) -> str:
+        return ", ".join(f"{ax} from {a} by {st} × {n}"
+                         for ax, (a, n, st) in (("rows", self.h), ("columns", self.w)))
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -283,23 +414,82 @@ def _prelu(c: _Converter, call: Call) -> None:
 
 
 def _add(c: _Converter, call: Call, sign: float = 1.0) -> None:
-    a, b = c.value(call, "self"), c.value(call, "other")
+    """A join of two tensors (``fold_joins`` merges chains of them); inputs may be the
+    centred crops a netmorph join makes of its larger inputs."""
     alpha = call.args.get("alpha", 1)
     if not isinstance(alpha, (int, float)):
         raise c.fail(call, f"alpha {alpha!r} is not a number")
-    shortcut = None
-    if call.module:  # a block's identity: the one input made outside the block
-        outside = [i for i, v in enumerate((a, b))
-                   if not v.startswith(call.module + ".")]
-        shortcut = outside[0] if len(outside) == 1 else None
-    name = c.emit(call, c.fresh(f"{call.module}.add" if call.module else "add"), "add",
-                  [a, b], coeffs=[1.0, sign * float(alpha)], shortcut=shortcut)
+    parts = [c.sliced(call, "self"), c.sliced(call, "other")]
+    bases = [c.shapes[p.node] for p in parts]
+    if all(len(b) == 3 for b in bases):
+        size = (min(b[1] for b in bases), min(b[2] for b in bases))
+        for p, b in zip(parts, bases, strict=True):
+            if not (p.whole(b) and b[1:] == size) and not p.centred(b, size):
+                raise c.fail(call, f"adds a slice of '{p.node}' ({p.describe()}) that is not "
+                                   f"its centred crop to {size[0]}×{size[1]}")
+    elif not all(p.whole(b) for p, b in zip(parts, bases, strict=True)):
+        raise c.fail(call, "adds a slice of a vector")
+    name = c.emit(call, c.op_name(call, "add"), "add", [p.node for p in parts],
+                  coeffs=[1.0, sign * float(alpha)])
     c.bind(call, name)
 
 
 def _mul(c: _Converter, call: Call) -> None:
+    other = call.args.get("other")
+    if isinstance(other, (int, float)) and not isinstance(other, bool):
+        # a constant factor: a one-input join (folded into the join that consumes it); it
+        # commutes with a pending crop, which stays pending on the scaled node
+        part = c.sliced(call, "self")
+        name = c.emit(call, c.op_name(call, "mul"), "add", [part.node], coeffs=[float(other)])
+        c.bind(call, name if part.whole(c.shapes[part.node]) else
+               _Sliced(name, part.h, part.w))
+        return
     a, b = c.value(call, "self"), c.value(call, "other")
     c.bind(call, c.emit(call, c.op_name(call, "mul"), "mul", [a, b]))
+
+
+def _slice(c: _Converter, call: Call) -> None:
+    part = c.sliced(call, "self")
+    shape = c.shapes[part.node]
+    dim = int(call.args.get("dim", 0)) % (len(shape) + 1)
+    start, end = call.args.get("start"), call.args.get("end")
+    step = int(call.args.get("step", 1))
+    if dim in (2, 3) and len(shape) == 3:
+        c.bind(call, part.cut(dim, start, end, step))
+        return
+    full = range(*slice(start, end, step).indices(shape[dim - 1])) if dim else None
+    if dim == 0 and (start in (None, 0)) and step == 1 and (end is None or end >= 2**31):
+        c.bind(call, part)  # the whole batch
+    elif full is not None and (full.start, full.step, len(full)) == (0, 1, shape[dim - 1]):
+        c.bind(call, part)  # all channels
+    else:
+        raise c.fail(call, f"a slice along dim {dim}; netmorph slices only the rows and "
+                           "columns of feature maps (the crops of its joins)")
+
+
+def _pad(c: _Converter, call: Call) -> None:
+    """Zero padding: symmetric in H and W (a module's input padding), or the channels of an
+    option-A shortcut (subsampled by a slice with a step, zero channels on both sides)."""
+    if call.args.get("mode", "constant") != "constant" or call.args.get("value") not in (
+            None, 0, 0.0):
+        raise c.fail(call, "padding that is not with zeros")
+    pad = [int(v) for v in call.args.get("pad") or []]
+    part = c.sliced(call, "self")
+    shape = c.shapes[part.node]
+    if len(pad) == 4 and pad[0] == pad[1] and pad[2] == pad[3] and min(pad) >= 0:
+        x = c.value(call, "self")
+        c.bind(call, c.emit(call, c.op_name(call, "pad"), "pad", [x], pad=[pad[2], pad[0]]))
+        return
+    if len(pad) == 6 and pad[:4] == [0, 0, 0, 0] and pad[4] == pad[5] >= 0 and len(shape) == 3:
+        s = part.h[2]
+        if part.h[0] == part.w[0] == 0 and part.w[2] == s and \
+                (part.h[1], part.w[1]) == (-(-shape[1] // s), -(-shape[2] // s)):
+            widths = {"in": shape[0], "out": shape[0] + 2 * pad[4]}
+            c.bind(call, c.emit(call, c.op_name(call, "shortcut"), "shortcut_a", [part.node],
+                                None, **widths, stride=s))
+            return
+    raise c.fail(call, f"padding {pad}; netmorph pads rows and columns symmetrically, or the "
+                       "channels of a subsampled option-A shortcut")
 
 
 def _cat(c: _Converter, call: Call) -> None:
@@ -428,6 +618,7 @@ _HANDLERS: dict[str, Callable[[_Converter, Call], None]] = {
     "gelu": _unary("gelu", approximate=lambda k: k.args.get("approximate", "none")),
     "prelu": _prelu, "_prelu_kernel": _prelu,
     "add": _add, "sub": lambda c, k: _add(c, k, -1.0), "mul": _mul, "cat": _cat,
+    "slice": _slice, "pad": _pad, "constant_pad_nd": _pad,
     "max_pool2d": _pool("maxpool"), "max_pool2d_with_indices": _maxpool_with_indices,
     "avg_pool2d": _pool("avgpool"), "adaptive_avg_pool2d": _adaptive,
     "_adaptive_avg_pool2d": _adaptive, "mean": _mean,

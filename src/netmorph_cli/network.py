@@ -135,6 +135,22 @@ def _check_module_paths(nodes: list[Mapping[str, Any]]) -> None:
                 raise NetworkError(f"node {n['name']!r} lies inside layer {prefix!r}")
 
 
+class OpModule(nn.Module):
+    """A parameter-free op as a module at its node's name: no tensors, so state_dicts are
+    unchanged, but ``torch.export`` records the name with each call (``conversion.py``
+    names the imported nodes by it, so an exported child imports back with its names)."""
+
+    def __init__(self, n: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.node = dict(n)
+
+    def forward(self, *ins: torch.Tensor) -> torch.Tensor:
+        return OPS[self.node["op"]].forward(self.node, list(ins), None)
+
+    def extra_repr(self) -> str:
+        return self.node["op"]
+
+
 class GraphNet(nn.Module):
     """The nn.Module of a description. Layers sit at their dotted names (``layer1.0.conv1``),
     so ``state_dict()`` keys are the description's tensor names."""
@@ -154,6 +170,25 @@ class GraphNet(nn.Module):
                 layer = make(n)
                 self._attach(n["name"], layer)
                 self._layers[n["name"]] = layer
+        for n in self.nodes:  # parameter-free ops too, where their name is free, so that a
+            if n["name"] not in self._layers and self._free(n["name"]):  # traced graph
+                op = OpModule(n)                                         # keeps names
+                self._attach(n["name"], op)
+                self._layers[n["name"]] = op
+
+    def _free(self, name: str) -> bool:
+        """Whether a module can sit at ``name``: no module or attribute there and no op
+        module on the way (an op's name may be any string; a clash only loses the name)."""
+        parent: nn.Module = self
+        *path, last = name.split(".")
+        for part in path:
+            child = parent._modules.get(part)
+            if child is None:
+                return not hasattr(parent, part)
+            if isinstance(child, OpModule):
+                return False
+            parent = child
+        return last not in parent._modules and not hasattr(parent, last)
 
     def _attach(self, name: str, layer: nn.Module) -> None:
         parent: nn.Module = self
@@ -172,7 +207,9 @@ class GraphNet(nn.Module):
         values: dict[str, torch.Tensor] = {"input": x}
         for n in self.nodes:
             ins = [values[i] for i in n["inputs"]]
-            values[n["name"]] = OPS[n["op"]].forward(n, ins, self._layers.get(n["name"]))
+            layer = self._layers.get(n["name"])
+            values[n["name"]] = layer(*ins) if isinstance(layer, OpModule) else \
+                OPS[n["op"]].forward(n, ins, layer)
         if keep:
             return values[self.output], {k: values[k] for k in keep}
         return values[self.output]
