@@ -15,6 +15,7 @@ ONNX export is float32 unless asked otherwise.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import warnings
@@ -79,7 +80,10 @@ def export_network(net: Network, path: str | Path, *, fmt: str = "pt2",
     module = net.module(dtype)
     example = torch.zeros(_EXAMPLE_BATCH, *net.description["input"], dtype=dtype)
     with _quiet():
-        writer, dynamic, note = (_pt2 if fmt == "pt2" else _onnx)(module, example)
+        if fmt == "pt2":
+            writer, dynamic, note = _pt2(module, example, {"netmorph.json": _card(net)})
+        else:
+            writer, dynamic, note = _onnx(module, example)
     sha = outputs.write_file(path, writer, force=force, inputs=protect)
     try:
         max_abs, rel = _check(net, fmt, path, dtype, samples, seed, dynamic)
@@ -123,12 +127,19 @@ def _trace(export: Callable[..., Any], example: torch.Tensor, what: str
         raise NetmorphError(f"{what} cannot export this network: {_first_line(exc)}") from None
 
 
-def _pt2(module: torch.nn.Module, example: torch.Tensor
+def _card(net: Network) -> str:
+    """What the program itself does not say, as JSON in the archive's ``extra/`` folder: the
+    architecture name and the input normalization (``netmorph import`` reads them back)."""
+    return json.dumps({"arch": net.description["arch"],
+                       "normalization": net.meta.get("normalization")}, sort_keys=True)
+
+
+def _pt2(module: torch.nn.Module, example: torch.Tensor, extra: dict[str, str]
          ) -> tuple[Callable[[IO[bytes]], Any], bool, str]:
     program, dynamic, note = _trace(
         lambda x, shapes: torch.export.export(module, (x,), dynamic_shapes=shapes), example,
         "torch.export")
-    return (lambda f: torch.export.save(program, f)), dynamic, note
+    return (lambda f: torch.export.save(program, f, extra_files=extra)), dynamic, note
 
 
 def _onnx(module: torch.nn.Module, example: torch.Tensor

@@ -217,7 +217,11 @@ def import_program(path: str | Path, *, input_size: tuple[int, int, int] | None 
     path = Path(path)
     prog = program.read_pt2(path)
     _check_input_size(prog, input_size)
-    arch = path.stem
+    card = prog.card  # a netmorph export's arch and normalization, if it is one
+    arch = card["arch"] if isinstance(card.get("arch"), str) else path.stem
+    norm = card.get("normalization")
+    if isinstance(norm, dict) and mean is None and std is None:
+        mean, std = norm.get("mean"), norm.get("std")
     imported = {"file": path.name, "layout": "torch.export", "sha256": file_sha256(path)}
     net = conversion.to_network(prog, arch=arch, normalization=_norm(prog, mean, std),
                                 imported=imported)

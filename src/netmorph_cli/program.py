@@ -77,6 +77,7 @@ class Program:
     tensors: dict[str, torch.Tensor]
     source: str  # what the program came from, for messages
     mutated: list[str] = field(default_factory=list)  # buffers the program writes (training)
+    card: dict[str, Any] = field(default_factory=dict)  # netmorph's extra/netmorph.json
 
 
 # -- torch.export files ------------------------------------------------------------------------
@@ -158,12 +159,16 @@ class _Pt2:
         name = models[0]
         ep = self.json(f"models/{name}.json")
         try:
-            return _from_json(ep, self.tensors(name, "weights", "weights"),
+            prog = _from_json(ep, self.tensors(name, "weights", "weights"),
                               self.tensors(name, "constants", "constants"), str(self.path))
         except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
             raise self.error(f"the program's graph is not in a form netmorph knows "
                              f"({type(exc).__name__}: {exc}); was it written by "
                              "torch.export.save?") from None
+        if self.root + "extra/netmorph.json" in self.members:  # written by netmorph export
+            card = self.json("extra/netmorph.json")
+            prog.card = card if isinstance(card, dict) else {}
+        return prog
 
     def tensors(self, model: str, kind: str, folder: str) -> dict[str, torch.Tensor]:
         config_name = f"data/{folder}/{model}_{kind}_config.json"
