@@ -112,7 +112,7 @@ def test_bad_inputs_write_nothing(capsys, ckpt, out_dir, monkeypatch, case):
 
 def test_failed_check_exits_1_and_removes_the_file(capsys, ckpt, out_dir, monkeypatch):
     """A written file that cannot be run back is a failed check (exit 1), not bad input."""
-    monkeypatch.setattr(export, "_pt2", lambda module, example: (
+    monkeypatch.setattr(export, "_pt2", lambda module, example, extra: (
         lambda f: f.write(b"not a program"), True, ""))
     before = outputs.sha256(ckpt)
     code, stdout, err = run_main(capsys, "export", str(ckpt), "-o", str(out_dir / "c.pt2"))

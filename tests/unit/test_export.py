@@ -108,7 +108,7 @@ def test_sabotaged_program_fails_and_leaves_no_file(child, tmp_path, monkeypatch
 
 
 def test_unreadable_artifact_fails_and_leaves_no_file(child, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "_pt2", lambda module, example: (
+    monkeypatch.setattr(export, "_pt2", lambda module, example, extra: (
         lambda f: f.write(b"not a program"), True, ""))
     with pytest.raises(VerificationError, match="cannot be run back") as info:
         export.export_network(child, tmp_path / "bad.pt2")
