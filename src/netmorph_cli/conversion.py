@@ -216,10 +216,19 @@ class _Converter:
 
     def network(self, arch: str, normalization: dict[str, list[float]],
                 imported: dict[str, Any]) -> Network:
-        if self.p.mutated:
-            raise ConversionError(f"{self.where()}: the program updates "
-                                  f"{self.p.mutated[0]!r} (it was exported in training mode); "
-                                  "export the model after model.eval()")
+        mutated = list(self.p.mutated)
+        for call in self.p.calls:  # torch 2.13 keeps BN's buffer updates as in-place calls
+            first = next(iter(call.args.values()), None)
+            in_place = call.target.split(".")[1].endswith("_") if "." in call.target else False
+            if in_place and isinstance(first, Value) and first.name in self.p.values:
+                mutated.append(self.p.values[first.name])
+            elif call.target.startswith("aten.batch_norm") and call.args.get("training"):
+                mutated.append(f"the running statistics of '{call.module or call.name}'")
+        if mutated:
+            what = mutated[0] if mutated[0].startswith("the ") else repr(mutated[0])
+            raise ConversionError(f"{self.where()}: the program updates {what} (it was "
+                                  "exported in training mode); export the model after "
+                                  "model.eval()")
         for call in self.p.calls:
             op = call.target.split(".")[1] if call.target.startswith("aten.") else call.target
             handler = HANDLERS.get(op.rstrip("_") if op not in HANDLERS else op)

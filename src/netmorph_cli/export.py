@@ -14,12 +14,9 @@ ONNX export is float32 unless asked otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +27,7 @@ from . import outputs
 from .errors import NetmorphError, UsageError, VerificationError
 from .limits import MAX_BATCH
 from .network import Network
+from .runtime import quiet_torch
 
 FORMATS = ("pt2", "onnx")
 TOLERANCE = 1e-5  # max relative error of the artifact's logits, float32 or float64
@@ -79,7 +77,7 @@ def export_network(net: Network, path: str | Path, *, fmt: str = "pt2",
     dtype = dtype or (torch.float32 if fmt == "onnx" else net.dtype)
     module = net.module(dtype)
     example = torch.zeros(_EXAMPLE_BATCH, *net.description["input"], dtype=dtype)
-    with _quiet():
+    with quiet_torch():
         if fmt == "pt2":
             writer, dynamic, note = _pt2(module, example, {"netmorph.json": _card(net)})
         else:
@@ -184,7 +182,7 @@ def _check(net: Network, fmt: str, path: Path, dtype: torch.dtype, samples: int,
     x = torch.randn(samples, *net.description["input"], generator=gen)  # (N, C, H, W) float32
     reference = net.module()
     try:
-        with _quiet():
+        with quiet_torch():
             run = _load(fmt, path)
             with torch.inference_mode():
                 ref = reference(x.to(net.dtype)).double()  # (N, classes)
@@ -207,20 +205,6 @@ def _unrunnable(fmt: str, path: Path, why: str) -> VerificationError:
                             f"'{path}' removed")
     err.exit_code = 1  # a failed check, not bad input
     return err
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence torch's exporters: their warnings and the ONNX registry's log lines."""
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,6 +33,7 @@ import torch
 
 from .errors import CheckpointError
 from .limits import MAX_JSON_DEPTH, MAX_SPEC_BYTES, JSONDepthError, parse_json
+from .runtime import quiet_torch
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,8 @@ def trace(model: torch.nn.Module, example: torch.Tensor, source: str = "the mode
     """``torch.export.export`` of ``model`` (in eval mode) on ``example``, as a Program."""
     model = model.eval()
     try:
-        ep = torch.export.export(model, (example,), strict=False)
+        with quiet_torch():
+            ep = torch.export.export(model, (example,), strict=False)
     except Exception as exc:  # torch raises many kinds; each becomes one line
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise CheckpointError(f"tracing {source} with a {'×'.join(map(str, example.shape))} "

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+
 import torch
 
 from .errors import UsageError
@@ -55,3 +61,17 @@ def parse_milestones(text: str) -> tuple[float, ...]:
     if any(v <= 0 for v in values) or list(values) != sorted(values):
         raise UsageError(f"--milestones must be positive and increasing, got {text!r}")
     return values
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Silence torch's exporters while they run: their warnings, their log records and what
+    they print on stderr (graph dumps, tracebacks of errors netmorph turns into one
+    ``Error:`` line). Restored afterwards, also on an error."""
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
