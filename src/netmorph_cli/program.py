@@ -23,6 +23,7 @@ import io
 import json
 import math
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -214,8 +215,10 @@ class _Pt2:
 
     def pickled(self, member: str, fqn: str) -> torch.Tensor:
         try:
-            obj = torch.load(io.BytesIO(self.read(member, _MAX_MEMBER)), map_location="cpu",
-                             weights_only=True)
+            with warnings.catch_warnings():  # torch warns about the pickle protocol
+                warnings.simplefilter("ignore")
+                obj = torch.load(io.BytesIO(self.read(member, _MAX_MEMBER)),
+                                 map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
                 TypeError, KeyError) as exc:
             raise self.error(

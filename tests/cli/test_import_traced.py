@@ -46,8 +46,9 @@ TOL = 1e-10  # the issue's bound for float64 (and verify's default)
 # float32: netmorph's module and the model run the same ops, maybe summed in another order
 F32_TOL = 1e-5
 
-# Models of the pipeline in the default run; the others are marked slow (make test-slow).
-FAST = ("vgg11_bn", "se_resnet")
+# Models of the pipeline in the default run; the others are marked slow (make test-slow):
+# each op they add is converted in tests/unit/test_conversion.py's default tests.
+FAST = ("se_resnet",)
 PIPELINE = [pytest.param(name, marks=() if name in FAST else pytest.mark.slow)
             for name in zoo_models.ZOO]
 

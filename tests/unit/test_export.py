@@ -64,6 +64,7 @@ def test_pt2_program_matches_graphnet_at_any_batch(program, child, batch):
     assert rel_err(got, ref) <= 1e-5
 
 
+@pytest.mark.slow  # float64 exports run by default in tests/cli/test_import_traced.py
 def test_float64_checkpoint_exports_float64(child, tmp_path):
     net = child.to(torch.float64)
     report = export.export_network(net, tmp_path / "c64.pt2")

@@ -63,4 +63,4 @@ def test_the_readme_sessions_parse():
     walk = next(s for s in found if s.commands[0].text.startswith("netmorph import"))
     assert walk.needs == ["cifar10", "weights"]
     assert any(c.startswith("netmorph report") for c in (x.text for x in walk.commands))
-    assert all(c.startswith("netmorph ") for c in commands)
+    assert all(c.startswith(("netmorph ", "python examples/")) for c in commands)
