@@ -220,8 +220,11 @@ def import_program(path: str | Path, *, input_size: tuple[int, int, int] | None 
     card = prog.card  # a netmorph export's arch and normalization, if it is one
     arch = card["arch"] if isinstance(card.get("arch"), str) else path.stem
     norm = card.get("normalization")
-    if isinstance(norm, dict) and mean is None and std is None:
-        mean, std = norm.get("mean"), norm.get("std")
+    channels = prog.input_shape[1]
+    if (mean is None and std is None and isinstance(norm, dict)  # a malformed card: ignored
+            and all(isinstance(norm.get(k), list) and len(norm[k]) == channels
+                    for k in ("mean", "std"))):
+        mean, std = norm["mean"], norm["std"]
     imported = {"file": path.name, "layout": "torch.export", "sha256": file_sha256(path)}
     net = conversion.to_network(prog, arch=arch, normalization=_norm(prog, mean, std),
                                 imported=imported)
