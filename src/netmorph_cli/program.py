@@ -349,8 +349,11 @@ def trace(model: torch.nn.Module, example: torch.Tensor, source: str = "the mode
             ep = torch.export.export(model, (example,), strict=False)
     except Exception as exc:  # torch raises many kinds; each becomes one line
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        hint = ("; the model's control flow depends on its input's values, and netmorph "
+                "imports graphs that are the same for every input") \
+            if "data-dependent" in str(exc) else ""
         raise CheckpointError(f"tracing {source} with a {'×'.join(map(str, example.shape))} "
-                              f"input failed: {first[:300]}") from None
+                              f"input failed: {first[:300]}{hint}") from None
     return from_exported(ep, source)
 
 
