@@ -704,9 +704,9 @@ def export_cmd(ckpt: str, out: str, fmt: str | None, dtype: str | None, samples:
     Writes the network in eval mode (BN on running statistics) with a dynamic batch
     dimension (a batch of 1 where torch cannot keep it dynamic, said so), then loads the
     written file, runs it and netmorph's module on the same seeded random inputs and
-    reports the max relative error ‖Δ‖∞/‖logits‖∞; above 1e-5 the file is removed and
-    the command exits 1. The exported network takes normalized inputs: the checkpoint's
-    input normalization (mean, std) is not part of it.
+    reports the max relative error ‖Δ‖∞/‖logits‖∞; above 1e-5 (float64: 1e-10) the file
+    is removed and the command exits 1. The exported network takes normalized inputs: the
+    checkpoint's input normalization (mean, std) is not part of it.
 
     --format onnx uses torch.onnx.export (dynamo) and checks with ONNX Runtime; it needs
     pip install 'netmorph[onnx]'. Load a .pt2 with torch.export.load only if you trust it:

@@ -4,8 +4,9 @@ The exported artifact is netmorph's ``GraphNet`` in eval mode (BN on running sta
 traced with a dynamic batch dimension where torch allows it. It takes *normalized* inputs:
 the checkpoint's ``meta['normalization']`` is not part of the graph, as it is not part of
 netmorph's module. After writing, the file is loaded back and run against netmorph's module on
-seeded random inputs; an artifact off by more than ``TOLERANCE`` (relative, ‖Δ‖∞ / ‖ref‖∞ as
-in ``verify.py``) is removed and the export fails, so no half-good file remains.
+seeded random inputs; an artifact off by more than ``TOLERANCES`` (relative, ‖Δ‖∞ / ‖ref‖∞
+as in ``verify.py``: 1e-5 in float32, 1e-10 in float64) is removed and the export fails,
+so no half-good file remains.
 
 ONNX needs the ``onnx`` extra (``onnxscript`` for ``torch.onnx.export(dynamo=True)``,
 ``onnxruntime`` for the check). ONNX Runtime's CPU kernels have no float64 convolution, so an
@@ -30,7 +31,8 @@ from .network import Network
 from .runtime import quiet_torch
 
 FORMATS = ("pt2", "onnx")
-TOLERANCE = 1e-5  # max relative error of the artifact's logits, float32 or float64
+TOLERANCE = 1e-5  # max relative error of the artifact's logits (float32)
+TOLERANCES = {torch.float32: TOLERANCE, torch.float64: 1e-10}  # by the artifact's dtype
 ONNX_EXTRA = "--format onnx needs the onnx extra: pip install 'netmorph[onnx]'"
 _EXAMPLE_BATCH = 2  # a batch of 1 would be specialized by the tracer, not kept dynamic
 
@@ -61,7 +63,7 @@ def export_network(net: Network, path: str | Path, *, fmt: str = "pt2",
                    seed: int = 0) -> ExportReport:
     """Export ``net`` to ``path`` in ``fmt`` under the write policy, then check the written
     file against ``net.module()``; raise ``VerificationError`` (exit 1) and remove the file
-    if it is off by more than ``TOLERANCE``.
+    if it is off by more than ``TOLERANCES`` (by the artifact's dtype).
 
     ``dtype``: of the artifact [default: the checkpoint's for pt2, float32 for onnx]."""
     if fmt not in FORMATS:
@@ -88,15 +90,16 @@ def export_network(net: Network, path: str | Path, *, fmt: str = "pt2",
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    if not rel <= TOLERANCE:  # NaN fails too
+    tol = TOLERANCES.get(dtype, TOLERANCE)
+    if not rel <= tol:  # NaN fails too
         path.unlink(missing_ok=True)
         err = VerificationError(
             f"the exported {fmt} program does not reproduce netmorph's module (max relative "
-            f"error {rel:.3g} > {TOLERANCE:g} on {samples} random inputs); '{path}' removed")
+            f"error {rel:.3g} > {tol:g} on {samples} random inputs); '{path}' removed")
         err.exit_code = 1  # a failed check, not bad input
         raise err
     return ExportReport(fmt, str(path), sha, str(dtype).removeprefix("torch."), max_abs, rel,
-                        TOLERANCE, samples, dynamic, note, time.perf_counter() - start)
+                        tol, samples, dynamic, note, time.perf_counter() - start)
 
 
 def _require_onnx() -> None:
