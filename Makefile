@@ -49,6 +49,7 @@ bench: install
 	$(PY) benchmarks/morph.py
 	$(PY) benchmarks/presets.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/import_export.py
 
 # The paper's Table 1 protocol; DATA_DIR must hold cifar10 (.npz, folder or archive).
 DATA_DIR ?= $(NETMORPH_DATA)

@@ -236,6 +236,8 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return stdout
 
 
+@pytest.mark.slow  # 11 s (a real process killed mid-epoch); resuming to identical weights is
+# tested by default in tests/unit/test_train.py, Ctrl-C in a real process below
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, parent):
     data_dir = write_mini(tmp_path / "data", 384, 64)  # 6 steps of 64 an epoch
     ref_out, out = tmp_path / "ref.safetensors", tmp_path / "killed.safetensors"

@@ -40,6 +40,8 @@ def test_imported_resnet20_has_the_published_test_error(parent_result):
     assert abs(parent_result.top1_error - 0.0827) < 0.0005, parent_result  # 827 of 10,000
 
 
+@pytest.mark.slow  # 17 s on the full test set; the same child's logits equal the parent's by
+# default in tests/integration/test_morph_real.py, and eval runs by default above
 def test_its_1c1_child_has_the_same_test_error(parent, parent_result):
     child, _ = morph.morph_network(parent, morph.Preset.parse("1c1"))
     assert child.meta["normalization"] == parent.meta["normalization"]
