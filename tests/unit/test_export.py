@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from netmorph_cli import export, morph, outputs, presets, zoo
+import zoo_models
+from netmorph_cli import export, importers, morph, outputs, presets, zoo
 from netmorph_cli.errors import OutputError, UsageError, VerificationError
 from netmorph_cli.network import Network
 
@@ -47,6 +48,20 @@ def test_pt2_report_and_file(pt2):
     assert report.max_rel_err <= export.TOLERANCE and report.max_abs_err >= 0
     assert report.to_json()["path"] == str(path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["child.pt2"]  # no temp files
+
+
+def test_an_exported_child_imports_back_to_the_same_network(pt2, child):
+    """The issue's round trip: netmorph's safe importer (not torch.export.load) reads the
+    file back to the child's description node for node (names, ops, attributes, the arch
+    and the normalization from the archive's extra/netmorph.json) and its exact tensors."""
+    back, err = importers.import_program(pt2[0])
+    assert err == 0.0
+    assert back.description == child.description
+    # zoo networks record none: eval's default (CIFAR-10's) is what the import records
+    assert back.meta["normalization"] == child.meta.get("normalization",
+                                                        importers.default_normalization(3))
+    assert back.tensors.keys() == child.tensors.keys()
+    assert all(torch.equal(back.tensors[k], t) for k, t in child.tensors.items())
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +162,19 @@ def test_onnx_float64_is_refused(child, tmp_path):
     with pytest.raises(UsageError, match="no float64 convolution"):
         export.export_network(child, tmp_path / "c.onnx", fmt="onnx", dtype=torch.float64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_arch_and_normalization_travel_in_the_archive(tmp_path):
+    """A recorded normalization (not the default) and the arch name come back from the
+    archive's extra/netmorph.json; --mean/--std given at import win over it."""
+    model = zoo_models.build("se_resnet", width=4)
+    net, _ = importers.import_factory(None, "zoo_models:se_resnet", kwargs={"width": 4})
+    assert torch.equal(net.module()(inputs(net, 2)), model(inputs(net, 2)))
+    net.meta["normalization"] = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    net.description["arch"] = "se_resnet+custom"
+    export.export_network(net, tmp_path / "n.pt2")
+    back, _ = importers.import_program(tmp_path / "n.pt2")
+    assert back.description == net.description
+    assert back.meta["normalization"] == net.meta["normalization"]
+    mine, _ = importers.import_program(tmp_path / "n.pt2", mean=[0.5] * 3, std=[0.25] * 3)
+    assert mine.meta["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
