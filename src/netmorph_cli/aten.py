@@ -22,8 +22,8 @@ from .errors import CheckpointError
 from .program import Call, SymInt, Value
 
 SUPPORTED = ("conv2d (any stride, padding, dilation, groups), batch_norm (eval), relu, relu6/"
-             "hardtanh, silu, gelu, hardswish, hardsigmoid, sigmoid, tanh, prelu, add, sub, "
-             "mul, cat, zero padding, the crops of joins, max_pool2d, avg_pool2d, "
+             "hardtanh, leaky_relu, silu, gelu, hardswish, hardsigmoid, sigmoid, tanh, prelu, "
+             "add, sub, mul, cat, zero padding, the crops of joins, max_pool2d, avg_pool2d, "
              "adaptive_avg_pool2d, mean over H and W, flatten/view/reshape to a vector, "
              "linear, dropout, clone")
 
@@ -374,6 +374,8 @@ HANDLERS: dict[str, Callable[[Converter, Call], None]] = {
     "hardtanh": _unary("hardtanh", min=lambda k: float(k.args.get("min_val", -1.0)),
                        max=lambda k: float(k.args.get("max_val", 1.0))),
     "relu6": _unary("hardtanh", min=lambda k: 0.0, max=lambda k: 6.0),
+    "leaky_relu": _unary("leaky_relu",
+                         slope=lambda k: float(k.args.get("negative_slope", 0.01))),
     "silu": _unary("silu"), "hardswish": _unary("hardswish"),
     "hardsigmoid": _unary("hardsigmoid"), "sigmoid": _unary("sigmoid"),
     "tanh": _unary("tanh"),

@@ -404,6 +404,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("relu", spatial=False, forward=lambda n, ins, _: F.relu(ins[0])),
     Op("hardtanh", attrs=(Attr("min", number, -1.0), Attr("max", _above_min, 1.0)),
        spatial=False, forward=lambda n, ins, _: F.hardtanh(ins[0], n["min"], n["max"])),
+    Op("leaky_relu", attrs=(Attr("slope", number, 0.01),), spatial=False,
+       forward=lambda n, ins, _: F.leaky_relu(ins[0], n["slope"])),
     Op("silu", spatial=False, forward=lambda n, ins, _: F.silu(ins[0])),
     Op("gelu", attrs=(Attr("approximate", choice("none", "tanh"), "none"),), spatial=False,
        forward=lambda n, ins, _: F.gelu(ins[0], approximate=n["approximate"])),

@@ -106,6 +106,10 @@ CASES = {  # name → (model factory, ops the network must contain)
     "hardtanh": (lambda: Net(lambda s, x: F.hardtanh(x, -0.5, 0.7)), ["hardtanh"]),
     "hardsigmoid": (lambda: Net(lambda s, x: F.hardsigmoid(x), gain=4.0), ["hardsigmoid"]),
     "tanh": (lambda: Net(lambda s, x: torch.tanh(x)), ["tanh"]),
+    "leaky_relu module": (lambda: Net(lambda s, x: s.act(x), act=nn.LeakyReLU(0.2)),
+                          ["leaky_relu"]),
+    "leaky_relu functional in place": (lambda: Net(
+        lambda s, x: F.leaky_relu(x.clone(), inplace=True)), ["leaky_relu"]),
     "prelu one slope": (lambda: Net(lambda s, x: s.act(x), act=prelu(1)), ["prelu"]),
     "prelu per channel": (lambda: Net(lambda s, x: s.act(x), act=prelu(C)), ["prelu"]),
     "conv padding same": (lambda: Net(lambda s, x: s.conv(x),
