@@ -130,6 +130,22 @@ def _executed(s: dict[str, Any]) -> str:
             "logical: padded module inputs)")
 
 
+def _origin(imported: dict[str, Any]) -> str:
+    """Where an imported network came from: its file, factory and layout."""
+    parts = []
+    if imported.get("factory"):
+        kwargs = imported.get("kwargs") or {}
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) if isinstance(
+            kwargs, dict) else ""
+        parts.append(f"{imported['factory']}({args})")
+    if imported.get("file"):
+        parts.append(("weights " if imported.get("factory") else "") + str(imported["file"]))
+    what = " with ".join(parts) or "?"
+    sha = imported.get("sha256")
+    return f"{what} ({imported.get('layout', '?')}" + (f"; sha256 {str(sha)[:16]}…)" if sha
+                                                       else ")")
+
+
 def info_report(s: dict[str, Any]) -> Group:
     from .flops import format_flops
 
@@ -148,6 +164,9 @@ def info_report(s: dict[str, Any]) -> Group:
         n = s["normalization"]
         lines.append(Text.assemble(("normalization: ", "bold"), f"mean {n.get('mean')}, "
                                    f"std {n.get('std')}"))
+    imported = s.get("imported")
+    if isinstance(imported, dict):
+        lines.append(Text.assemble(("imported: ", "bold"), _origin(imported)))
     if s["history"]:
         table = Table()
         for col in ("#", "step", "where", "seed", "residual / result"):

@@ -341,6 +341,7 @@ def test_info_and_flops_of_imported_vgg(capsys, pt2_dir, tmp_path):
     assert info["imported"]["layout"] == "torch.export"
     code, stdout, err = run_main(capsys, "info", str(out))  # the rich table renders too
     assert code == 0 and err == "" and "model" in stdout
+    assert "imported: model.pt2 (torch.export; sha256 " in " ".join(stdout.split())
 
 
 # --------------------------------------------------------------------------------------------
