@@ -358,10 +358,11 @@ def _kwargs(ctx: Any, param: Any, value: str | None) -> dict[str, Any]:
               help="See --mean [default: CIFAR-10's].")
 @click.option("--arch", default=None, help="State_dicts: the expected architecture "
               "(checked against the file).")
+@_JSON
 @_FORCE
 def import_(file: str, out: str, factory: str | None, kwargs: dict[str, Any],
             input_size: tuple[int, int, int] | None, mean: list[float] | None,
-            std: list[float] | None, arch: str | None, force: bool) -> None:
+            std: list[float] | None, arch: str | None, as_json: bool, force: bool) -> None:
     """Import a PyTorch model: any traceable CNN, or a state_dict of a known ResNet layout.
 
     \b
@@ -401,9 +402,16 @@ def import_(file: str, out: str, factory: str | None, kwargs: dict[str, Any],
     elif traced:
         net, err = import_program(file, input_size=input_size, mean=mean, std=std)
     else:
-        net = import_state_dict(file, arch)
+        net, err = import_state_dict(file, arch), None
     sha = save(net, out, force=force, protect=[file])
     d = net.description
+    if as_json:
+        _emit_json({"path": out, "sha256": sha, "arch": d["arch"], "input": d["input"],
+                    "num_classes": d["num_classes"], "nodes": len(d["nodes"]),
+                    "dtype": str(net.dtype).removeprefix("torch."),
+                    "imported": net.meta.get("imported"),
+                    "check_max_rel_err": err if traced else None})
+        return
     what = f"{d['arch']}, {d['num_classes']} classes"
     if traced:
         what += (f", {len(d['nodes'])} nodes, {str(net.dtype).removeprefix('torch.')}; "

@@ -15,6 +15,7 @@ Then the factory path (``--model``), the options recorded in the checkpoint (``-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -604,3 +605,16 @@ def test_a_pt2_exported_in_training_mode(capsys, tmp_path):
     assert_one_error_line(code, stdout, err, str(src), "features.1", "training mode",
                           "model.eval()")
     nothing_written(out, src)
+
+
+def test_import_json_is_one_object_for_scripts(capsys, pt2_dir, tmp_path):
+    src = exported("se_resnet", pt2_dir)
+    out = tmp_path / "n.safetensors"
+    code, stdout, err = run_main(capsys, "import", str(src), "-o", str(out), "--json")
+    assert code == 0, err
+    got = json.loads(stdout)  # the whole of stdout: one object, nothing else
+    assert got["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert (got["path"], got["num_classes"], got["input"], got["dtype"]) == \
+        (str(out), 10, [3, 32, 32], "float64")
+    assert got["nodes"] == len(ck.load(out).description["nodes"])
+    assert got["imported"]["layout"] == "torch.export" and got["check_max_rel_err"] == 0.0
