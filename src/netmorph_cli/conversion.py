@@ -58,6 +58,7 @@ class _Converter:
         self.nodes: list[dict[str, Any]] = []
         self.tensors: dict[str, torch.Tensor] = {}
         self.taken: set[str] = {"input"}
+        self.owners: set[str] = set()  # nodes that own a layer (no node may lie inside one)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -129,6 +130,8 @@ class _Converter:
                 and not call.module_type.startswith(_CONTAINERS)) or is_op_module(call)
         if call.module and leaf:
             return self.fresh(call.module)
+        if call.module in self.owners:  # a custom layer calling F.conv2d on its own weight:
+            return self.fresh(f"{call.module}_{op}")  # a name inside it would collide
         return self.fresh(f"{call.module}.{op}" if call.module else op)
 
     def emit(self, call: Call, name: str, op: str, inputs: list[str],
@@ -141,6 +144,8 @@ class _Converter:
             raise self.fail(call, f"as a netmorph {op}: {exc}") from None
         self.nodes.append(n)
         self.shapes[name] = tuple(shape)
+        if OPS[op].layer is not None:
+            self.owners.add(name)
         for k, t in (tensors or {}).items():
             self.tensors[f"{name}.{k}"] = t
         return name

@@ -367,3 +367,32 @@ def test_preset_1c1_morphs_an_imported_resnet_like_network(zoo_nets, model):
         ref = original(x)
         err = ((child.module(F64)(x) - ref).abs().max() / ref.abs().max()).item()
     assert err <= 1e-10
+
+
+class _OwnWeight(nn.Module):
+    """A custom layer that calls F.conv2d on its own parameter (named by its path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(seeded_randn(C, 3, 3, 3, seed=5) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(F.conv2d(x, self.weight, padding=1))
+
+
+class _WithOwnWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _OwnWeight()
+        self.fc = nn.Linear(C, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.block(x), 1).flatten(1))
+
+
+def test_a_functional_call_inside_a_custom_layer_is_named_beside_it():
+    """The conv is `block` (its weight's prefix); the ReLU its module calls cannot be
+    `block.relu` (inside a layer), so it is `block_relu`."""
+    net, model = convert(_WithOwnWeight())
+    assert [n["name"] for n in net.description["nodes"]][:2] == ["block", "block_relu"]
+    assert rel_err(net, model) <= 1e-12
