@@ -24,6 +24,7 @@ import torch
 
 from .errors import ResourceLimitError, SolverError
 from .graph import Kernel, ModuleGraph, kernel_area
+from .limits import format_bytes
 from .reduce import ReductionPlan, reduce_module
 
 DENSE_LIMIT = 4_000_000  # entries of a sub-problem's matrix below which it is solved densely
@@ -150,14 +151,6 @@ def default_memory_limit(device: torch.device | str = "cpu") -> int:
         total = torch.cuda.get_device_properties(dev).total_memory
         limit = min(limit, int(0.9 * total))
     return int(limit)
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)

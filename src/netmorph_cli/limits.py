@@ -126,3 +126,13 @@ def read_capped(path: str | Path, cap: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for messages: ``512 B``, ``1.5 GiB``, ``4.27 TiB`` (3 significant
+    digits; every size message of netmorph uses it)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")

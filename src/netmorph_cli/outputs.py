@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import OutputError, WriteError
+from .limits import format_bytes
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:
@@ -129,8 +130,8 @@ def probe_directory(directory: str | Path, need_bytes: int = 0) -> None:
     free = shutil.disk_usage(d).free
     need = int(need_bytes * 1.1) + (16 << 20) if need_bytes else 0
     if free < need:
-        raise WriteError(f"not enough space in '{d}': {_size(free)} free, this run writes "
-                         f"about {_size(need)}")
+        raise WriteError(f"not enough space in '{d}': {format_bytes(free)} free, this run "
+                         f"writes about {format_bytes(need)}")
 
 
 @contextlib.contextmanager
@@ -213,14 +214,6 @@ def _sync_dir(directory: Path) -> None:
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 @functools.cache

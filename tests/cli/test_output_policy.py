@@ -107,7 +107,7 @@ def test_full_disk_is_found_before_training(capsys, tmp_path, parent, data_dir, 
                         lambda p: real(p)._replace(free=1 << 20))  # 1 MiB left
     out = tmp_path / "o.safetensors"
     code, stdout, err = run_main(capsys, *run_args(parent, out, data_dir))
-    assert_one_error_line(code, stdout, err, "not enough space", "1.0 MiB free", exit_code=1)
+    assert_one_error_line(code, stdout, err, "not enough space", "1 MiB free", exit_code=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.safetensors"]
 
 

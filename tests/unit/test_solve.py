@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from conv_reference import relative_error, run_module
 
-from netmorph_cli import budget, solve, sweeps
+from netmorph_cli import budget, limits, solve, sweeps
 from netmorph_cli.algebra import (
     add,
     compose,
@@ -694,7 +694,7 @@ def test_memory_estimate_covers_the_dense_matrices(modules):
 def test_default_memory_limit_is_half_the_physical_memory():
     limit = budget.default_memory_limit("cpu")
     assert 2**28 <= limit <= 2**50
-    assert budget.format_bytes(1.5 * 2**30) == "1.5 GiB" and budget.format_bytes(512) == "512 B"
+    assert limits.format_bytes(1.5 * 2**30) == "1.5 GiB" and limits.format_bytes(512) == "512 B"
 
 
 def test_solve_blocks_of_d(modules):
