@@ -10,10 +10,11 @@ function, inside a training script.
 ``example_input``, converted op by op and checked against the model) or a module that
 netmorph returned or loaded, and returns a new ``nn.Module`` (netmorph's ``GraphNet``) on the
 model's device, in the model's training mode, whose layers sit at the original module
-paths (``child.features[3]`` stays where it was; the replaced conv's module lies under
-``features.4.*``). ``save``/``load`` read and write netmorph checkpoints (the CLI's files),
-history and lineage included. Everything the CLI prints as ``Error: …`` is raised here as
-a ``netmorph_cli.errors.NetmorphError`` subclass.
+paths (``child.features[3]`` is the model's ``features[3]``; the module replacing
+``features.4`` lies under ``features.4.*``). ``save``/``load`` read and write netmorph
+checkpoints (the CLI's files), history and lineage included; ``export`` writes a checked
+.pt2 (or ONNX) file. Everything the CLI prints as ``Error: …`` is raised here as a
+``netmorph_cli.errors.NetmorphError`` subclass.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from netmorph_cli.network import GraphNet, Network, state_of
 from netmorph_cli.presets import Preset
 from netmorph_cli.verify import VerifyReport
 
-__all__ = ["GraphNet", "NetmorphError", "VerifyReport", "__version__", "load", "morph",
-           "save", "to_network", "verify"]
+__all__ = ["GraphNet", "NetmorphError", "VerifyReport", "__version__", "export", "load",
+           "morph", "save", "to_network", "verify"]
 
 
 def to_network(model: nn.Module, example_input: torch.Tensor | None = None) -> Network:
@@ -72,14 +73,16 @@ def to_network(model: nn.Module, example_input: torch.Tensor | None = None) -> N
 
 
 def morph(model: nn.Module, module: str | Path | ModuleGraph | Preset | dict[str, Any], *,
-          at: str | None = None, after: str | None = None,
+          at: str | nn.Module | None = None, after: str | nn.Module | None = None,
           example_input: torch.Tensor | None = None, seed: int = 0, bn: bool = True,
           act: str = "prelu", calibrate: Iterable[torch.Tensor] | None = None) -> GraphNet:
     """A child of ``model`` with ``module`` in place of the conv ``at`` (stride 1, groups 1),
     or inserted ``after`` a node (the identity there morphed into the module); a preset
     (``"1c1"``, …) places itself in every ResNet block named ``layerL.I``.
 
-    ``module``: a preset name, a spec file path, a spec dict or a ``ModuleGraph``. The
+    ``at``/``after``: a node name (the module path, ``"features.4"``) or the submodule
+    itself (``model.features[4]``). ``module``: a preset name, a spec file path, a spec
+    dict or a ``ModuleGraph``. The
     filters are solved in float64; the child is checked against the parent on 4 random
     inputs before it is returned. ``calibrate``: batches of (normalized) training inputs
     that set the new BN layers' statistics, so the child also starts where the parent is
@@ -87,6 +90,7 @@ def morph(model: nn.Module, module: str | Path | ModuleGraph | Preset | dict[str
     from netmorph_cli.morph import morph_network
 
     spec = _module(module)
+    at, after = _path(model, at, "at"), _path(model, after, "after")
     parent = to_network(model, example_input)
     child, _ = morph_network(parent, spec, at=at, after=after, seed=seed, bn=bn, act=act,
                              calibrate=("user data", [b.detach().cpu() for b in calibrate])
@@ -126,6 +130,30 @@ def save(model: nn.Module, path: str | Path, *, force: bool = False,
     from netmorph_cli.checkpoint import save as save_checkpoint
 
     return save_checkpoint(to_network(model, example_input), path, force=force)
+
+
+def _path(model: nn.Module, where: str | nn.Module | None, what: str) -> str | None:
+    """A submodule given for ``at``/``after`` as its path in ``model``."""
+    if where is None or isinstance(where, str):
+        return where
+    if not isinstance(where, nn.Module):
+        raise TypeError(f"{what} must be a node name or a submodule of the model, not "
+                        f"{type(where).__name__}")
+    paths = [name for name, m in model.named_modules() if m is where and name]
+    if not paths:
+        raise ValueError(f"{what}: the {type(where).__name__} given is not a submodule of "
+                         "the model")
+    return paths[0]
+
+
+def export(model: nn.Module, path: str | Path, *, fmt: str = "pt2", force: bool = False,
+           example_input: torch.Tensor | None = None) -> Any:
+    """``netmorph export``: write ``model`` as a torch.export program (or ONNX), load it
+    back and check it against the network (1e-5 relative in float32); returns the
+    ``ExportReport``. A plain module is traced on ``example_input`` first."""
+    from netmorph_cli.export import export_network
+
+    return export_network(to_network(model, example_input), path, fmt=fmt, force=force)
 
 
 def _module(module: Any) -> ModuleGraph | Preset:

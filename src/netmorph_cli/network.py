@@ -135,6 +135,17 @@ def _check_module_paths(nodes: list[Mapping[str, Any]]) -> None:
                 raise NetworkError(f"node {n['name']!r} lies inside layer {prefix!r}")
 
 
+class Container(nn.Module):
+    """A path component of layer names (``features`` of ``features.3``): holds the layers
+    under it and, like ``nn.Sequential``, indexes them (``net.features[3]``)."""
+
+    def __getitem__(self, key: int | str) -> nn.Module:
+        try:
+            return self._modules[str(key)]  # type: ignore[return-value]
+        except KeyError:
+            raise IndexError(f"no layer {key!r} here (has {', '.join(self._modules)})") from None
+
+
 class OpModule(nn.Module):
     """A parameter-free op as a module at its node's name: no tensors, so state_dicts are
     unchanged, but ``torch.export`` records the name with each call (``conversion.py``
@@ -196,7 +207,7 @@ class GraphNet(nn.Module):
         for part in path:
             child = parent._modules.get(part)
             if child is None:
-                child = nn.Module()
+                child = Container()
                 parent.add_module(part, child)
             parent = child
         parent.add_module(last, layer)

@@ -131,3 +131,30 @@ def test_bad_calls_say_what_is_wrong():
         netmorph.morph(nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 14, 14]),
                                      nn.Flatten(), nn.Linear(784, 2)).double(),
                        M1C1, after="0", example_input=x)
+
+
+def test_sites_given_as_submodules_and_the_export(tmp_path):
+    model = _model()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    child = netmorph.morph(model, M1C1, after=model.features[2], example_input=x)
+    assert child.netmorph_record[1][-1]["after"] == "features.2"
+    child = netmorph.morph(child, D, at=child.features[3])  # the child's own conv
+    assert child.netmorph_record[1][-1]["at"] == "features.3"
+    with pytest.raises(ValueError, match="not a submodule"):
+        netmorph.morph(model, D, at=nn.Conv2d(8, 8, 3), example_input=x)
+    report = netmorph.export(child, tmp_path / "c.pt2")
+    assert report.max_rel_err <= 1e-10 and report.dtype == "float64"
+    program = torch.export.load(tmp_path / "c.pt2").module()  # the file this test wrote
+    with torch.no_grad():
+        assert _rel(program(x), child.eval()(x)) <= 1e-10
+
+
+def test_the_child_indexes_its_layers_like_the_model():
+    model = _model()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    child = netmorph.morph(model, M1C1, after="features.2", example_input=x)
+    assert isinstance(child.features[0], nn.Conv2d)
+    assert torch.equal(child.features[0].weight, model.features[0].weight)
+    assert child.features[4] is child.get_submodule("features.4")
+    with pytest.raises(IndexError, match="no layer 9"):
+        child.features[9]
