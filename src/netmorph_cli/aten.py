@@ -21,8 +21,8 @@ import torch
 from .errors import CheckpointError
 from .program import Call, SymInt, Value
 
-SUPPORTED = ("conv2d (any stride, padding, dilation, groups), batch_norm (eval), relu, relu6/"
-             "hardtanh, leaky_relu, silu, gelu, hardswish, hardsigmoid, sigmoid, tanh, prelu, "
+SUPPORTED = ("conv2d (any stride, padding, dilation, groups), batch_norm (eval), group_norm, "
+             "relu, relu6/hardtanh, leaky_relu, silu, gelu, hardswish, hardsigmoid, sigmoid, tanh, prelu, "
              "add, sub, mul, cat, zero padding, the crops of joins, max_pool2d, avg_pool2d, "
              "adaptive_avg_pool2d, mean over H and W, flatten/view/reshape to a vector, "
              "linear, dropout, clone")
@@ -150,6 +150,27 @@ def _batch_norm(c: Converter, call: Call) -> None:
                   eps=float(call.args.get("eps", 1e-5)),
                   momentum=None if momentum is None else float(momentum))
     c.bind(call, name)
+
+
+def _group_norm(c: Converter, call: Call) -> None:
+    x = c.value(call, "input")
+    if len(c.shapes[x]) != 3:
+        raise c.fail(call, "group norm over a vector; netmorph normalizes feature maps")
+    ch = c.shapes[x][0]
+    weight = c.param(call, "weight", required=False)
+    bias = c.param(call, "bias", required=False)
+    if weight is not None:
+        prefix = weight[0].removesuffix(".weight")
+        if prefix in c.taken:
+            raise c.fail(call, f"the layer '{prefix}' is applied twice (shared weights)")
+        c.taken.add(prefix)
+    else:  # affine=False: γ = 1, β = 0, learnable from here on
+        prefix = c.op_name(call, "groupnorm")
+    w = weight[1] if weight else torch.ones(ch)
+    tensors = {"weight": w, "bias": bias[1] if bias else torch.zeros(ch, dtype=w.dtype)}
+    c.bind(call, c.emit(call, prefix, "groupnorm", [x], tensors, channels=ch,
+                        groups=int(call.args.get("num_groups", 1)),
+                        eps=float(call.args.get("eps", 1e-5))))
 
 
 def _unary(op: str, **attrs_of: Callable[[Call], Any]) -> Callable[[Converter, Call], None]:
@@ -370,6 +391,7 @@ def _maxpool_with_indices(c: Converter, call: Call) -> None:
 HANDLERS: dict[str, Callable[[Converter, Call], None]] = {
     "conv2d": _conv, "convolution": _conv, "_convolution": _conv,
     "batch_norm": _batch_norm, "_native_batch_norm_legit_no_training": _native_bn,
+    "group_norm": _group_norm,
     "relu": _unary("relu"),
     "hardtanh": _unary("hardtanh", min=lambda k: float(k.args.get("min_val", -1.0)),
                        max=lambda k: float(k.args.get("max_val", 1.0))),

@@ -75,6 +75,12 @@ def _eps(n: Node, attr: str) -> None:
         raise ValueError(f"{attr} must be a finite number ≥ 0, not {short(n[attr])}")
 
 
+def _divides_channels(n: Node, attr: str) -> None:
+    integer(1, n["channels"])(n, attr)
+    if n["channels"] % n[attr]:
+        raise ValueError(f"{n['channels']} channels are not divisible by {attr} {n[attr]}")
+
+
 def _momentum(n: Node, attr: str) -> None:
     m = n[attr]
     if m is not None and not (finite(m) and 0 <= m <= 1):
@@ -401,6 +407,13 @@ OPS: dict[str, Op] = {op.name: op for op in (
        out_shape=_channels_kept, params=_bn_params, buffers=_BN_BUFFERS,
        layer=lambda n: nn.BatchNorm2d(n["channels"], eps=n["eps"], momentum=n["momentum"]),
        init=_init_bn),
+    Op("groupnorm", attrs=(Attr("channels", count), Attr("groups", _divides_channels),
+                           Attr("eps", _eps, 1e-5)),
+       out_shape=_channels_kept,
+       params=lambda n: {"weight": (n["channels"],), "bias": (n["channels"],)},
+       layer=lambda n: nn.GroupNorm(n["groups"], n["channels"], eps=n["eps"]),
+       init=lambda n, gen: {"weight": torch.ones(n["channels"]),
+                            "bias": torch.zeros(n["channels"])}),  # torch's default
     Op("relu", spatial=False, forward=lambda n, ins, _: F.relu(ins[0])),
     Op("hardtanh", attrs=(Attr("min", number, -1.0), Attr("max", _above_min, 1.0)),
        spatial=False, forward=lambda n, ins, _: F.hardtanh(ins[0], n["min"], n["max"])),

@@ -98,6 +98,14 @@ def flat_head(self, x):
 # --------------------------------------------------------------------------------------------
 # supported ops: the network computes the model
 
+def _trained_gn(groups: int, channels: int) -> nn.GroupNorm:
+    gn = nn.GroupNorm(groups, channels)
+    with torch.no_grad():  # not the identity affine
+        gn.weight.copy_(1 + 0.3 * seeded_randn(channels, seed=7))
+        gn.bias.copy_(0.2 * seeded_randn(channels, seed=8))
+    return gn
+
+
 CASES = {  # name → (model factory, ops the network must contain)
     "sub": (lambda: Net(lambda s, x: x - F.relu(x)), ["add"]),
     "relu6 module": (lambda: Net(lambda s, x: s.act(x), act=nn.ReLU6(), gain=8.0),
@@ -106,6 +114,9 @@ CASES = {  # name → (model factory, ops the network must contain)
     "hardtanh": (lambda: Net(lambda s, x: F.hardtanh(x, -0.5, 0.7)), ["hardtanh"]),
     "hardsigmoid": (lambda: Net(lambda s, x: F.hardsigmoid(x), gain=4.0), ["hardsigmoid"]),
     "tanh": (lambda: Net(lambda s, x: torch.tanh(x)), ["tanh"]),
+    "group_norm": (lambda: Net(lambda s, x: s.act(x), act=_trained_gn(2, C)), ["groupnorm"]),
+    "group_norm without affine": (lambda: Net(lambda s, x: s.act(x), act=nn.GroupNorm(
+        C, C, affine=False)), ["groupnorm"]),
     "leaky_relu module": (lambda: Net(lambda s, x: s.act(x), act=nn.LeakyReLU(0.2)),
                           ["leaky_relu"]),
     "leaky_relu functional in place": (lambda: Net(

@@ -44,6 +44,8 @@ EXAMPLES: dict[str, list[tuple[dict, list[tuple[int, ...]]]]] = {
     "linear": [({"in": 5, "out": 3}, [(5,)]), ({"in": 5, "out": 3, "bias": False}, [(5,)])],
     # the ops a traced PyTorch CNN is converted to (conversion.py)
     "hardtanh": [({"min": 0.0, "max": 6.0}, [(3, 4, 4)]), ({}, [(7,)])],
+    "groupnorm": [({"channels": 6, "groups": 3}, [(6, 4, 5)]),
+                  ({"channels": 4, "groups": 4, "eps": 1e-3}, [(4, 3, 3)])],
     "leaky_relu": [({"slope": 0.2}, [(3, 4, 4)]), ({}, [(6,)])],
     "silu": [({}, [(3, 4, 4)])],
     "gelu": [({}, [(3, 4, 4)]), ({"approximate": "tanh"}, [(6,)])],
