@@ -22,10 +22,10 @@ from .errors import CheckpointError
 from .program import Call, SymInt, Value
 
 SUPPORTED = ("conv2d (any stride, padding, dilation, groups), batch_norm (eval), group_norm, "
-             "relu, relu6/hardtanh, leaky_relu, silu, gelu, hardswish, hardsigmoid, sigmoid, tanh, prelu, "
-             "add, sub, mul, cat, zero padding, the crops of joins, max_pool2d, avg_pool2d, "
-             "adaptive_avg_pool2d, mean over H and W, flatten/view/reshape to a vector, "
-             "linear, dropout, clone")
+             "relu, relu6/hardtanh, leaky_relu, silu, gelu, hardswish, hardsigmoid, sigmoid, "
+             "tanh, prelu, add, sub, mul, cat, zero padding, the crops of joins, max_pool2d, "
+             "avg_pool2d, adaptive_avg_pool2d, mean over H and W, flatten/view/reshape to a "
+             "vector, linear, dropout, clone")
 
 class ConversionError(CheckpointError):
     """A graph netmorph cannot express (exit code 2, like any bad input file)."""
