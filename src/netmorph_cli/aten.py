@@ -27,6 +27,7 @@ SUPPORTED = ("conv2d (any stride, padding, dilation, groups), batch_norm (eval),
              "avg_pool2d, adaptive_avg_pool2d, mean over H and W, flatten/view/reshape to a "
              "vector, linear, dropout, clone")
 
+
 class ConversionError(CheckpointError):
     """A graph netmorph cannot express (exit code 2, like any bad input file)."""
 
