@@ -167,7 +167,7 @@ def _reduce_json(plan: Any, solved: dict[str, Any] | None, pretty: bool) -> None
 
 # -- choices and help texts from the library's registries ---------------------------------
 # Read when shown or parsed, not at import: the CLI starts without importing torch, and an
-# entry added to a registry (data.DATASETS, zoo.ARCHS, presets.PRESETS) is offered at once.
+# entry added to a registry (data.DATASETS, archs.ARCHS, presets.PRESETS) is offered at once.
 
 class _RegistryChoice(click.Choice):  # not Choice[str]: click < 8.4 is not generic
     """The names of a registry as a ``click.Choice``."""
@@ -194,7 +194,7 @@ def _dataset_names() -> Iterable[str]:
 def _arch_list() -> str:
     """"resnet20, …, resnet110 (CIFAR, 32×32) or resnet18, resnet34 (ImageNet, 224×224,
     torchvision layout)": the architectures grouped by family, in registry order."""
-    from .zoo import ARCHS
+    from .archs import ARCHS
 
     groups: dict[tuple[str, int, str], list[str]] = {}
     for a in ARCHS.values():
@@ -208,7 +208,7 @@ def _arch_list() -> str:
 
 
 def _default_classes() -> str:
-    from .zoo import ARCHS
+    from .archs import ARCHS
 
     return ", ".join(dict.fromkeys(f"{a.num_classes} {a.family}" for a in ARCHS.values()))
 

@@ -5,41 +5,27 @@ as in torchvision's ``models/resnet.py``. Layer names follow the common PyTorch 
 CIFAR ``conv1``, ``layer2.1.conv1``, projection ``layer2.0.shortcut.0/.1``, ``linear``;
 ImageNet as torchvision (``downsample.0/.1``, ``fc``). Every block's join is
 ``layerL.I.add`` with the residual branch first and the shortcut second (``shortcut``: 1).
-Every architecture is one record of the registry ``ARCHS`` (family, blocks per stage, input
-size, default classes, builder); ``describe``, ``netmorph init`` and its help read it.
+Every architecture is one record of the registry ``archs.ARCHS`` (family, blocks per stage,
+input size, default classes; torch-free, so help texts list it at once), and each family
+has a builder here (``BUILDERS``); ``describe`` and ``netmorph init`` read both.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .archs import ARCHS as ARCHS
+from .archs import CIFAR_DEPTHS as CIFAR_DEPTHS
+from .archs import IMAGENET_DEPTHS as IMAGENET_DEPTHS
+from .archs import ArchSpec as ArchSpec
+from .archs import arch_spec
 from .errors import NetworkError
 from .network import FORMAT, Network, node, validate_description
 from .ops import OPS
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """One zoo architecture: a registry record, read by ``describe`` and by the CLI."""
-
-    name: str  # e.g. "resnet20"
-    family: str  # "CIFAR" or "ImageNet": the data its stem and input size are made for
-    blocks: tuple[int, ...]  # residual blocks per stage
-    widths: tuple[int, ...]  # channels per stage
-    input_size: int  # side of its square RGB inputs
-    num_classes: int  # classifier width unless one is given
-    build: Callable[[ArchSpec, int, str], dict[str, Any]]  # (spec, classes, shortcut) → desc
-    layout: str = ""  # whose layer names it follows, for help texts (e.g. "torchvision")
-
-    @property
-    def depth(self) -> int:
-        """Weighted layers: the stem conv, two convs per block and the classifier."""
-        return 2 * sum(self.blocks) + 2
 
 
 def _conv_bn(nodes: list, prefix: str, src: str, c_in: int, c_out: int, k: int, stride: int,
@@ -119,44 +105,16 @@ def _imagenet_resnet(spec: ArchSpec, num_classes: int, shortcut: str) -> dict[st
             "num_classes": num_classes, "nodes": nodes, "output": "fc"}
 
 
-def _cifar(depth: int) -> ArchSpec:
-    """CIFAR ResNet-(6n+2): n blocks in each of three stages of 16, 32, 64 channels."""
-    if (depth - 2) % 6 or depth < 8:
-        raise NetworkError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
-    n = (depth - 2) // 6
-    return ArchSpec(f"resnet{depth}", "CIFAR", (n, n, n), (16, 32, 64), 32, 10, _cifar_resnet)
-
-
-def _imagenet(depth: int, blocks: tuple[int, ...]) -> ArchSpec:
-    return ArchSpec(f"resnet{depth}", "ImageNet", blocks, (64, 128, 256, 512), 224, 1000,
-                    _imagenet_resnet, layout="torchvision")
-
-
-# the registry: one record per architecture, in the order help texts list them
-ARCHS: dict[str, ArchSpec] = {s.name: s for s in (
-    *(_cifar(d) for d in (20, 32, 44, 56, 110)),
-    _imagenet(18, (2, 2, 2, 2)),
-    _imagenet(34, (3, 4, 6, 3)),
-)}
-# views of the built-in records (the importer and tests read them)
-CIFAR_DEPTHS = tuple(s.depth for s in ARCHS.values() if s.family == "CIFAR")
-IMAGENET_DEPTHS = {s.depth: s.blocks for s in ARCHS.values() if s.family == "ImageNet"}
-
-
-def arch_spec(arch: str) -> ArchSpec:
-    """The registry record of architecture ``arch``."""
-    try:
-        return ARCHS[arch]
-    except KeyError:
-        raise NetworkError(f"unknown architecture {arch!r} (choose from "
-                           f"{', '.join(ARCHS)})") from None
+# the description builder of each family (``ArchSpec.family``)
+BUILDERS: dict[str, Callable[[ArchSpec, int, str], dict[str, Any]]] = {
+    "CIFAR": _cifar_resnet, "ImageNet": _imagenet_resnet}
 
 
 def describe(arch: str, num_classes: int | None = None, shortcut: str = "B") -> dict[str, Any]:
     """The description of a zoo architecture (a name in ``ARCHS``); ``num_classes`` defaults
     to the architecture's, ``shortcut`` (A or B) applies to the CIFAR family."""
     spec = arch_spec(arch)
-    return spec.build(spec, num_classes or spec.num_classes, shortcut)
+    return BUILDERS[spec.family](spec, num_classes or spec.num_classes, shortcut)
 
 
 def init_tensors(desc: dict[str, Any], seed: int = 0) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from netmorph_cli import checkpoint, data, morph, zoo
+from netmorph_cli import archs, checkpoint, data, morph, zoo
 from netmorph_cli.cli import main
 from netmorph_cli.errors import DataError, MorphError, NetworkError
 
@@ -155,7 +155,7 @@ def test_architecture_records():
     assert zoo.CIFAR_DEPTHS == (20, 32, 44, 56, 110)
     assert zoo.IMAGENET_DEPTHS == {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
     with pytest.raises(NetworkError, match="depth must be 6n"):
-        zoo._cifar(21)
+        archs._cifar(21)
 
 
 # -- presets ----------------------------------------------------------------------------
