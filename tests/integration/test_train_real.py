@@ -35,6 +35,8 @@ def parent_result(parent):
     return train.evaluate(parent, "cifar10", DATA)
 
 
+@pytest.mark.slow  # 12 s on the full test set; tests/integration/test_import_real.py
+# classifies 500 real images with the same import by default
 def test_imported_resnet20_has_the_published_test_error(parent_result):
     assert parent_result.samples == 10000
     assert abs(parent_result.top1_error - 0.0827) < 0.0005, parent_result  # 827 of 10,000
