@@ -25,6 +25,7 @@ import math
 import pickle
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -110,6 +111,10 @@ def read_pt2(path: str | Path) -> Program:
     except zipfile.BadZipFile as exc:
         raise CheckpointError(f"'{path}' is not a torch.export program file (.pt2): {exc}"
                               ) from None
+    except (zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        # a damaged compressed record, an encrypted or unsupported-compression member
+        raise CheckpointError(f"'{path}' is a damaged torch.export archive "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read '{path}': {exc.strerror or exc}") from None
 

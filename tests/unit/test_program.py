@@ -349,3 +349,19 @@ def test_run_equals_the_model(tmp_path, no_export_load, name):
     assert traced.input_shape == prog.input_shape == (2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(program.run(traced, fresh), out)
+
+
+def test_a_damaged_compressed_record_is_one_error(real, tmp_path):
+    """A deflated archive whose model.json bytes are damaged: zlib's error becomes one
+    CheckpointError naming the file (torch writes stored records; a crafted file need not)."""
+    src = zipfile.ZipFile(real)
+    dst = tmp_path / "damaged.pt2"
+    with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for info in src.infolist():
+            z.writestr(info.filename, src.read(info.filename))
+    data = bytearray(dst.read_bytes())
+    at = data.find(b"models/model.json") + 200  # inside its compressed bytes
+    data[at:at + 60] = bytes(b ^ 0x5A for b in data[at:at + 60])
+    dst.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged torch.export archive"):
+        program.read_pt2(dst)
