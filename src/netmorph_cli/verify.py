@@ -9,6 +9,8 @@ child's history records.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,13 +170,23 @@ def train_mode_limit(parent_loss: float) -> float:
     return parent_loss * 1.10 + 0.01
 
 
+@contextlib.contextmanager
+def _draws(seed: int, device: torch.device | str) -> Iterator[None]:
+    """Random draws seeded by ``seed`` inside, the caller's generators untouched."""
+    cuda = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
 def verify_train_mode(parent: Network, child: Network,
                       batches: list[tuple[torch.Tensor, torch.Tensor]], *,
                       dtype: torch.dtype = torch.float32, inputs_name: str = "data",
                       device: torch.device | str = "cpu") -> TrainModeReport:
     """Run both networks in training mode on ``batches`` (normalized images, labels) and
     compare losses, accuracies and logits. Neither network is changed: the modules are
-    copies, their running statistics are thrown away."""
+    copies, their running statistics are thrown away. Both run each batch on the same
+    random draws, so dropout layers drop the same units in both."""
     check_pair(parent, child)
     if not batches:
         raise VerificationError("no batches to verify in training mode")
@@ -184,9 +196,13 @@ def verify_train_mode(parent: Network, child: Network,
     p_right = c_right = n = 0
     max_abs = scale = 0.0
     with torch.no_grad():
-        for x, y in batches:
+        for k, (x, y) in enumerate(batches):
             x, y = x.to(device=device, dtype=dtype), y.to(device)
-            py, cy = pnet(x), cnet(x)
+            # the same random draws for both (dropout masks: a morph adds no random op)
+            with _draws(k, device):
+                py = pnet(x)
+            with _draws(k, device):
+                cy = cnet(x)
             lp = float(torch.nn.functional.cross_entropy(py.double(), y))
             lc = float(torch.nn.functional.cross_entropy(cy.double(), y))
             p_loss.append(lp * len(y))

@@ -11,12 +11,15 @@ import math
 import pytest
 import torch
 
+import zoo_models
 from netmorph_cli import zoo
 from netmorph_cli.errors import VerificationError
+from netmorph_cli.importers import import_factory
 from netmorph_cli.morph import morph_network
 from netmorph_cli.network import Network
 from netmorph_cli.presets import Preset
-from netmorph_cli.verify import DEFAULT_TOL, compare_pairs, verify
+from netmorph_cli.spec import load_spec
+from netmorph_cli.verify import DEFAULT_TOL, compare_pairs, verify, verify_train_mode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,3 +151,27 @@ def test_differing_top1_is_counted(parent):
                     dtype=torch.float64)).argmax(1)
     assert r.top1_agreement == pytest.approx((p_top == 3).float().mean().item())
     assert not r.passed
+
+
+def test_train_mode_check_gives_dropout_the_same_masks_in_both():
+    """An imported VGG (dropout before its classifier) and a child calibrated on the very
+    batch it is checked on: in training mode the two compute the same logits (float64,
+    ≤ 1e-8) only if both drop the same units; with independent masks they differ by O(1)."""
+    model = zoo_models.build("vgg11_bn", width=4).double()
+    parent, _ = import_factory(None, "zoo_models:vgg11_bn", kwargs={"width": 4})
+    parent = parent.to(torch.float64)
+    assert any(n["op"] == "dropout" for n in parent.description["nodes"])
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(3),
+                    dtype=torch.float64)
+    y = torch.arange(32) % 10
+    child, _ = morph_network(parent, load_spec("examples/modules/morph_1c1.json"),
+                             after="features.2", calibrate=("batch", [x]))
+    report = verify_train_mode(parent, child, [(x, y)], dtype=torch.float64)
+    assert report.max_rel_err <= 1e-8 and report.passed
+    ours_net = parent.module().train()  # built first: building draws initial weights
+    with torch.no_grad():  # the reference: the model's own training-mode run, same draws
+        torch.manual_seed(0)
+        ref = model.train()(x)
+        torch.manual_seed(0)
+        ours = ours_net(x)
+    assert ((ours - ref).abs().max() / ref.abs().max()).item() <= 1e-12
