@@ -280,8 +280,7 @@ def _cat(c: Converter, call: Call) -> None:
     ts = call.args.get("tensors") or []
     if not all(isinstance(t, Value) for t in ts):
         raise c.fail(call, "concatenates something that is not a computed tensor")
-    ins = [c.value(Call(call.name, call.target, {"t": t}, call.outputs, call.module,
-                        call.module_type), "t") for t in ts]
+    ins = [c.node_of(call, t, f"tensor #{i + 1}") for i, t in enumerate(ts)]
     rank = len(c.shapes[ins[0]]) + 1
     dim = int(call.args.get("dim", 0))
     if dim % rank != 1:

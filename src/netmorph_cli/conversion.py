@@ -76,24 +76,26 @@ class _Converter:
 
     def value(self, call: Call, arg: str) -> str:
         """The node that holds a tensor argument (refusing lifted tensors there)."""
-        v = call.args.get(arg)
+        return self.node_of(call, call.args.get(arg), f"argument {arg!r}")
+
+    def node_of(self, call: Call, v: Any, what: str) -> str:
+        """The node that holds the tensor ``v`` of ``call`` (``what`` names it in errors)."""
         if not isinstance(v, Value):
-            raise self.fail(call, f"argument {arg!r} is {v!r}, not a tensor; netmorph needs "
-                                  "both operands to be computed tensors")
+            raise self.fail(call, f"{what} is {v!r}, not a tensor; netmorph needs both "
+                                  "operands to be computed tensors")
         if v.name in self.p.values:
-            raise self.fail(call, f"argument {arg!r} is the stored tensor "
-                                  f"'{self.p.values[v.name]}'; netmorph's graphs compute on "
-                                  "the input only (a learned scale or constant operand is "
-                                  "not supported)")
+            raise self.fail(call, f"{what} is the stored tensor '{self.p.values[v.name]}'; "
+                                  "netmorph's graphs compute on the input only (a learned "
+                                  "scale or constant operand is not supported)")
         if v.name not in self.env:
-            raise self.fail(call, f"argument {arg!r} ({v.name}) is not computed before it")
+            raise self.fail(call, f"{what} ({v.name}) is not computed before it")
         got = self.env[v.name]
         if isinstance(got, Sliced):
             if got.whole(self.shapes[got.node]):
                 return got.node
-            raise self.fail(call, f"argument {arg!r} is a slice of '{got.node}' "
-                                  f"({got.describe()}); netmorph slices feature maps only as "
-                                  "the centred crops of a join or an option-A shortcut")
+            raise self.fail(call, f"{what} is a slice of '{got.node}' ({got.describe()}); "
+                                  "netmorph slices feature maps only as the centred crops of "
+                                  "a join or an option-A shortcut")
         return got
 
     def sliced(self, call: Call, arg: str) -> Sliced:

@@ -57,21 +57,7 @@ def import_state_dict(path: str | Path, arch: str | None = None) -> Network:
     half/bfloat16 tensors become float32.
     """
     path = Path(path)
-    kind = sniff(path)
-    if kind == "safetensors":
-        metadata, obj = read_safetensors(path)
-        if metadata.get("format") == "netmorph":
-            raise _already(path)
-    else:
-        obj = torch_load(path)
-        if isinstance(obj, dict) and "netmorph" in obj:
-            raise _already(path)
-    sd = find_state_dict(obj)
-    if sd is None:
-        what = (f"a dict with keys {names(list(obj))}" if isinstance(obj, dict)
-                else f"a {type(obj).__name__}")
-        raise CheckpointError(f"'{path}' holds {what}, not a state_dict of tensors")
-    sd = _strip_prefixes(sd)
+    obj, sd = _read_state_dict(path, refuse_netmorph=True)
     layout, detected, shortcut, reason = _detect(sd)
     if arch is not None:
         if arch not in zoo.ARCHS:
@@ -107,6 +93,27 @@ def import_state_dict(path: str | Path, arch: str | None = None) -> Network:
         return net.check()
     except NetworkError as exc:  # pragma: no cover - _map_tensors already checked
         raise CheckpointError(f"'{path}': {exc}") from None
+
+
+def _read_state_dict(path: Path, *, refuse_netmorph: bool = False
+                     ) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(the file's object, its state_dict without DataParallel/compile prefixes), read
+    safely (safetensors, or ``torch.load(weights_only=True)``); a netmorph checkpoint is
+    refused where an import of it makes no sense (``refuse_netmorph``)."""
+    if sniff(path) == "safetensors":
+        metadata, obj = read_safetensors(path)
+        ours = metadata.get("format") == "netmorph"
+    else:
+        obj = torch_load(path)
+        ours = isinstance(obj, dict) and "netmorph" in obj
+    if ours and refuse_netmorph:
+        raise _already(path)
+    sd = find_state_dict(obj)
+    if sd is None:
+        what = (f"a dict with keys {names(list(obj))}" if isinstance(obj, dict)
+                else f"a {type(obj).__name__}")
+        raise CheckpointError(f"'{path}' holds {what}, not a state_dict of tensors")
+    return obj, _strip_prefixes(sd)
 
 
 def _already(path: Path) -> CheckpointError:
@@ -245,15 +252,9 @@ def import_factory(weights: str | Path | None, factory: str, *,
     sha = None
     if weights is not None:
         path = Path(weights)
-        if sniff(path) == "safetensors":
-            obj: Any = read_safetensors(path)[1]
-        else:
-            obj = torch_load(path)
-        sd = find_state_dict(obj)
-        if sd is None:
-            raise CheckpointError(f"'{path}' holds no state_dict of tensors")
+        _, sd = _read_state_dict(path)
         try:
-            model.load_state_dict(_strip_prefixes(sd), strict=True)
+            model.load_state_dict(sd, strict=True)
         except RuntimeError as exc:
             why = " ".join(ln.strip() for ln in str(exc).splitlines()[1:])
             raise CheckpointError(f"'{path}' does not fit {factory}: {why[:400]}") from None
