@@ -236,11 +236,7 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
                 cut = _cut_update(block, filters, residual, pre, suf, k_eff)
                 assert cut is not None  # only an ``exact`` update can decline
                 deltas = cut
-            trial = dict(filters)
-            for name, d in deltas.items():
-                trial[name] = filters[name] + d.to(filters[name].dtype)
-            new_residual = target - module_function(graph, trial)
-            new_rel = float(torch.linalg.vector_norm(new_residual)) / tnorm
+            trial, new_residual, new_rel = _tried(graph, target, filters, deltas, tnorm)
             if new_rel > rel:  # an exact solve never increases it; rounding can
                 continue
             filters, residual, rel = trial, new_residual, new_rel
@@ -255,6 +251,16 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
         if len(history) >= 4 and history[-1] > 0.9 * history[-4]:
             break
     raise SolverError(_stall_message(graph, history, tol))
+
+
+def _tried(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
+           deltas: Mapping[str, torch.Tensor], tnorm: float
+           ) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+    """``filters`` plus ``deltas``, the residual they leave and its size relative to the
+    target's (``tnorm``): a sweep's trial step, kept or dropped by the caller."""
+    trial = {k: f + deltas[k].to(f.dtype) if k in deltas else f for k, f in filters.items()}
+    residual = target - module_function(graph, trial)
+    return trial, residual, float(torch.linalg.vector_norm(residual)) / tnorm
 
 
 def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
@@ -276,10 +282,7 @@ def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torc
             suf = suffix_filters(graph, filters, widths[graph.sink])
             deltas = _cut_update(block, filters, residual, pre, suf, k_eff)
             assert deltas is not None
-            trial = {k: f + deltas[k].to(f.dtype) if k in deltas else f
-                     for k, f in filters.items()}
-            new_residual = target - module_function(graph, trial)
-            new_rel = float(torch.linalg.vector_norm(new_residual)) / tnorm
+            trial, new_residual, new_rel = _tried(graph, target, filters, deltas, tnorm)
             if new_rel <= rel:
                 filters, residual, rel = trial, new_residual, new_rel
             if budget is not None:
