@@ -822,6 +822,18 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
 @click.option("--no-calibrate", is_flag=True,
               help="Train a morphed child as it is: do not set its uncalibrated new BN "
                    "layers from training data before the first step.")
+@click.option("--new-lr-scale", type=click.FloatRange(min=0, max=1e6), default=None,
+              help="The parameters a morph added since the last training (solved filters, "
+                   "new BN, PReLU slopes) train at the schedule's lr × this [recipe's; 1].")
+@click.option("--new-warmup", type=click.IntRange(min=0, max=10**9), default=None,
+              metavar="STEPS",
+              help="Ramp the new parameters' lr linearly from 0 over STEPS optimizer steps "
+                   "[recipe's; 0].")
+@click.option("--new-weight-decay", type=click.FloatRange(min=0, max=1), default=None,
+              help="Weight decay of the new parameters [default: --weight-decay].")
+@click.option("--from-state", type=click.Path(dir_okay=False), default=None, metavar="STATE",
+              help="A parent's training state (PARENT_OUT.state.pt): the child's parameters "
+                   "that the parent had keep its momentum, new ones start at zero.")
 @click.option("--resume", is_flag=True, help="Continue the run that writes OUT from its state.")
 @click.option("--metrics", default=None, metavar="FILE",
               help="JSONL of per-epoch metrics [default: OUT.metrics.jsonl].")
@@ -831,8 +843,10 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
               epochs: int | None, lr: float | None, schedule: str | None, batch_size: int,
               milestones: str | None, warmup: float, momentum: float,
               weight_decay: float, seed: int, device: str | None, compile_: bool,
-              precision: str, no_amp: bool, no_calibrate: bool, resume: bool,
-              metrics: str | None, quiet: bool, force: bool) -> None:
+              precision: str, no_amp: bool, no_calibrate: bool, new_lr_scale: float | None,
+              new_warmup: int | None, new_weight_decay: float | None,
+              from_state: str | None, resume: bool, metrics: str | None, quiet: bool,
+              force: bool) -> None:
     """Train a checkpoint (a parent or a morphed child).
 
     SGD (momentum 0.9, weight decay 1e-4), batch 128, pad-4 random crop + flip, a fresh
@@ -867,21 +881,44 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
                         dataset=dataset, batch_size=batch_size, momentum=momentum,
                         weight_decay=weight_decay, warmup=warmup, seed=seed,
                         precision="fp32" if no_amp else precision, compile=compile_,
-                        calibrate=not no_calibrate)
+                        calibrate=not no_calibrate, new_lr_scale=new_lr_scale,
+                        new_warmup=new_warmup, new_weight_decay=new_weight_decay)
     dev = resolve_device(device) if device else default_device()
     metrics = metrics or f"{out}.metrics.jsonl"
     check_run_files(out, cfg, source=ckpt, metrics=metrics, resume=resume, force=force)
     net = load(ckpt)
     pending = uncalibrated_layers(net) if cfg.calibrate else []
     dist = init_distributed(dev)
+    if dist.main and not quiet:
+        click.echo(_groups_line(net, cfg))
     with TrainProgress(_console(), quiet=quiet or not dist.main) as progress:
         trained, history = train(net, cfg, out, data_dir=data_dir, device=dev, resume=resume,
                                  metrics=metrics, hooks=progress.hooks(), source=ckpt,
-                                 force=force)
+                                 force=force, from_state=from_state)
     if dist.main:
         sha = _save_trained(trained, out, ckpt, force)
         _train_summary(trained, history, calibrated=len(pending))
         _wrote(out, sha, trained.description["arch"])
+
+
+def _groups_line(net: Any, cfg: Any) -> str:
+    """What the optimizer groups will be, said before training starts."""
+    from .growth import new_parameter_names
+    from .train import new_groups
+
+    model = net.module()
+    total = sum(p.numel() for p in model.parameters())
+    if not cfg.grows:
+        return f"optimizer: one group, {total:,} parameters at lr {cfg.lr:g}"
+    new = set(new_groups(net, cfg))
+    assert new == set(new_parameter_names(net, model))
+    n_new = sum(p.numel() for k, p in model.named_parameters() if k in new)
+    wd = cfg.weight_decay if cfg.new_weight_decay is None else cfg.new_weight_decay
+    ramp = f", ramped from 0 over {cfg.new_warmup} steps" if cfg.new_warmup else ""
+    return (f"optimizer: {total - n_new:,} trained parameters at lr {cfg.lr:g} (weight decay "
+            f"{cfg.weight_decay:g}); {n_new:,} new in {len(new)} tensors at lr "
+            f"{cfg.lr * cfg.new_lr_scale:g} (×{cfg.new_lr_scale:g}{ramp}; weight decay "
+            f"{wd:g})")
 
 
 def _save_trained(trained: Any, out: str, ckpt: str, force: bool) -> str:

@@ -64,7 +64,7 @@ ENTRY_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **dict.fromkeys(("residual", "condition", "test_error", "seconds"),
                     (lambda v: v is None or _num(v), "a number or null")),
     **dict.fromkeys(("exact_bn", "bn"), (lambda v: type(v) is bool, "true or false")),
-    **dict.fromkeys(("blocks", "new_bn"), (_strings, "a list of strings")),
+    **dict.fromkeys(("blocks", "new_bn", "added"), (_strings, "a list of strings")),
     "compare": (_pairs, "a list of [parent node, child node] pairs"),
     "metrics": (_epochs, "a list of epoch records with numeric 'test_error' and "
                          "'train_error'"),
@@ -208,9 +208,13 @@ class MorphRecord(_Keyed):
     bn: bool | None = None
     act: str | None = None
     new_bn: tuple[str, ...] = ()
+    # the tensors this morph created (names the parent lacks, or same-shape tensors whose
+    # values it changed): what ``growth.new_parameters`` trains as new; None in entries
+    # written before netmorph recorded it
+    added: tuple[str, ...] | None = None
     calibration: Calibration | None = None
 
-    _TUPLES: ClassVar[frozenset[str]] = frozenset({"blocks", "new_bn"})
+    _TUPLES: ClassVar[frozenset[str]] = frozenset({"blocks", "new_bn", "added"})
 
     @property
     def name(self) -> str:

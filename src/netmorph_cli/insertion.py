@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +118,20 @@ def finish(net: Network, desc: dict[str, Any], tensors: dict[str, torch.Tensor],
     # BN layers this morph added: identity in eval mode on (mean 0, var 1) until
     # ``calibrate`` sets them from data for training mode
     entry = entry.with_(new_bn=tuple(n["name"] for n in desc["nodes"]
-                                     if n["op"] == "bn" and n["name"] not in old))
+                                     if n["op"] == "bn" and n["name"] not in old),
+                        added=added_tensors(net.tensors, tensors))
     child = Network(desc, tensors, [*net.history, entry.to_json()], dict(net.meta))
     return child.check()
+
+
+def added_tensors(parent: Mapping[str, torch.Tensor], child: Mapping[str, torch.Tensor]
+                  ) -> tuple[str, ...]:
+    """The child's tensors a morph created: names the parent lacks, and tensors of the
+    parent's shape whose values changed. A kernel grown by zero padding (1c1 → 3c1: another
+    shape, the parent's values at its centre) keeps its trained values and is not added."""
+    return tuple(k for k, t in child.items()
+                 if k not in parent or (parent[k].shape == t.shape
+                                        and not torch.equal(parent[k], t)))
 
 
 def module_nodes(spec: ModuleGraph, filters: dict[str, torch.Tensor], site: Site, prefix: str,

@@ -32,6 +32,12 @@ class TrainConfig:
     # set a morph's uncalibrated new BN layers from training data before the first step
     # (calibrate.py): without it a child starts training far from its parent's function
     calibrate: bool = True
+    # the parameters a morph added since the last training (growth.py): their lr is the
+    # schedule's × new_lr_scale, ramped linearly from 0 over new_warmup steps; their weight
+    # decay new_weight_decay (None: weight_decay)
+    new_lr_scale: float = 1.0
+    new_warmup: int = 0
+    new_weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -39,6 +45,16 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be {' or '.join(SCHEDULES)}, not "
                              f"{self.schedule!r}")
+        if not (math.isfinite(self.new_lr_scale) and self.new_lr_scale >= 0):
+            raise ValueError(f"new_lr_scale must be a finite number ≥ 0, not "
+                             f"{self.new_lr_scale}")
+        if type(self.new_warmup) is not int or self.new_warmup < 0:
+            raise ValueError(f"new_warmup must be a whole number of steps ≥ 0, not "
+                             f"{self.new_warmup!r}")
+        if self.new_weight_decay is not None and not (math.isfinite(self.new_weight_decay)
+                                                      and self.new_weight_decay >= 0):
+            raise ValueError(f"new_weight_decay must be a finite number ≥ 0, not "
+                             f"{self.new_weight_decay}")
 
     def lr_at(self, epoch: float, step: float = 0.0) -> float:
         """Learning rate of a step that starts at fractional ``epoch`` and lasts ``step``
@@ -53,6 +69,20 @@ class TrainConfig:
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * t))
         steps = sum(1 for m in self.milestone_epochs() if epoch >= m)
         return self.lr * self.gamma ** steps
+
+    def new_ramp(self, global_step: int) -> float:
+        """The new parameters' lr factor at (0-based) ``global_step``: linear from 0 to 1
+        over ``new_warmup`` steps, reached at the end of each step as ``lr_at``'s warm-up
+        does (step 0 of a 200-step ramp goes at 1/200), then 1."""
+        if self.new_warmup <= 0:
+            return 1.0
+        return min(global_step + 1, self.new_warmup) / self.new_warmup
+
+    @property
+    def grows(self) -> bool:
+        """Whether the options treat new parameters apart from trained ones."""
+        return (self.new_lr_scale != 1.0 or self.new_warmup > 0
+                or self.new_weight_decay is not None)
 
     def milestone_epochs(self) -> list[float]:
         return [m * self.epochs if m <= 1 else m for m in self.milestones]
@@ -73,13 +103,16 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 def recipe_config(recipe: str, *, epochs: int | None = None, lr: float | None = None,
                   schedule: str | None = None, milestones: tuple[float, ...] | None = None,
-                  **fixed: Any) -> TrainConfig:
+                  new_lr_scale: float | None = None, new_warmup: int | None = None,
+                  new_weight_decay: float | None = None, **fixed: Any) -> TrainConfig:
     """A ``TrainConfig`` from a recipe (``RECIPES``) and the options given (None: the
     recipe's value); ``fixed`` are the other fields. Milestones with a cosine schedule are
     refused (``UsageError``)."""
     if recipe not in RECIPES:
         raise UsageError(f"unknown recipe {recipe!r} (choose from {', '.join(RECIPES)})")
-    given = {"epochs": epochs, "lr": lr, "schedule": schedule, "milestones": milestones}
+    given = {"epochs": epochs, "lr": lr, "schedule": schedule, "milestones": milestones,
+             "new_lr_scale": new_lr_scale, "new_warmup": new_warmup,
+             "new_weight_decay": new_weight_decay}
     chosen = {**RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}}
     if milestones is not None and chosen["schedule"] != "step":
         raise UsageError(f"--milestones applies to the step schedule, not "

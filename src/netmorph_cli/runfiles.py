@@ -55,11 +55,17 @@ def probe_run(net: Network, out: str | Path, metrics: str | Path | None) -> None
         probe_directory(Path(metrics).parent)
 
 def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                cfg: TrainConfig, source_sha256: str | None, epoch: int, step: int,
-                history: list[EpochStats]) -> None:
-    """Atomic and durable (``outputs.write_file``); a failed write keeps the last state."""
+                cfg: TrainConfig, source_sha256: str | None, carried: dict[str, Any] | None,
+                epoch: int, step: int, history: list[EpochStats]) -> None:
+    """Atomic and durable (``outputs.write_file``); a failed write keeps the last state.
+    ``param_names`` name the optimizer's parameters in its order, so that a child can
+    carry this state's momentum (``growth.carry_momentum``); ``carried``: where this run's
+    own momentum came from, if it was carried."""
+    by_id = {id(p): k for k, p in model.named_parameters()}
     state = {"netmorph_train_state": 1, "epoch": epoch, "step": step,
              "model": state_of(model), "optimizer": opt.state_dict(),
+             "param_names": [by_id[id(p)] for g in opt.param_groups for p in g["params"]],
+             "carried": json.dumps(carried),
              "config": json.dumps(config_json(cfg)), "input_sha256": source_sha256 or "",
              "history": json.dumps([h.to_json() for h in history]),
              "torch_rng": torch.get_rng_state()}
@@ -106,13 +112,15 @@ def check_same_run(state: dict[str, Any], cfg: TrainConfig, source: str | Path |
 
 
 def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
-                ) -> tuple[int, int, list[EpochStats]]:
+                ) -> tuple[int, int, list[EpochStats], dict[str, Any] | None]:
+    """Restore ``model`` and ``opt``; returns (epoch, step, history, carried)."""
     state = read_state(path)
     try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history = [EpochStats(**h) for h in json.loads(state["history"])]
+        carried = json.loads(state.get("carried", "null"))
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
         raise UsageError(f"--resume: cannot read {path}: {first_line(exc)}") from None
     torch.set_rng_state(state["torch_rng"])
-    return int(state["epoch"]), int(state["step"]), history
+    return int(state["epoch"]), int(state["step"]), history, carried

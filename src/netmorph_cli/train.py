@@ -13,7 +13,6 @@ image, with the global batch split evenly; rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from .calibrate import calibrate, uncalibrated_layers
 from .data import Dataset, augment, load_dataset, to_tensor
-from .errors import TrainingError
+from .errors import TrainingError, UsageError
 from .evaluation import (
     EvalResult,
     check_fits,
@@ -40,11 +39,19 @@ from .evaluation import (
     top1_error,
     training_batches,
 )
+from .growth import NEW, carry_momentum, new_parameter_names, param_groups
 from .history import TrainRecord
 from .network import Network, state_of
 from .outputs import append_line, exclusive, sha256, write_text
 from .recipes import RECIPES, SCHEDULES, EpochStats, TrainConfig, config_json, recipe_config
-from .runfiles import check_run_files, load_state, probe_run, save_state, state_path
+from .runfiles import (
+    check_run_files,
+    first_line,
+    load_state,
+    probe_run,
+    save_state,
+    state_path,
+)
 
 __all__ = ["CALIBRATION_BATCHES", "RECIPES", "SCHEDULES", "Dist", "EpochStats", "EvalResult",
            "TrainConfig", "TrainHooks", "check_run_files", "evaluate", "init_distributed",
@@ -65,6 +72,8 @@ class TrainHooks:
     on_epoch: Callable[[EpochStats], None] | None = None
     on_start: Callable[[int, int, int], None] | None = None  # start epoch, epochs, steps
     on_warning: Callable[[str], None] | None = None  # e.g. a diverging loss
+    # every step's training loss: (0-based global step, loss); costs a device sync a step
+    on_loss: Callable[[int, float], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,17 +102,25 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
           device: torch.device | str = "cpu", resume: bool = False,
           metrics: str | Path | None = None, hooks: TrainHooks | None = None,
           dataset: Dataset | None = None, source: str | Path | None = None,
-          force: bool = False) -> tuple[Network, list[EpochStats]]:
+          force: bool = False, from_state: str | Path | None = None
+          ) -> tuple[Network, list[EpochStats]]:
     """Train ``net`` (read from the file ``source``, if any) with ``cfg``; write a state
     file every epoch and return the trained network (the caller saves it to ``out``). The
     files follow ``check_run_files``; the run holds ``OUT.lock``. Raises ``TrainingError``
-    on a non-finite loss, weight or BN statistic, keeping the last good state file."""
+    on a non-finite loss, weight or BN statistic, keeping the last good state file.
+
+    The parameters a morph added (``growth.new_parameter_names``) get their own optimizer
+    group when ``cfg`` sets new-parameter options (``cfg.grows``); ``from_state``: a
+    parent's training state whose momentum the child's trained parameters carry
+    (``growth.carry_momentum``; a resumed run has it in its own state)."""
     hooks = hooks or TrainHooks()
     device = torch.device(device)
     dist = init_distributed(device)
     digest = sha256(source) if source else None  # recorded in the state, checked on resume
     check_run_files(out, cfg, source=source, metrics=metrics, resume=resume, force=force,
                     source_sha256=digest)
+    new = new_groups(net, cfg)
+    parent_state = read_parent_state(from_state) if from_state and not resume else None
     if dist.main:
         probe_run(net, out, metrics)
     with exclusive(out) if dist.main else contextlib.nullcontext():
@@ -112,11 +129,12 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                 state_path(out).unlink(missing_ok=True)  # --force: start again
         return _train(net, cfg, out, data_dir=data_dir, device=device, resume=resume,
                       metrics=metrics, hooks=hooks, dataset=dataset, dist=dist,
-                      source_sha256=digest)
+                      source_sha256=digest, new=new, parent_state=parent_state)
 
 def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Path | None,
            device: torch.device, resume: bool, metrics: str | Path | None, hooks: TrainHooks,
-           dataset: Dataset | None, dist: Dist, source_sha256: str | None
+           dataset: Dataset | None, dist: Dist, source_sha256: str | None,
+           new: tuple[str, ...], parent_state: tuple[dict[str, Any], dict[str, Any]] | None
            ) -> tuple[Network, list[EpochStats]]:
     data = dataset or load_dataset(cfg.dataset, data_dir)
     check_fits(net, data)
@@ -127,15 +145,49 @@ def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | P
         net = calibrate(net, [x for x, _ in batches], dataset=data.name, seed=cfg.seed,
                         device=device)
     run = _Run(net, cfg, _Loaded(net, data, device), dist, state_path(out), hooks,
-               source_sha256)
+               source_sha256, new)
     if resume:
-        run.start_epoch, run.start_step, run.history = load_state(run.spath, run.model,
-                                                                    run.opt)
+        run.start_epoch, run.start_step, run.history, run.carried = load_state(
+            run.spath, run.model, run.opt)
+    elif parent_state is not None:
+        state, about = parent_state
+        run.carried = {**about, **carry_momentum(run.opt, run.model, state, new)}
     if metrics and dist.main:  # a fresh run starts a fresh file; a resumed one its history
         write_text(metrics, "".join(json.dumps(h.to_json()) + "\n" for h in run.history),
                    force=True)
     run.loop(metrics, resume)
     return run.result(), run.history
+
+
+def new_groups(net: Network, cfg: TrainConfig) -> tuple[str, ...]:
+    """The new parameters that get their own group: none unless ``cfg`` sets new-parameter
+    options, which on a network with none are a ``UsageError``."""
+    if not cfg.grows:
+        return ()
+    new = new_parameter_names(net)
+    if not new:
+        raise UsageError("--new-lr-scale, --new-warmup and --new-weight-decay apply to the "
+                         "parameters a morph added since the last training, and this network "
+                         "has none (no morph in its history since it was trained)")
+    return new
+
+
+def read_parent_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A parent's training state (``OUT.state.pt``) to carry, and what the history records
+    of it; ``UsageError`` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--from-state: no file {path}")
+    try:
+        with open(path, "rb") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
+        raise UsageError(f"--from-state: {path} is not a training state: "
+                         f"{first_line(exc)}") from None
+    if not isinstance(state, dict) or state.get("netmorph_train_state") != 1:
+        raise UsageError(f"--from-state: {path} is not a netmorph training state "
+                         f"(OUT.state.pt of `netmorph train`)")
+    return state, {"file": path.name, "sha256": sha256(path)}
 
 
 class _Loaded:
@@ -156,16 +208,19 @@ class _Run:
     epochs that tests, saves, logs and stops (``loop``)."""
 
     def __init__(self, net: Network, cfg: TrainConfig, data: _Loaded, dist: Dist, spath: Path,
-                 hooks: TrainHooks, source_sha256: str | None) -> None:
+                 hooks: TrainHooks, source_sha256: str | None, new: tuple[str, ...]) -> None:
         self.net, self.cfg, self.data, self.dist, self.spath, self.hooks = (
             net, cfg, data, dist, spath, hooks)
+        self.carried: dict[str, Any] | None = None  # where the momentum came from
         self.device = device = data.x_train.device
         model = net.module(torch.float32, device).train()
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
-        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.SGD(
+            param_groups(model, new, cfg.lr, cfg.weight_decay, new_lr_scale=cfg.new_lr_scale,
+                         new_weight_decay=cfg.new_weight_decay),
+            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.start_epoch, self.start_step = 0, 0
         self.history: list[EpochStats] = []
         step_model: torch.nn.Module = model
@@ -189,7 +244,8 @@ class _Run:
                 f"with --resume" if spath.exists() else
                 "no epoch had finished, so no state was saved"),
             enabled=dist.world == 1)
-        self.save = functools.partial(save_state, spath, model, self.opt, cfg, source_sha256)
+        self.save = lambda epoch, step, history: save_state(
+            spath, model, self.opt, cfg, source_sha256, self.carried, epoch, step, history)
 
     def loop(self, metrics: str | Path | None, resume: bool) -> None:
         cfg, dist, hooks = self.cfg, self.dist, self.hooks
@@ -233,8 +289,10 @@ class _Run:
         try:
             for step in range(first, steps):
                 lr = cfg.lr_at(epoch + step / steps, 1 / steps)
+                ramp = cfg.new_ramp(epoch * steps + step)
                 for group in opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0) * (
+                        ramp if group.get("name") == NEW else 1.0)
                 idx = mine[step * b_local:(step + 1) * b_local]
                 xb = augment(data.x_train[idx], seeded(cfg.seed, epoch, step, dist.rank),
                              fill=data.fill)
@@ -251,6 +309,8 @@ class _Run:
                 loss.backward()
                 opt.step()
                 done = step + 1
+                if self.hooks.on_loss:
+                    self.hooks.on_loss(epoch * steps + step, float(loss.detach()))
                 loss_sum += loss.detach() * len(idx)
                 wrong += (logits.argmax(1) != yb).sum()
                 seen += len(idx)
@@ -305,6 +365,8 @@ class _Run:
             test_error=final.test_error if final else None,
             seconds=sum(h.seconds for h in history),
             metrics=tuple(h.to_json() for h in history)).to_json())
+        if self.carried is not None:  # recorded beside the config (history keeps extra keys)
+            trained.history[-1]["carried_state"] = self.carried
         return trained.check()
 
 
