@@ -68,8 +68,9 @@ MODIFIERS: dict[str, dict[str, Any]] = {
     "b": {"new_lr_scale": 0.1}, "c": {"new_warmup": 200}, "d": {"new_weight_decay": 0.0},
     "e": {"carry": True}}
 NETWORKS = ("control", "1c1", "D")
-ORDER = ["control:a", "1c1:a", "1c1:b", "D:a", "D:b", "1c1:c", "1c1:d", "1c1:e", "1c1:f",
-         "1c1:g", "control:f", "control:g", "D:c", "D:d", "D:e", "D:f", "D:g"]
+# by priority (each arm runs for every seed before the next): the core hypothesis first
+ORDER = ["control:a", "1c1:a", "1c1:b", "D:a", "D:b", "1c1:c", "1c1:e", "1c1:d", "D:c", "D:e",
+         "D:d", "1c1:f", "1c1:g", "control:f", "control:g", "D:f", "D:g"]
 DESCRIBE = {"a": "continue: cosine 0.02 → 0", "b": "a + new params lr ×0.1",
             "c": "a + new params lr ramp 0 → 1 over 200 steps",
             "d": "a + no weight decay on new params", "e": "a + parent's momentum carried",
@@ -270,11 +271,12 @@ def main() -> None:
                            full.source + " (smoke)")
         parent = importers.import_state_dict(args.weights)
         ran = 0
+        seeds = [int(s) for s in args.seeds.split(",")]
         for round_ in (1, 2):
-            for seed in [int(s) for s in args.seeds.split(",")]:
-                keys = ORDER if round_ == 1 else [
-                    f"{n}:{a}" for a in round2(load_results(work)) for n in ("1c1", "D")]
-                for key in keys:
+            keys = ORDER if round_ == 1 else [
+                f"{n}:{a}" for a in round2(load_results(work)) for n in ("1c1", "D")]
+            for key in keys:
+                for seed in seeds:
                     path = work / f"{key.replace(':', '_')}_s{seed}.result.json"
                     if path.exists():
                         continue

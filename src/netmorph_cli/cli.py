@@ -557,6 +557,13 @@ def _show_morph(out: str, sha: str, child: Any, report: Any, as_json: bool) -> N
     _wrote(out, sha, child.description["arch"])
 
 
+def _finite(ctx: Any, param: Any, value: float | None) -> float | None:
+    """A number option that must be finite (click's ranges let NaN through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}", param=param)
+    return value
+
+
 def _positive_finite(value: float | None, param: Any) -> float | None:
     """A tolerance must be a positive finite number (NaN or a negative one would make
     every comparison fail or pass regardless of the networks)."""
@@ -823,6 +830,7 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
               help="Train a morphed child as it is: do not set its uncalibrated new BN "
                    "layers from training data before the first step.")
 @click.option("--new-lr-scale", type=click.FloatRange(min=0, max=1e6), default=None,
+              callback=_finite,
               help="The parameters a morph added since the last training (solved filters, "
                    "new BN, PReLU slopes) train at the schedule's lr × this [recipe's; 1].")
 @click.option("--new-warmup", type=click.IntRange(min=0, max=10**9), default=None,
@@ -830,6 +838,7 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
               help="Ramp the new parameters' lr linearly from 0 over STEPS optimizer steps "
                    "[recipe's; 0].")
 @click.option("--new-weight-decay", type=click.FloatRange(min=0, max=1), default=None,
+              callback=_finite,
               help="Weight decay of the new parameters [default: --weight-decay].")
 @click.option("--from-state", type=click.Path(dir_okay=False), default=None, metavar="STATE",
               help="A parent's training state (PARENT_OUT.state.pt): the child's parameters "
@@ -871,7 +880,7 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
     from .checkpoint import load
     from .report import TrainProgress
     from .runtime import default_device, parse_milestones, resolve_device
-    from .train import check_run_files, init_distributed, recipe_config, train
+    from .train import check_run_files, init_distributed, read_parent_state, recipe_config, train
 
     if no_amp and precision != "auto":
         raise click.UsageError(f"--no-amp (an old name of --precision fp32) contradicts "
@@ -888,6 +897,8 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
     check_run_files(out, cfg, source=ckpt, metrics=metrics, resume=resume, force=force)
     net = load(ckpt)
     pending = uncalibrated_layers(net) if cfg.calibrate else []
+    if from_state and not resume:
+        read_parent_state(from_state)  # refused before anything is printed
     dist = init_distributed(dev)
     if dist.main and not quiet:
         click.echo(_groups_line(net, cfg))

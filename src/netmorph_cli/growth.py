@@ -45,7 +45,7 @@ def new_tensor_names(net: Network) -> tuple[str, ...]:
         if isinstance(entry, MorphRecord):
             if entry.added is None:
                 raise UsageError(
-                    f"history entry {i + 1} ({entry.op} {entry.what() or ''}) was written by "
+                    f"history entry {i + 1} ({entry.name} at {entry.where}) was written by "
                     f"a netmorph that did not record the tensors it added, so the new "
                     f"parameters are not known: morph the parent again with this version")
             added.update(entry.added)

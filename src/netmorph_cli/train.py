@@ -46,7 +46,6 @@ from .outputs import append_line, exclusive, sha256, write_text
 from .recipes import RECIPES, SCHEDULES, EpochStats, TrainConfig, config_json, recipe_config
 from .runfiles import (
     check_run_files,
-    first_line,
     load_state,
     probe_run,
     save_state,
@@ -181,9 +180,10 @@ def read_parent_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]
     try:
         with open(path, "rb") as fh:
             state = torch.load(fh, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
-        raise UsageError(f"--from-state: {path} is not a training state: "
-                         f"{first_line(exc)}") from None
+    except Exception:  # noqa: BLE001 - any failure here is a bad state file
+        raise UsageError(f"--from-state: {path} is not a training state (OUT.state.pt of "
+                         f"`netmorph train`): torch.load(weights_only=True) cannot read "
+                         f"it") from None
     if not isinstance(state, dict) or state.get("netmorph_train_state") != 1:
         raise UsageError(f"--from-state: {path} is not a netmorph training state "
                          f"(OUT.state.pt of `netmorph train`)")
