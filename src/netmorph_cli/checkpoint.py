@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors import torch as st
 
 from . import __version__, limits, outputs
+from .attrs import short
 from .errors import CheckpointError, NetworkError
 from .network import FORMAT as DESCRIPTION_FORMAT
 from .network import (
@@ -207,24 +208,67 @@ def sniff(path: Path) -> str:
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    data = path.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    if n > _MAX_HEADER:
-        raise CheckpointError(f"'{path}' is not a valid safetensors file "
-                              f"(header length {n} bytes)")
-    if 8 + n > len(data):
-        raise CheckpointError(f"'{path}' is truncated: its safetensors header needs {8 + n} "
-                              f"bytes, the file has {len(data)}")
+    """The metadata and tensors of a safetensors file. The header is read and checked
+    first: the tensors it declares must end exactly at the end of the file and fit in the
+    memory available now, before any tensor byte is read (a valid header on a huge or
+    sparse file is refused, not allocated)."""
     try:
-        header = limits.parse_json(data[8:8 + n])
-        metadata = header.get("__metadata__") or {}
-        tensors = st.load(data)
-    except (ValueError, AttributeError, SafetensorError) as exc:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little")
+            if len(head) < 8 or n > _MAX_HEADER:
+                raise CheckpointError(f"'{path}' is not a valid safetensors file "
+                                      f"(header length {n} bytes)")
+            if 8 + n > size:
+                raise CheckpointError(f"'{path}' is truncated: its safetensors header needs "
+                                      f"{8 + n} bytes, the file has {size}")
+            raw = f.read(n)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    try:
+        header = limits.parse_json(raw)
+    except ValueError as exc:
+        raise CheckpointError(f"'{path}' is a corrupt or truncated safetensors file (its "
+                              f"header: {_first_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"'{path}' is a corrupt safetensors file (its header is not an "
+                              f"object)")
+    need = _declared_bytes(path, header)
+    if 8 + n + need != size:
+        raise CheckpointError(
+            f"'{path}' is {'truncated' if 8 + n + need > size else 'corrupt'}: its header "
+            f"declares {limits.format_bytes(need)} of tensors after {8 + n} bytes, the file "
+            f"has {size} bytes")
+    limits.check_memory(need, f"loading '{path}'")
+    try:
+        tensors = st.load_file(str(path))
+    except (ValueError, AttributeError, SafetensorError, OSError) as exc:
         raise CheckpointError(f"'{path}' is a corrupt or truncated safetensors file "
                               f"({_first_line(exc)})") from None
+    except MemoryError:
+        raise CheckpointError(f"not enough memory to load '{path}' "
+                              f"({limits.format_bytes(need)} of tensors)") from None
+    metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict):
         metadata = {}
     return metadata, tensors
+
+
+def _declared_bytes(path: Path, header: dict[str, Any]) -> int:
+    """The end of the last tensor's bytes that a safetensors header declares."""
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int and o >= 0 for o in offsets)
+                or offsets[0] > offsets[1]):
+            raise CheckpointError(f"'{path}' is a corrupt safetensors file (tensor "
+                                  f"{short(name)} has no valid data_offsets)")
+        end = max(end, offsets[1])
+    return end
 
 
 def torch_load(path: Path) -> Any:
@@ -345,7 +389,11 @@ def _network(path: Path, fields: Mapping[str, Any], tensors: dict[str, torch.Ten
         except limits.JSONDepthError as exc:
             raise CheckpointError(f"'{path}' is a damaged netmorph checkpoint: its {key} is "
                                   f"{exc}") from None
-        except ValueError:
+        except ValueError as exc:
+            if "lone surrogate" in str(exc):
+                raise CheckpointError(f"'{path}' is a damaged netmorph checkpoint: its {key} "
+                                      f"holds a string with a lone surrogate (not valid "
+                                      f"Unicode)") from None
             value = None
         if not isinstance(value, kind):
             raise CheckpointError(f"'{path}' is a damaged netmorph checkpoint: "

@@ -824,7 +824,8 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
 @click.option("--precision", type=click.Choice(("auto", "bf16", "fp32")), default="auto",
               show_default=True,
               help="auto: bf16 autocast on CUDA, float32 on CPU; bf16: autocast on any "
-                   "device (≈ 2× on CPUs with bf16 units); fp32: float32 everywhere.")
+                   "device (≈ 2× faster on CPUs with AVX-512 BF16/AMX, ≈ 10× slower on "
+                   "others: a warning says so); fp32: float32 everywhere.")
 @click.option("--no-amp", is_flag=True, hidden=True, help="Same as --precision fp32.")
 @click.option("--no-calibrate", is_flag=True,
               help="Train a morphed child as it is: do not set its uncalibrated new BN "
@@ -900,9 +901,8 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
     if from_state and not resume:
         read_parent_state(from_state)  # refused before anything is printed
     dist = init_distributed(dev)
-    if dist.main and not quiet:
-        click.echo(_groups_line(net, cfg))
-    with TrainProgress(_console(), quiet=quiet or not dist.main) as progress:
+    header = _groups_line(net, cfg)  # a network with nothing new is refused here
+    with TrainProgress(_console(), quiet=quiet or not dist.main, header=header) as progress:
         trained, history = train(net, cfg, out, data_dir=data_dir, device=dev, resume=resume,
                                  metrics=metrics, hooks=progress.hooks(), source=ckpt,
                                  force=force, from_state=from_state)

@@ -11,7 +11,7 @@ import torch
 
 from .data import CIFAR_MEAN, CIFAR_STD, Dataset, load_dataset, to_tensor
 from .errors import DataError
-from .network import Network
+from .network import Network, check_forward
 
 
 def normalization(net: Network) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -60,6 +60,9 @@ def evaluate(net: Network, dataset: str, data_dir: str | Path | None = None,
     """Top-1 error on the test split, with the normalization stored in the checkpoint."""
     data = load_dataset(dataset, data_dir)
     check_fits(net, data)
+    batch = batch_size or (1000 if torch.device(device).type == "cuda" else 100)
+    check_forward(net.description, min(batch, len(data.x_test)), torch.float32, "eval",
+                  extra=4 * data.x_test.size)
     mean, std = normalization(net)
     x = to_tensor(data.x_test, mean, std, device)
     y = torch.from_numpy(data.y_test).to(device)

@@ -38,7 +38,7 @@ from .checkpoint import (
 )
 from .data import CIFAR_MEAN, CIFAR_STD
 from .errors import CheckpointError, NetmorphError, NetworkError, UsageError, VerificationError
-from .network import Network, expected_tensors
+from .network import Network, check_forward, expected_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -346,6 +346,7 @@ def compare(net: Network, reference: Any, source: str) -> float:
     """Max relative error of the network's logits against ``reference`` on seeded random
     inputs in the network's dtype; raises VerificationError above ``CHECK_TOL``."""
     dtype = net.dtype
+    check_forward(net.description, CHECK_SAMPLES, dtype, "the import check", factor=2.0)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(CHECK_SAMPLES, *net.description["input"], generator=gen, dtype=dtype)
     with torch.no_grad():

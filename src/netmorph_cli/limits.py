@@ -103,9 +103,31 @@ def parse_json(raw: str | bytes, limit: int = MAX_JSON_DEPTH) -> Any:
     if json_depth_exceeds(raw, limit):
         raise JSONDepthError(f"JSON nested more than {limit} levels deep")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except RecursionError:
         raise JSONDepthError(f"JSON nested more than {limit} levels deep") from None
+    if b"\\u" in (raw if isinstance(raw, bytes) else raw.encode("utf-8", "replace")):
+        _check_strings(value)  # only \u escapes can decode to a lone surrogate
+    return value
+
+
+def _check_strings(value: Any) -> None:
+    """``json.JSONDecodeError`` for a string that is not valid Unicode (a lone surrogate,
+    ``"\\ud800"``): it could not be printed or written as UTF-8 later."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise json.JSONDecodeError("a string holds a lone surrogate (not valid "
+                                           "Unicode)", "", 0) from None
 
 
 def read_capped(path: str | Path, cap: int) -> bytes:
@@ -136,3 +158,32 @@ def format_bytes(n: float) -> str:
             return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def available_memory() -> int:
+    """Bytes of memory a new allocation can get now without swapping: ``MemAvailable`` of
+    /proc/meminfo (Linux), else the free physical pages; a large number where neither is
+    known (the caller's allocation then fails as it would have)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_memory(need: int, what: str, *, cap: int | None = None) -> None:
+    """``ResourceLimitError`` before ``what`` allocates ``need`` bytes that the machine does
+    not have (or more than ``cap``), naming the estimate and the limit."""
+    have = available_memory() if cap is None else min(cap, available_memory())
+    if need > have:
+        from .errors import ResourceLimitError
+
+        raise ResourceLimitError(f"{what} needs about {format_bytes(need)} of memory and "
+                                 f"{format_bytes(have)} is available: refused before "
+                                 f"allocating it")

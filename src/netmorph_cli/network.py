@@ -13,6 +13,7 @@ initialization) are records of the op table in ``ops.py``.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from .attrs import as_pair as as_pair  # re-exported: morph.py builds nodes with
 from .attrs import count, finite, short
 from .errors import NetworkError
 from .history import parse_history
-from .limits import MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_MAP_SIDE, MAX_WIDTH
+from .limits import MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_MAP_SIDE, MAX_WIDTH, check_memory
 from .ops import OPS, param_shapes
 
 FORMAT = 1
@@ -349,3 +350,22 @@ def validate_meta(meta: Any, channels: int) -> None:
     for key in ("created", "imported"):
         if key in meta and not isinstance(meta[key], dict):
             raise NetworkError(f"metadata {key!r} must be an object, not {short(meta[key])}")
+
+
+def forward_bytes(desc: Mapping[str, Any], batch: int, itemsize: int) -> int:
+    """The memory a forward pass of ``batch`` inputs holds at its peak: ``GraphNet`` keeps
+    every node's output until the pass ends, so the sum of all of them (input included)."""
+    shapes = validate_description(desc)
+    return batch * itemsize * sum(math.prod(s) for s in shapes.values())
+
+
+def check_forward(desc: Mapping[str, Any], batch: int, dtype: torch.dtype, what: str, *,
+                  factor: float = 1.0, extra: int = 0) -> None:
+    """``ResourceLimitError`` before a pass that would not fit in the memory available:
+    ``factor`` forward passes alive at once (2 to compare two networks, ~3 to train: the
+    activations, their gradients and the optimizer's work) plus ``extra`` bytes."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    need = int(factor * forward_bytes(desc, batch, itemsize)) + extra
+    shape = "×".join(map(str, desc["input"]))
+    name = str(dtype).removeprefix("torch.")
+    check_memory(need, f"{what} ({batch} inputs of {shape} in {name})")

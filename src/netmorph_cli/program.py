@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .limits import MAX_JSON_DEPTH, MAX_SPEC_BYTES, JSONDepthError, parse_json
+from .limits import MAX_JSON_DEPTH, MAX_SPEC_BYTES, JSONDepthError, check_memory, parse_json
 from .runtime import quiet_torch
 
 
@@ -132,10 +132,32 @@ class _Pt2:
     def error(self, why: str) -> CheckpointError:
         return CheckpointError(f"'{self.path}': {why}")
 
-    def read(self, name: str, cap: int = MAX_SPEC_BYTES) -> bytes:
+    def member(self, name: str) -> zipfile.ZipInfo:
         info = self.members.get(self.root + name)
         if info is None:
             raise self.error(f"the archive has no {name!r} record")
+        return info
+
+    def read_prefix(self, info: zipfile.ZipInfo, n: int) -> bytearray:
+        """The first ``n`` bytes of a member, inflated 1 MiB at a time and no further."""
+        out = bytearray()
+        try:
+            with self.z.open(info) as f:
+                while len(out) < n:
+                    chunk = f.read(min(n - len(out), 1 << 20))
+                    if not chunk:
+                        break
+                    out += chunk
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise self.error(f"record {info.filename!r} is damaged ({exc})") from None
+        if len(out) < n:
+            raise self.error(f"record {info.filename!r} holds {len(out)} bytes, fewer than "
+                             f"the {n} its tensor needs")
+        return out
+
+    def read(self, name: str, cap: int = MAX_SPEC_BYTES) -> bytes:
+        info = self.member(name)
+        check_memory(min(info.file_size, cap), f"reading record {name!r} of '{self.path}'")
         if info.file_size > cap:
             raise self.error(f"record {name!r} is {info.file_size:,} bytes, more than "
                              f"netmorph reads ({cap:,})")
@@ -202,12 +224,14 @@ class _Pt2:
         sizes = [_int(s) for s in tm["sizes"]]
         strides = [_int(s) for s in tm["strides"]]
         offset = _int(tm["storage_offset"])
-        raw = self.read(member, _MAX_MEMBER)
+        info = self.member(member)
         item = torch.empty((), dtype=dtype).element_size()
-        if len(raw) % item:
-            raise self.error(f"tensor {fqn!r}: {len(raw)} bytes is not a whole number of "
-                             f"{dtype} values")
-        numel = len(raw) // item
+        if info.file_size % item:
+            raise self.error(f"tensor {fqn!r}: {info.file_size} bytes is not a whole number "
+                             f"of {dtype} values")
+        numel = info.file_size // item
+        if any(n < 0 for n in sizes):
+            raise self.error(f"tensor {fqn!r}: negative size in {sizes}")
         last = offset + sum((s - 1) * st for s, st in zip(sizes, strides, strict=True)) \
             if all(sizes) else offset - 1
         if offset < 0 or min(strides, default=0) < 0 or last >= numel:
@@ -215,7 +239,11 @@ class _Pt2:
                              f"beyond its {numel} stored values")
         if math.prod(sizes) == 0:
             return torch.zeros(sizes, dtype=dtype)
-        flat = torch.frombuffer(bytearray(raw), dtype=dtype)
+        # only the values the tensor reaches are inflated, never the rest of the member
+        need = (last + 1) * item
+        check_memory(2 * need, f"reading tensor {fqn!r} of '{self.path}'")
+        raw = self.read_prefix(info, need)
+        flat = torch.frombuffer(raw, dtype=dtype)
         return torch.as_strided(flat, sizes, strides, offset).clone()
 
     def pickled(self, member: str, fqn: str) -> torch.Tensor:

@@ -171,8 +171,15 @@ def info_report(s: dict[str, Any]) -> Group:
         table = Table()
         for col in ("#", "step", "where", "seed", "residual / result"):
             table.add_column(col)
-        for i, h in enumerate(parse_history(s["history"]), 1):
-            table.add_row(str(i), *_history_row(h))
+        entries = s["history"]
+        shown = (list(enumerate(entries, 1)) if len(entries) <= 2 * HISTORY_ROWS else
+                 [*enumerate(entries[:HISTORY_ROWS], 1),
+                  *enumerate(entries[-HISTORY_ROWS:], len(entries) - HISTORY_ROWS + 1)])
+        for k, (i, entry) in enumerate(shown):
+            if k == HISTORY_ROWS and len(shown) < len(entries):
+                table.add_row("…", f"{len(entries) - len(shown):,} more entries", "", "",
+                              "(info --json lists every one)")
+            table.add_row(str(i), *_history_row(parse_history([entry])[0]))
         lines.append(Text("morph history:", style="bold"))
         lines.append(table)
     else:
@@ -180,10 +187,13 @@ def info_report(s: dict[str, Any]) -> Group:
     return Group(*lines)
 
 
+HISTORY_ROWS = 25  # a longer history shows its first and last 25 entries
+
+
 class TrainProgress:
     """A rich progress bar for ``netmorph train`` (epoch, loss, lr, images/s, ETA)."""
 
-    def __init__(self, console: Any, quiet: bool = False):
+    def __init__(self, console: Any, quiet: bool = False, header: str | None = None):
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -194,6 +204,7 @@ class TrainProgress:
         )
 
         self.console, self.quiet = console, quiet
+        self.header = header  # said when training starts (after data and calibration)
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.4g}  "
@@ -223,6 +234,8 @@ class TrainProgress:
         click.echo(f"Warning: {message}", err=True)
 
     def _start(self, start_epoch: int, epochs: int, steps: int) -> None:
+        if self.header and not self.quiet:
+            self.console.print(self.header, soft_wrap=True)
         self.epochs, self.total_steps = epochs, steps
         self.task = self.progress.add_task("train", total=(epochs - start_epoch) * steps,
                                            epoch=f"{start_epoch + 1}/{epochs}", loss=0.0,

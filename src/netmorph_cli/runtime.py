@@ -75,3 +75,24 @@ def quiet_torch() -> Iterator[None]:
             yield
     finally:
         logging.disable(logging.NOTSET)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX): without it, bf16
+    autocast on the CPU emulates bf16 and runs ~10× slower than float32 (a 2-core AMD EPYC
+    with AVX2: 4.35 s vs 0.40 s for one ResNet-20 step of 128 images)."""
+    if torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def bf16_cpu_warning() -> str:
+    return (f"--precision bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no "
+            f"AVX-512 BF16 or AMX units) emulates bf16: about 10× slower than float32 "
+            f"(measured 4.35 s vs 0.40 s per ResNet-20 step of 128 images on such a CPU); "
+            f"--precision auto (float32 on a CPU) is faster here")

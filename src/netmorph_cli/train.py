@@ -41,7 +41,7 @@ from .evaluation import (
 )
 from .growth import NEW, carry_momentum, new_parameter_names, param_groups
 from .history import TrainRecord
-from .network import Network, state_of
+from .network import Network, check_forward, state_of
 from .outputs import append_line, exclusive, sha256, write_text
 from .recipes import RECIPES, SCHEDULES, EpochStats, TrainConfig, config_json, recipe_config
 from .runfiles import (
@@ -51,6 +51,7 @@ from .runfiles import (
     save_state,
     state_path,
 )
+from .runtime import bf16_cpu_warning, cpu_has_bf16
 
 __all__ = ["CALIBRATION_BATCHES", "RECIPES", "SCHEDULES", "Dist", "EpochStats", "EvalResult",
            "TrainConfig", "TrainHooks", "check_run_files", "evaluate", "init_distributed",
@@ -137,6 +138,10 @@ def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | P
            ) -> tuple[Network, list[EpochStats]]:
     data = dataset or load_dataset(cfg.dataset, data_dir)
     check_fits(net, data)
+    # activations, their gradients and autograd's saved tensors, and the set as float32
+    check_forward(net.description, min(cfg.batch_size // dist.world, len(data.x_train)),
+                  torch.float32, "training", factor=3.0,
+                  extra=4 * (data.x_train.size + data.x_test.size))
     if cfg.calibrate and uncalibrated_layers(net):  # deterministic: a resumed run repeats it
         batches = training_batches(net, cfg.dataset, batches=CALIBRATION_BATCHES,
                                    batch_size=min(128, len(data.x_train)), seed=cfg.seed,
@@ -152,8 +157,11 @@ def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | P
         state, about = parent_state
         run.carried = {**about, **carry_momentum(run.opt, run.model, state, new)}
     if metrics and dist.main:  # a fresh run starts a fresh file; a resumed one its history
-        write_text(metrics, "".join(json.dumps(h.to_json()) + "\n" for h in run.history),
-                   force=True)
+        if run.history:
+            write_text(metrics, "".join(json.dumps(h.to_json()) + "\n" for h in run.history),
+                       force=True)
+        else:  # created by the first epoch's line: a failed run leaves no empty file
+            Path(metrics).unlink(missing_ok=True)
     run.loop(metrics, resume)
     return run.result(), run.history
 
@@ -237,6 +245,8 @@ class _Run:
         self.steps = math.ceil(self.n_local / self.b_local)
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto"
                                                and device.type == "cuda")
+        if self.amp and device.type == "cpu" and not cpu_has_bf16() and hooks.on_warning:
+            hooks.on_warning(bf16_cpu_warning())
         self.check_every = loss_check_interval(device)
         self.ctrl_c = _DeferredInterrupt(
             lambda: "interrupted twice: stopped at once, mid-step; " + (

@@ -10,6 +10,7 @@ child's history records.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from .errors import VerificationError
 from .history import MorphRecord, parse_history
-from .network import Network
+from .network import Network, check_forward
 
 DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -99,6 +100,10 @@ def verify(parent: Network, child: Network, *, dtype: torch.dtype = torch.float6
     """Compare ``child`` with ``parent`` on ``samples`` inputs (or on ``inputs``)."""
     check_pair(parent, child)
     tol = DEFAULT_TOL.get(dtype, 1e-5) if tol is None else tol
+    n_in = samples if inputs is None else int(inputs.shape[0])
+    per_input = math.prod(parent.description["input"])
+    check_forward(child.description, min(batch_size, max(n_in, 1)), dtype, "verify",
+                  factor=2.0, extra=8 * n_in * per_input)
     if inputs is None:
         gen = torch.Generator().manual_seed(seed)
         inputs = torch.randn(samples, *parent.description["input"], generator=gen,
