@@ -235,7 +235,9 @@ def import_program(path: str | Path, *, input_size: tuple[int, int, int] | None 
     imported = {"file": path.name, "layout": "torch.export", "sha256": file_sha256(path)}
     net = conversion.to_network(prog, arch=arch, normalization=_norm(prog, mean, std),
                                 imported=imported)
-    err = compare(net, lambda x: program.run(prog, x), str(path))
+    # a program exported with a static batch runs at that batch only (its reshapes name it)
+    err = compare(net, lambda x: program.run(prog, x), str(path),
+                  batch=prog.input_shape[0] or CHECK_SAMPLES)
     return net, err
 
 
@@ -342,13 +344,13 @@ def _norm(prog: program.Program, mean: Sequence[float] | None,
     return out
 
 
-def compare(net: Network, reference: Any, source: str) -> float:
-    """Max relative error of the network's logits against ``reference`` on seeded random
-    inputs in the network's dtype; raises VerificationError above ``CHECK_TOL``."""
+def compare(net: Network, reference: Any, source: str, batch: int = CHECK_SAMPLES) -> float:
+    """Max relative error of the network's logits against ``reference`` on ``batch`` seeded
+    random inputs in the network's dtype; raises VerificationError above ``CHECK_TOL``."""
     dtype = net.dtype
-    check_forward(net.description, CHECK_SAMPLES, dtype, "the import check", factor=2.0)
+    check_forward(net.description, batch, dtype, "the import check", factor=2.0)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(CHECK_SAMPLES, *net.description["input"], generator=gen, dtype=dtype)
+    x = torch.randn(batch, *net.description["input"], generator=gen, dtype=dtype)
     with torch.no_grad():
         ours = net.module()(x)
         ref = reference(x)
