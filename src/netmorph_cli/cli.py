@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .archs import ARCHS
 from .errors import NetmorphError
 from .limits import MAX_BATCH, MAX_INPUT_SIDE, MAX_KERNEL, MAX_WIDTH
 
@@ -356,8 +357,8 @@ def _kwargs(ctx: Any, param: Any, value: str | None) -> dict[str, Any]:
                    "[default: CIFAR-10's].")
 @click.option("--std", default=None, metavar="S1,S2,…", callback=_floats,
               help="See --mean [default: CIFAR-10's].")
-@click.option("--arch", default=None, help="State_dicts: the expected architecture "
-              "(checked against the file).")
+@click.option("--arch", default=None, help="State_dicts: the expected architecture, "
+              f"checked against the file ({', '.join(ARCHS)}) [default: read from the file].")
 @_JSON
 @_FORCE
 def import_(file: str, out: str, factory: str | None, kwargs: dict[str, Any],
@@ -814,12 +815,17 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
               help="Step schedule's lr ÷10 points: fractions of training (≤ 1) or epochs "
                    "[0.5,0.75].")
 @click.option("--warmup", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              callback=_finite,
               help="Epochs of linear lr warm-up.")
 @click.option("--momentum", type=click.FloatRange(min=0, max=1), default=0.9,
-              show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda or cuda:N [default: cuda if present].")
+              show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              callback=_finite, help="SGD weight decay (L2) of every parameter.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the batch order, the augmentation and calibration's images.")
+@click.option("--device", default=None,
+              help="cpu, cuda or cuda:N [default: cuda if present: training is the one "
+                   "command where a GPU pays; the others default to cpu].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--precision", type=click.Choice(("auto", "bf16", "fp32")), default="auto",
               show_default=True,

@@ -289,7 +289,7 @@ def build_model(factory: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
         raise UsageError(f"--model {factory!r}: expected package.module:factory")
     try:
         mod = importlib.import_module(mod_name)
-    except Exception as exc:  # the user's module may raise anything on import
+    except (Exception, SystemExit) as exc:  # the user's module may raise anything on import
         raise UsageError(f"--model {factory!r}: cannot import {mod_name!r} "
                          f"({type(exc).__name__}: {_first(str(exc))})") from None
     fn = mod
@@ -301,7 +301,7 @@ def build_model(factory: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
         raise UsageError(f"--model {factory!r}: {attr!r} is not callable")
     try:
         model = fn(**kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit(0) must not exit 0 having written nothing
         raise UsageError(f"--model {factory!r}: calling it with {dict(kwargs)} failed "
                          f"({type(exc).__name__}: {_first(str(exc))})") from None
     if not isinstance(model, torch.nn.Module):

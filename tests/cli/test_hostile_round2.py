@@ -258,3 +258,29 @@ def test_info_of_a_long_history_shows_its_ends(capsys, tmp_path):
     rows = [line for line in out.splitlines() if line.startswith("│ ")]
     assert len(rows) == 51  # 25 + the elision + 25
     assert rows[0].startswith("│ 1 ") and rows[-1].startswith("│ 5000 ")
+
+
+# -- options and factories -------------------------------------------------------------------
+
+@pytest.mark.parametrize("option", [["--warmup", "inf"], ["--warmup", "nan"],
+                                    ["--weight-decay", "inf"]])
+def test_non_finite_training_options(capsys, tmp_path, r20, option):
+    out = tmp_path / "t.safetensors"
+    code, stdout, err = run_main(capsys, "train", str(r20), "--dataset", "synthetic", "-o",
+                                 str(out), *option)
+    assert_one_error_line(code, stdout, err, option[0], "finite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["call", "import"])
+def test_a_factory_that_raises_system_exit_0_is_an_error(capsys, tmp_path, monkeypatch, where):
+    body = ("raise SystemExit(0)\n" if where == "import" else
+            "def make():\n    raise SystemExit(0)\n")
+    (tmp_path / f"exits_{where}.py").write_text(body)
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "w.pt"
+    torch.save({}, weights)
+    code, out, err = run_main(capsys, "import", str(weights), "--model", f"exits_{where}:make",
+                              "-o", str(tmp_path / "n.safetensors"))
+    assert_one_error_line(code, out, err, "SystemExit")
+    assert not (tmp_path / "n.safetensors").exists()
