@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .aten import HANDLERS, IGNORED, SUPPORTED, ConversionError, Sliced, is_op_module
+from .aten import HANDLERS, IGNORED, SUPPORTED, ConversionError, Moved, Sliced, is_op_module
 from .network import FORMAT, Network, node
 from .ops import OPS
 from .program import Call, Program, Value
@@ -51,7 +51,7 @@ class _Converter:
                                   "C, H and W")
         self.input = [int(d) for d in shape[1:]]  # type: ignore[arg-type]
         # graph value → node name, or a slice of one that only a join may consume
-        self.env: dict[str, str | Sliced] = {program.input: "input"}
+        self.env: dict[str, str | Sliced | Moved] = {program.input: "input"}
         self.origin: dict[str, str] = {}  # node → the module path of the call that made it
         self.op_paths = {c.module for c in program.calls if is_op_module(c)}
         self.shapes: dict[str, tuple[int, ...]] = {"input": tuple(self.input)}
@@ -90,6 +90,12 @@ class _Converter:
         if v.name not in self.env:
             raise self.fail(call, f"{what} ({v.name}) is not computed before it")
         got = self.env[v.name]
+        if isinstance(got, Moved):
+            raise self.fail(call, f"{what} is {got.by}, a reshape of '{got.node}' to "
+                                  f"{tuple(got.index.shape)} per image, not (C, H, W) with "
+                                  "every pixel in place; netmorph supports flattening to "
+                                  "(N, features) and channel movements (shuffle, split, "
+                                  "permute of channels) only")
         if isinstance(got, Sliced):
             if got.whole(self.shapes[got.node]):
                 return got.node
@@ -246,8 +252,9 @@ class _Converter:
                                       f"{SUPPORTED}")
             handler(self, call)
         out = self.env.get(self.p.output)
-        if isinstance(out, Sliced):
-            raise ConversionError(f"{self.where()}: the output is a slice of '{out.node}'")
+        if isinstance(out, Sliced | Moved):
+            raise ConversionError(f"{self.where()}: the output is a slice or reshape of "
+                                  f"'{out.node}'")
         if out is not None:
             out = self.fold_joins(out)
         if out is None or out == "input":

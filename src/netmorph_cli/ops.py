@@ -57,10 +57,30 @@ from .attrs import (
     probability,
     short,
 )
-from .limits import MAX_KERNEL, MAX_MAP_SIDE
+from .limits import MAX_KERNEL, MAX_MAP_SIDE, MAX_WIDTH
 
 Shape = tuple[int, ...]
 HW = tuple[int, int]
+
+
+def _channel_index(n: Node, attr: str) -> None:
+    v = n[attr]
+    if (not isinstance(v, list) or not v or len(v) > MAX_WIDTH
+            or not all(type(i) is int and 0 <= i < MAX_WIDTH for i in v)):
+        raise ValueError(f"{attr!r} must be a non-empty list of channel numbers, not "
+                         f"{short(v)}")
+
+
+def _channels_shape(n: Node, ins: list[Shape]) -> Shape:
+    c = ins[0][0]
+    if max(n["index"]) >= c:
+        raise ValueError(f"picks channel {max(n['index'])} of a {c}-channel input")
+    return (len(n["index"]), *ins[0][1:])
+
+
+def _channels(n: Node, ins: list[torch.Tensor], layer: nn.Module | None) -> torch.Tensor:
+    index = torch.tensor(n["index"], dtype=torch.long, device=ins[0].device)
+    return ins[0].index_select(1, index)
 
 
 def _groups(n: Node, attr: str) -> None:
@@ -431,6 +451,10 @@ OPS: dict[str, Op] = {op.name: op for op in (
        forward=lambda n, ins, _: ins[0] * ins[1]),
     Op("concat", arity=None, out_shape=_concat_shape,
        forward=lambda n, ins, _: torch.cat(ins, dim=1)),
+    # channels index[k] of the input as channel k: a channel shuffle, split or chunk, or any
+    # other pure channel movement (view/transpose/permute that keeps each pixel in place)
+    Op("channels", attrs=(Attr("index", _channel_index),), out_shape=_channels_shape,
+       forward=_channels),
     Op("prelu", attrs=(Attr("channels", count),), out_shape=_channels_kept,
        params=lambda n: {"weight": (n["channels"],)}, layer=lambda n: nn.PReLU(n["channels"]),
        init=lambda n, gen: {"weight": torch.full((n["channels"],), 0.25)}),  # torch's default

@@ -56,6 +56,7 @@ EXAMPLES: dict[str, list[tuple[dict, list[tuple[int, ...]]]]] = {
     "dropout": [({"p": 0.2}, [(3, 4, 4)]), ({}, [(9,)])],
     "mul": [({}, [(3, 5, 6), (3, 1, 1)]), ({}, [(3, 1, 1), (3, 5, 6)]), ({}, [(4,), (4,)])],
     "concat": [({}, [(3, 5, 6), (2, 5, 6), (1, 5, 6)])],
+    "channels": [({"index": [0, 2, 1, 3]}, [(4, 3, 5)]), ({"index": [3, 4]}, [(6, 2, 2)])],
     "avgpool": [({"kernel": 2, "stride": 2, "padding": 0}, [(3, 9, 8)]),
                 ({"kernel": 3, "stride": 1, "padding": 1, "count_include_pad": False},
                  [(2, 5, 5)])],
