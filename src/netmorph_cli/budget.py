@@ -28,6 +28,10 @@ from .limits import format_bytes
 from .reduce import ReductionPlan, reduce_module
 
 DENSE_LIMIT = 4_000_000  # entries of a sub-problem's matrix below which it is solved densely
+# entries of a matrix that many right-hand sides share (a TYPE-I deconvolution: one per
+# output row or input column) below which it is factored once: LSQR on each of them
+# would take thousands of iterations each on these nearly square systems
+SHARED_DENSE_LIMIT = 16_000_000
 
 ADVICE_SECONDS = 60.0  # default time for re-solves that verify width advice
 PROGRESS_EVERY = 4.0  # seconds between progress reports (nothing silent for longer)
@@ -222,8 +226,8 @@ def solve_memory(graph: ModuleGraph, widths: Mapping[str, int], *, kernel: Kerne
             kk = (a.kernel[0] + b.kernel[0] - 1, a.kernel[1] + b.kernel[1] - 1)
             rows = max(widths[st.edge.src], widths[st.edge.dst]) * kernel_area(kk)
             cols = widths[st.blob] * max(kernel_area(a.kernel), kernel_area(b.kernel))
-            if rows * cols <= DENSE_LIMIT:
-                pieces.append((3 * rows * cols + cols * cols,
+            if rows * cols <= SHARED_DENSE_LIMIT:  # the matrix, A·Aᵀ, its factor, lstsq copies
+                pieces.append((3 * rows * cols + 2 * rows * rows,
                                f"the TYPE-I split at blob {st.blob!r}"))
     total = sum(n for n, _ in pieces) * 8
     largest = max(pieces, key=lambda p: p[0])[1]

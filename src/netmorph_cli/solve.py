@@ -346,6 +346,7 @@ def _reduce_route(plan: ReductionPlan, target: torch.Tensor, widths: dict[str, i
         methods = {e.name: "algorithm-2" for e in rem.edges}
     if budget is not None and plan.steps:
         budget.note(phase="TYPE-I/TYPE-II splits")
+    split_again = {st.edge.name for st in plan.steps}  # intermediate filters of the replay
     for st in plan.steps:
         g = filters.pop(st.edge.name)
         methods.pop(st.edge.name)
@@ -356,8 +357,9 @@ def _reduce_route(plan: ReductionPlan, target: torch.Tensor, widths: dict[str, i
         else:
             assert st.blob is not None
             try:
-                f1, f2, ways = decompose_type1(g, a.kernel, b.kernel, widths[st.blob], rng,
-                                               tol=tol)
+                f1, f2, ways = decompose_type1(
+                    g, a.kernel, b.kernel, widths[st.blob], rng, tol=tol,
+                    later=(a.name in split_again, b.name in split_again))
             except OutOfTime:
                 raise
             except InfeasibleError as exc:

@@ -5,20 +5,23 @@ outward needs, for each step, filters that reproduce its parent filter exactly. 
 split divides the taps between two kernels; a TYPE-I split factors a filter through a
 middle blob, by unimodular factors, deconvolution (one factor random, the other by least
 squares, when eq. 3 leaves enough unknowns) or identity padding, in that order of
-preference. All random choices come from the ``SeededRng`` passed in.
+preference — identity padding before deconvolution when a factor is split again later,
+so that factor stays a 1×1 embedding. All random choices come from the ``SeededRng``
+passed in.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from .algebra import compose, crop_to, identity_filter, kernel_of, pad_to, resize, support
-from .budget import DENSE_LIMIT, tick
+from .budget import SHARED_DENSE_LIMIT, tick
 from .errors import InfeasibleError
 from .graph import Kernel, fits, kernel_area
-from .lsq import LinearMap, dense_matrix, dense_min_norm, lsqr
+from .lsq import LinearMap, dense_min_norm, lsqr
 from .rng import SeededRng
 
 # -- TYPE-II -----------------------------------------------------------------------------
@@ -70,7 +73,8 @@ def unimodular_pair(c: int, kernel: Kernel, rng: SeededRng) -> tuple[torch.Tenso
 
 
 def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: SeededRng, *,
-                    tol: float) -> tuple[torch.Tensor, torch.Tensor, tuple[str, str]]:
+                    tol: float, later: tuple[bool, bool] = (False, False)
+                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, str]]:
     """F2 ⊛ F1 = G exactly, F1: (mid, C_in, k1), F2: (C_out, mid, k2).
 
     Methods, in order of preference: ``unimodular`` when G is 1×1 (scaled identities such
@@ -79,6 +83,15 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: Seed
     squares); ``identity-padding`` when G fits in one factor's kernel and mid is wide
     enough (the other factor is a centred embedding). Otherwise ``InfeasibleError`` states
     eq. 3 and the smallest mid width.
+
+    ``later``: whether F1, F2 are split again by a later atomic morph (intermediate
+    filters of Algorithm 1's replay). Then identity padding comes before deconvolution,
+    the variant that makes such a factor the 1×1 embedding first: deconvolution fills
+    both factors' whole kernels, and a later TYPE-I split of a full-kernel factor needs
+    eq. 3's middle width (⌈C·25/9⌉ for 3×3 ⊛ 3×3) where a 1×1 one needs only C. (At a
+    widening layer eq. 3 holds for the first split of module C at the default widths,
+    C_out·25 ≥ C_in·49 once C_out ≥ 2·C_in, and the full 5×5 intermediate it left made
+    every later split infeasible.)
     """
     c_out, c_in = g.shape[:2]
     gk = support(g)
@@ -97,6 +110,17 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: Seed
         # V = P(I + N)Q has cond(V) ≤ (1 + ‖N‖)² at any width (measured 2.0–8.7 on ResNet
         # 20–110 and 18/34, benchmarks/presets.py) and costs two einsums.
         return _unimodular_split(g, k1, k2, mid, rng)
+    padding = []  # identity padding: G in F1 (F2 the embedding), or G in F2
+    if fits(gk, k1) and mid >= c_out:
+        padding.append("filter first")
+    if fits(gk, k2) and mid >= c_in:
+        padding.append("embedding first")
+    if any(later):
+        # the factor split again is the 1×1 embedding: F2 in "filter first", F1 in the other
+        keep_small = "filter first" if later[1] else "embedding first"
+        padding.sort(key=lambda way: way != keep_small)
+        if padding:
+            return _identity_padding(target, padding[0], k1, k2, mid, rng)
     # eq. 3, per output row (F1 random) or per input column (F2 random)
     options = []
     if mid * a2 >= c_in * area:
@@ -110,20 +134,8 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: Seed
             solved = "deconvolution (least squares)"
             drawn = "deconvolution (random factor)"
             return (f1, f2, (drawn, solved)) if which == "f1" else (f1, f2, (solved, drawn))
-    if fits(gk, k1) and mid >= c_out:
-        e, e_perp = _embedding(mid, c_out, rng)
-        f1 = torch.einsum("mo,oikl->mikl", e, resize(target, k1))
-        if e_perp is not None:
-            f1 = f1 + torch.einsum("mr,rikl->mikl", e_perp, rng.filter(mid - c_out, c_in, k1))
-        f2 = pad_to(e.T.reshape(c_out, mid, 1, 1).contiguous(), k2)
-        return f1, f2, ("identity-padding (filter)", "identity-padding (embedding)")
-    if fits(gk, k2) and mid >= c_in:
-        e, e_perp = _embedding(mid, c_in, rng)
-        f1 = pad_to(e.reshape(mid, c_in, 1, 1).contiguous(), k1)
-        f2 = torch.einsum("oikl,mi->omkl", resize(target, k2), e)
-        if e_perp is not None:
-            f2 = f2 + torch.einsum("orkl,mr->omkl", rng.filter(c_out, mid - c_in, k2), e_perp)
-        return f1, f2, ("identity-padding (embedding)", "identity-padding (filter)")
+    if padding:
+        return _identity_padding(target, padding[0], k1, k2, mid, rng)
     need, structured = type1_widths(c_out, c_in, gk, k1, k2)
     smaller = (f"; an exact structured split (identity padding or unimodular factors) "
                f"needs only a middle width of {structured}" if structured < need else "")
@@ -131,6 +143,28 @@ def decompose_type1(g: torch.Tensor, k1: Kernel, k2: Kernel, mid: int, rng: Seed
         f"TYPE-I split of a {c_out}×{c_in} filter into {k1[0]}×{k1[1]} then {k2[0]}×{k2[1]} "
         f"through {mid} channels is not exact: eq. 3 needs max(C_l·C_i·K1², C_j·C_l·K2²) ≥ "
         f"C_j·C_i·(K1+K2−1)², i.e. a middle width of at least {need}{smaller}")
+
+
+def _identity_padding(target: torch.Tensor, way: str, k1: Kernel, k2: Kernel, mid: int,
+                      rng: SeededRng) -> tuple[torch.Tensor, torch.Tensor, tuple[str, str]]:
+    """F2 ⊛ F1 = G with one factor a centred 1×1 embedding E (orthonormal columns) and the
+    other G through E: ``filter first`` F1 = E G (rows beyond C_out random, F2 = Eᵀ ignores
+    them), needs mid ≥ C_out and G within k1; ``embedding first`` F1 = E, F2 = G Eᵀ (plus
+    random columns that F1's range never feeds), needs mid ≥ C_in and G within k2."""
+    c_out, c_in = target.shape[:2]
+    if way == "filter first":
+        e, e_perp = _embedding(mid, c_out, rng)
+        f1 = torch.einsum("mo,oikl->mikl", e, resize(target, k1))
+        if e_perp is not None:
+            f1 = f1 + torch.einsum("mr,rikl->mikl", e_perp, rng.filter(mid - c_out, c_in, k1))
+        f2 = pad_to(e.T.reshape(c_out, mid, 1, 1).contiguous(), k2)
+        return f1, f2, ("identity-padding (filter)", "identity-padding (embedding)")
+    e, e_perp = _embedding(mid, c_in, rng)
+    f1 = pad_to(e.reshape(mid, c_in, 1, 1).contiguous(), k1)
+    f2 = torch.einsum("oikl,mi->omkl", resize(target, k2), e)
+    if e_perp is not None:
+        f2 = f2 + torch.einsum("orkl,mr->omkl", rng.filter(c_out, mid - c_in, k2), e_perp)
+    return f1, f2, ("identity-padding (embedding)", "identity-padding (filter)")
 
 
 def type1_widths(c_out: int, c_in: int, gk: Kernel, k1: Kernel, k2: Kernel) -> tuple[int, int]:
@@ -175,7 +209,8 @@ def _deconvolve(target: torch.Tensor, which: str, k1: Kernel, k2: Kernel, mid: i
             tick()
             return compose(x, f1)
         rows = [target[j:j + 1] for j in range(c_out)]
-        f2 = _solve_shared(then_f2, rows, like, tol).reshape(c_out, mid, *k2)
+        f2 = _solve_shared(then_f2, lambda: shift_matrix(f1, k2, after=True), rows, like,
+                           tol).reshape(c_out, mid, *k2)
         return f1, f2
     f2 = rng.filter(c_out, mid, k2)  # F2 random; each column F1[:, i] solves F2 ⊛ F1[:, i]
     like = torch.zeros(mid, 1, *k1, dtype=target.dtype, device=target.device)
@@ -183,17 +218,42 @@ def _deconvolve(target: torch.Tensor, which: str, k1: Kernel, k2: Kernel, mid: i
         tick()
         return compose(f2, x)
     cols = [target[:, i:i + 1] for i in range(c_in)]
-    f1 = _solve_shared(before_f2, cols, like, tol)  # (c_in, mid, 1, k1)
+    f1 = _solve_shared(before_f2, lambda: shift_matrix(f2, k1, after=False), cols, like,
+                       tol)  # (c_in, mid, 1, k1)
     return f1.squeeze(2).transpose(0, 1).reshape(mid, c_in, *k1).contiguous(), f2
 
 
-def _solve_shared(op: LinearMap, rhs: list[torch.Tensor], like: torch.Tensor,
-                  tol: float) -> torch.Tensor:
-    """Solve op(x_k) = rhs_k for every k with one matrix; returns the stacked x_k."""
+def shift_matrix(f: torch.Tensor, kx: Kernel, *, after: bool) -> torch.Tensor:
+    """The dense matrix of x ↦ x ⊛ F (``after``: x (1, C_l, kx) then F (C_l, C_i, k)) or of
+    x ↦ F ⊛ x (x (C_l, 1, kx), F (C_j, C_l, k)), rows and columns in the flattened order of
+    the output and of x — what ``dense_matrix`` of that map gives, built by placing F's
+    taps at each of x's offsets instead of composing F with every unit vector (one
+    convolution each: 7 s of the 11 s of a 128-channel deconvolution).
+
+    ⊛ is H[j, i, w] = Σ_l Σ_{u+v=w} F2[j, l, v] F1[l, i, u], so column (l, v) of x ⊛ F1 holds
+    F1[l, :, u] at w = u + v, and column (l, u) of F2 ⊛ x holds F2[:, l, v] at w = u + v."""
+    kf = kernel_of(f)
+    kk = (kf[0] + kx[0] - 1, kf[1] + kx[1] - 1)
+    # taps: (C_other, kf_h, kf_w, C_l) — C_i of F1 (after) or C_j of F2 (before)
+    taps = f.permute(1, 2, 3, 0) if after else f.permute(0, 2, 3, 1)
+    other, c_l = taps.shape[0], taps.shape[3]
+    a = f.new_zeros(other, *kk, c_l, *kx)
+    for vh in range(kx[0]):
+        for vw in range(kx[1]):
+            a[:, vh:vh + kf[0], vw:vw + kf[1], :, vh, vw] = taps
+    return a.reshape(other * kk[0] * kk[1], c_l * kx[0] * kx[1])
+
+
+def _solve_shared(op: LinearMap, matrix: Callable[[], torch.Tensor], rhs: list[torch.Tensor],
+                  like: torch.Tensor, tol: float) -> torch.Tensor:
+    """Solve op(x_k) = rhs_k for every k with one matrix (``matrix()``: op's dense matrix,
+    built only for the dense path); returns the stacked x_k."""
     m, n = rhs[0].numel(), like.numel()
-    if m * n <= DENSE_LIMIT:
+    if m * n <= SHARED_DENSE_LIMIT:
+        tick()
         b = torch.stack([r.reshape(-1) for r in rhs], dim=1)
-        x = dense_min_norm(dense_matrix(op, like), b)
+        x = dense_min_norm(matrix(), b)
+        tick()
         return x.T.reshape(len(rhs), *like.shape).to(like.dtype)
     return torch.stack([lsqr(op, r, like, rtol=tol * 1e-2, max_iter=5000).x for r in rhs])
 
