@@ -35,7 +35,7 @@ from netmorph_cli.presets import Preset
 from netmorph_cli.verify import VerifyReport
 
 __all__ = ["GraphNet", "NetmorphError", "VerifyReport", "__version__", "export", "load",
-           "morph", "save", "to_network", "verify"]
+           "morph", "new_parameters", "param_groups", "save", "to_network", "verify"]
 
 
 def to_network(model: nn.Module, example_input: torch.Tensor | None = None) -> Network:
@@ -130,6 +130,37 @@ def save(model: nn.Module, path: str | Path, *, force: bool = False,
     from netmorph_cli.checkpoint import save as save_checkpoint
 
     return save_checkpoint(to_network(model, example_input), path, force=force)
+
+
+def new_parameters(child: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of ``child`` (a module netmorph returned or loaded) that the morphs
+    since its last training added: solved filters, new BN scales and shifts, PReLU slopes,
+    by name. Empty for a network with no morph since it was trained."""
+    from netmorph_cli.growth import new_parameter_names
+
+    if getattr(child, "netmorph_record", None) is None:
+        raise TypeError("new_parameters needs a module netmorph returned or loaded (it "
+                        "reads the morph history); a plain nn.Module has no morph")
+    names = set(new_parameter_names(to_network(child), child))
+    return {k: p for k, p in child.named_parameters() if k in names}
+
+
+def param_groups(child: nn.Module, lr: float, weight_decay: float, *,
+                 new_lr_scale: float = 1.0, new_weight_decay: float | None = None
+                 ) -> list[dict[str, Any]]:
+    """Parameter groups for any ``torch.optim`` optimizer: the trained parameters at ``lr``
+    and ``weight_decay``, the ones ``new_parameters`` names at ``lr × new_lr_scale`` and
+    ``new_weight_decay`` (default ``weight_decay``); one group when nothing is new (asking
+    for new-parameter options then raises ``UsageError``). Each group carries ``name``
+    ("trained"/"new") and ``lr_scale``, so a schedule sets ``lr_scale × lr(t)``::
+
+        opt = torch.optim.SGD(netmorph.param_groups(child, 0.02, 1e-4, new_lr_scale=0.1),
+                              lr=0.02, momentum=0.9)
+    """
+    from netmorph_cli.growth import param_groups as groups
+
+    return groups(child, new_parameters(child), lr, weight_decay, new_lr_scale=new_lr_scale,
+                  new_weight_decay=new_weight_decay)
 
 
 def _path(model: nn.Module, where: str | nn.Module | None, what: str) -> str | None:

@@ -285,3 +285,28 @@ def test_resume_with_groups_and_carried_state_is_bit_exact(parent, small, tmp_pa
     # carrying changes the result: the same run without the parent's momentum differs
     fresh, _ = train.train(child, cfg, tmp_path / "fresh.st", dataset=small)
     assert not torch.equal(fresh.tensors["conv1.weight"], ref.tensors["conv1.weight"])
+
+
+def test_the_python_api_names_the_new_parameters_of_a_module():
+    import netmorph
+
+    parent = zoo.create("resnet20", seed=0).module()
+    x = torch.randn(2, 3, 32, 32)
+    child = netmorph.morph(parent, "1c1", example_input=x)
+    new = netmorph.new_parameters(child)
+    theirs = {k for k, _ in parent.named_parameters()}
+    assert set(new) == {k for k, _ in child.named_parameters() if k not in theirs}
+    assert all(p is dict(child.named_parameters())[k] for k, p in new.items())
+    groups = netmorph.param_groups(child, 0.02, 1e-4, new_lr_scale=0.1, new_weight_decay=0.0)
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in groups] == [
+        ("trained", 0.02, 1e-4), ("new", pytest.approx(0.002), 0.0)]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in new.values()}
+    with pytest.raises(UsageError, match="no new parameters"):
+        netmorph.param_groups(parent_module(),
+                              0.1, 1e-4, new_lr_scale=0.5)
+    with pytest.raises(TypeError, match="plain nn.Module"):
+        netmorph.new_parameters(torch.nn.Conv2d(3, 3, 1))
+
+
+def parent_module():
+    return zoo.create("resnet20", seed=0).module()
