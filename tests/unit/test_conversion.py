@@ -252,7 +252,8 @@ REFUSED = {  # name → (model factory, what the message says)
                                              conv=nn.Conv2d(C, C, 4, padding="same")),
                                  ["padding='same' with an even kernel"]),
     "reshape that is no flatten": (lambda: Net(lambda s, x: x, head=lambda s, x: s.fc(
-        x.view(x.size(0), C, -1).mean(2))), ["aten.view", "netmorph supports flattening to (N, features) and channel movements"]),
+        x.view(x.size(0), C, -1).mean(2))),
+        ["aten.view", "netmorph supports flattening to (N, features) and channel movements"]),
     "mean over channels": (lambda: Net(lambda s, x: x, head=lambda s, x: s.fc(
         x.mean(1).flatten(1)), fc_in=SIDE * SIDE), ["a mean over dims [1]"]),
     "unsupported op": (lambda: Net(lambda s, x: F.softplus(x)),
