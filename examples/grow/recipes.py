@@ -155,10 +155,12 @@ def choose(results: list[dict], networks: tuple[str, ...]) -> tuple[str | None, 
         if r["network"] in networks:
             by.setdefault(r["arm"], []).append(r)
     full = {a: rs for a, rs in by.items() if len(rs) == len(networks) * len(seeds)}
+    wanted = {"a", "f", "g"} if networks == ("control",) else set(SCHEDULES) | set(MODIFIERS)
+    wanted |= {a for a in by if "+" in a}  # round 2, once started, is part of the decision
     ranked = sorted((statistics.fmean(r["loss_last"] for r in rs),
                      statistics.fmean(r["loss_first"] for r in rs), a) for a, rs in full.items())
-    if not ranked:
-        return None, []
+    if not ranked or not wanted <= set(full) or len(seeds) < 2:
+        return None, ranked  # not decided before every arm has run for both seeds
     best = ranked[0][0]
     near = [t for t in ranked if t[0] <= best * 1.01]
     return min(near, key=lambda t: t[1])[2], ranked
