@@ -42,6 +42,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
+
 import zoo_models  # noqa: E402
 from netmorph_cli import flops, importers  # noqa: E402
 from netmorph_cli.export import export_network  # noqa: E402
@@ -171,6 +173,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=10.0,
                     help="seconds: repeat a timing only if first run × repeat fits")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     wanted = args.models.split(",")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, "

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
 from netmorph_cli import checkpoint, zoo
 from netmorph_cli.morph import morph_network
@@ -67,6 +68,7 @@ def main() -> None:
     ap.add_argument("--no-subprocess", action="store_true",
                     help="skip the `netmorph morph` subprocess timing")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
 

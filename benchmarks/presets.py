@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
 from netmorph_cli import checkpoint, importers, zoo
 from netmorph_cli.morph import morph_network
@@ -105,6 +106,7 @@ def main() -> None:
     ap.add_argument("--no-grid", action="store_true")
     ap.add_argument("--no-imagenet", action="store_true")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
           f"{os.getloadavg()[0]:.1f}")

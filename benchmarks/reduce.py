@@ -30,6 +30,8 @@ import random
 import time
 from collections.abc import Callable
 
+from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
+
 from netmorph_cli.graph import Edge, ModuleGraph
 from netmorph_cli.reduce import reduce_module
 
@@ -196,6 +198,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="32000,200000", help="shape sizes, comma-separated")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many, for the shapes")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")
     shapes = [x for x in args.shapes.split(",") if x]

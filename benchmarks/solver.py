@@ -37,6 +37,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
 from netmorph_cli import lsq  # noqa: E402
 from netmorph_cli.algebra import resize  # noqa: E402
@@ -135,6 +136,7 @@ def main() -> None:
                     help="skip the baseline when its largest block matrix exceeds this")
     ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

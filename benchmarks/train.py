@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
 from netmorph_cli import data, train, zoo
 
@@ -154,6 +155,7 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true",
                     help="also time model-only steps with channels_last and bf16 autocast")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     steps = args.steps or (390 if cuda else 20)

@@ -378,7 +378,7 @@ def test_truncated_legacy_pt(tmp_path):
 
 
 @pytest.mark.parametrize("data", [b"hello world, not weights", b"\x00" * 64,
-                                  os.urandom(1) * 3, b"PK\x03\x04" + b"zz" * 50])
+                                  b"\xa7" * 3, b"PK\x03\x04" + b"zz" * 50])
 def test_garbage_bytes(tmp_path, data):
     (tmp_path / "g.safetensors").write_bytes(data)
     with pytest.raises(CheckpointError, match="g.safetensors"):

@@ -28,7 +28,7 @@ def config(**kw) -> train.TrainConfig:
 
 @pytest.fixture(scope="module")
 def small() -> data.Dataset:
-    return data.synthetic(n_train=256, n_test=64)
+    return data.synthetic(n_train=128, n_test=32)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_ramp_values_at_given_steps():
 def test_the_optimizer_applies_scale_and_ramp_at_each_step(parent, small, tmp_path,
                                                           monkeypatch):
     """The lrs SGD actually steps with (recorded inside ``step``), against the schedule
-    computed here: trained lr = cosine(t), new lr = cosine(t) × 0.1 × min(1, (i+1)/6)."""
+    computed here: trained lr = cosine(t), new lr = cosine(t) × 0.1 × min(1, (i+1)/3)."""
     child = CHILDREN["module A at a conv"](parent)
     seen: list[tuple[float, ...]] = []
     real = torch.optim.SGD.step
@@ -159,16 +159,16 @@ def test_the_optimizer_applies_scale_and_ramp_at_each_step(parent, small, tmp_pa
         return real(self, *a, **kw)
 
     monkeypatch.setattr(torch.optim.SGD, "step", step)
-    cfg = config(epochs=2, new_lr_scale=0.1, new_warmup=6)
+    cfg = config(epochs=2, new_lr_scale=0.1, new_warmup=3)
     train.train(child, cfg, tmp_path / "t.st", dataset=small)
-    steps = 256 // 64
+    steps = 128 // 64
     assert len(seen) == 2 * steps
     import math
     for i, (lr_old, lr_new) in enumerate(seen):
         t = i / (2 * steps)
         base = 0.02 * 0.5 * (1 + math.cos(math.pi * t))
         assert lr_old == pytest.approx(base, rel=1e-12)
-        assert lr_new == pytest.approx(base * 0.1 * min(1.0, (i + 1) / 6), rel=1e-12)
+        assert lr_new == pytest.approx(base * 0.1 * min(1.0, (i + 1) / 3), rel=1e-12)
 
 
 def test_new_weight_decay_reaches_the_new_group_only(parent, small, tmp_path, monkeypatch):

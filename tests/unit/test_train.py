@@ -340,15 +340,24 @@ def test_resume_a_finished_run_trains_no_more(reference, small):
     assert [h.to_json() for h in history] == [h.to_json() for h in ref_history]
 
 
-def test_bf16_precision_trains_in_bf16_on_cpu_too(tmp_path, reference, small):
+def test_bf16_precision_trains_in_bf16_on_cpu_too(tmp_path, monkeypatch):
     """--precision bf16 autocasts on the CPU: one epoch ends with other weights than the
     float32 run from the same start (and the same weights on a second run)."""
-    _, _, ref_history, _ = reference
-    runs = [train.train(zoo.create("resnet20", seed=0), config(epochs=1, precision="bf16"),
-                        tmp_path / f"b{i}.safetensors", dataset=small) for i in range(2)]
+    one_step = data.synthetic(64, 16)  # bf16 is emulated (10× slower) on CPUs without it
+    warnings: list[list[str]] = [[], []]
+    runs = []
+    for i, has_bf16 in enumerate((False, True)):  # a CPU without bf16 units, then one with
+        monkeypatch.setattr(train, "cpu_has_bf16", lambda has=has_bf16: has)
+        runs.append(train.train(zoo.create("resnet20", seed=0),
+                                config(epochs=1, precision="bf16"),
+                                tmp_path / f"b{i}.safetensors", dataset=one_step,
+                                hooks=train.TrainHooks(on_warning=warnings[i].append)))
     (a, ha), (b, _) = runs
+    assert len(warnings[0]) == 1 and not warnings[1]  # said once, only where it is slow
+    assert "10× slower than float32" in warnings[0][0]
+    assert "--precision auto" in warnings[0][0]
     fp32, _ = train.train(zoo.create("resnet20", seed=0), config(epochs=1, precision="fp32"),
-                          tmp_path / "f.safetensors", dataset=small)
+                          tmp_path / "f.safetensors", dataset=one_step)
     assert not torch.equal(a.tensors["conv1.weight"], fp32.tensors["conv1.weight"])
     assert_same_tensors(a.tensors, b.tensors)
     assert a.history[-1]["config"]["precision"] == "bf16"
