@@ -7,7 +7,9 @@ A *session* is a fenced block whose lines starting with ``$ `` are commands; the
 a command, up to the next one, are what it prints (stdout and stderr). Sessions run in README
 order in one scratch directory, so a later one can use the files an earlier one wrote: the
 repository's ``examples/`` is linked in, ``.venv/bin`` is first on ``PATH``, ``COLUMNS=100``
-fixes the width of tables, ``NETMORPH_DATA`` points at the data (``--data-dir``, default
+fixes the width of tables, ``NETMORPH_PROGRESS=off`` leaves out the progress lines a long
+command prints every few seconds when its output is not a terminal (their number depends on
+the machine's speed), ``NETMORPH_DATA`` points at the data (``--data-dir``, default
 ``$NETMORPH_DATA`` or ``../shared/data``) and the akamaster ResNet-20 weights are linked in
 as ``resnet20-12fca82f.th`` when found (``--weights``, default ``../shared/weights``).
 
@@ -159,7 +161,8 @@ def main() -> int:
         (scratch / "resnet20-12fca82f.th").symlink_to(
             Path(args.weights).resolve() / "akamaster_resnet20-12fca82f.th")
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
-           "COLUMNS": "100", "NETMORPH_DATA": str(Path(args.data_dir).resolve()),
+           "COLUMNS": "100", "NETMORPH_PROGRESS": "off",
+           "NETMORPH_DATA": str(Path(args.data_dir).resolve()),
            "NO_COLOR": "1", "TERM": "dumb"}
     failures, ran, skipped = 0, 0, 0
     edits: list[tuple[Command, list[str]]] = []

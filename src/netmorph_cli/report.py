@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from rich.console import Group
@@ -188,6 +190,9 @@ def info_report(s: dict[str, Any]) -> Group:
 
 
 HISTORY_ROWS = 25  # a longer history shows its first and last 25 entries
+# seconds between progress lines when stdout is not a terminal (NETMORPH_PROGRESS=off: none,
+# for output compared word for word, as tools/readme_check.py does)
+PLAIN_PROGRESS_EVERY = 5.0
 
 
 class TrainProgress:
@@ -212,6 +217,7 @@ class TrainProgress:
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=console, disable=quiet or not console.is_terminal, transient=True)
         self.task: Any = None
+        self.last_line = time.monotonic()
         self.total_steps = 0
         self.epochs = 0
 
@@ -245,6 +251,14 @@ class TrainProgress:
               ips: float) -> None:
         self.progress.update(self.task, completed=self._done(epoch, step), loss=loss, lr=lr,
                              ips=ips, epoch=f"{epoch + 1}/{self.epochs}")
+        now = time.monotonic()
+        if (not self.quiet and not self.console.is_terminal and step < steps
+                and now - self.last_line >= PLAIN_PROGRESS_EVERY
+                and os.environ.get("NETMORPH_PROGRESS") != "off"):
+            # no bar when stdout is a file or a pipe: a line every few seconds instead
+            self.last_line = now
+            self.console.print(f"epoch {epoch + 1}/{self.epochs}: step {step}/{steps}, loss "
+                               f"{loss:.4f}, lr {lr:.4g}, {ips:,.0f} img/s", soft_wrap=True)
 
     def _done(self, epoch: int, step: int) -> int:
         start = int(self.progress.tasks[0].total or 0)

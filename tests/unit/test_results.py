@@ -270,3 +270,34 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path, line
     with pytest.raises(DataError, match=r"pip install 'netmorph\[plot\]'"):
         results.plot([results.load_run(lineage["child"])], tmp_path / "f.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_progress_prints_lines_when_stdout_is_not_a_terminal(monkeypatch):
+    """No bar in a pipe or a file: a progress line every PLAIN_PROGRESS_EVERY seconds, none
+    with NETMORPH_PROGRESS=off or --quiet."""
+    import io
+
+    from rich.console import Console
+
+    from netmorph_cli import report
+
+    def run(quiet: bool = False) -> str:
+        buf = io.StringIO()
+        progress = report.TrainProgress(Console(file=buf, width=100), quiet=quiet,
+                                        header="optimizer: one group")
+        with progress:
+            hooks = progress.hooks()
+            hooks.on_start(0, 1, 30)
+            for step in (1, 11, 21, 30):
+                hooks.on_step(0, step, 30, 0.5, 0.1, 100.0)
+        return buf.getvalue()
+
+    monkeypatch.setattr(report, "PLAIN_PROGRESS_EVERY", 0.0)
+    monkeypatch.delenv("NETMORPH_PROGRESS", raising=False)
+    out = run()
+    assert out.splitlines()[0] == "optimizer: one group"
+    assert "epoch 1/1: step 11/30, loss 0.5000, lr 0.1, 100 img/s" in out
+    assert "step 30/30" not in out  # the epoch's own line follows instead
+    assert run(quiet=True) == ""
+    monkeypatch.setenv("NETMORPH_PROGRESS", "off")
+    assert "step" not in run()
