@@ -19,14 +19,20 @@ misfolded BatchNorm. Models are returned in eval mode.
 Ops used (the importer's supported set): conv2d (stride, padding, groups incl. depthwise,
 with and without bias), batch_norm, relu (module, in-place module, functional, in-place
 functional), relu6, silu, gelu, hardswish, sigmoid, add (incl. ``+=``), mul, cat, max_pool2d,
-avg_pool2d, adaptive_avg_pool2d (module and functional) to 1×1, flatten, linear, dropout.
-Module re-use without weights occurs in ``resnext`` (each bottleneck's ``relu`` is called
-three times, as in torchvision); weight sharing occurs only in ``shared_conv`` (a bad model).
+avg_pool2d, adaptive_avg_pool2d (module and functional) to 1×1, flatten, linear, dropout;
+in the corpus-only families also channel movements (``chunk``, torchvision's channel shuffle
+``view``/``transpose``/``contiguous``/``view`` in ``shufflenetv2``), ``mean([2, 3])`` and
+``out.view(out.size(0), -1)`` (``preact_resnet18``). Module re-use without weights occurs
+in ``resnext`` (each bottleneck's ``relu`` is called three times, as in torchvision) and
+``resnet18`` (twice per BasicBlock); weight sharing occurs only in ``shared_conv`` (a bad
+model). ``regnetx`` keeps torchvision's hyphenated module paths (``block1-0``).
 
-``ZOO``: name → factory of the good models. ``SITES``: per good model, one stride-1,
-groups-1 conv that a module can replace (``at``) and one activation module whose output is
-spatial and called exactly once (``after``). ``BAD``: name → factory of the tiny models the
-importer must refuse (see "Bad models" below); ``build(name, **kwargs)`` reads both.
+``ZOO``: name → factory of the good models. ``CORPUS``: ``ZOO`` plus ``resnet18``,
+``preact_resnet18``, ``shufflenetv2``, ``regnetx`` (issue 23's test model corpus).
+``SITES``: per ``ZOO`` model, one stride-1, groups-1 conv that a module can replace
+(``at``) and one activation module whose output is spatial and called exactly once
+(``after``). ``BAD``: name → factory of the tiny models the importer must refuse (see "Bad
+models" below); ``build(name, **kwargs)`` reads ``CORPUS`` and ``BAD``.
 
 ``torch.export.export`` (torch 2.13, default non-strict training IR, no
 ``run_decompositions``) gives these targets: ``aten.conv2d.default``,
@@ -35,7 +41,11 @@ and ``F.relu(inplace=True)``), ``aten.hardtanh_.default`` (ReLU6), ``aten.silu.d
 ``aten.gelu.default``, ``aten.hardswish.default``, ``aten.sigmoid.default``,
 ``aten.add.Tensor`` / ``aten.add_.Tensor`` (``+=``), ``aten.mul.Tensor``, ``aten.cat.default``,
 ``aten.max_pool2d.default``, ``aten.avg_pool2d.default``, ``aten.adaptive_avg_pool2d.default``,
-``aten.flatten.using_ints``, ``aten.linear.default``, ``aten.dropout.default``.
+``aten.flatten.using_ints``, ``aten.linear.default``, ``aten.dropout.default``; the
+corpus-only families add ``aten.chunk.default`` + ``getitem``, ``aten.view.default``,
+``aten.transpose.int``, ``aten.contiguous.default``, ``aten.mean.dim`` (``shufflenetv2``)
+and ``aten.view.default`` (``preact_resnet18``'s head), with ``aten.sym_size.int`` in a
+dynamic-batch export.
 """
 
 from __future__ import annotations
@@ -48,8 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ZOO", "SITES", "BAD", "build", "example_input",
+__all__ = ["ZOO", "CORPUS", "SITES", "BAD", "build", "example_input",
            "vgg11_bn", "densenet", "mobilenetv2", "se_resnet", "resnext",
+           "resnet18", "preact_resnet18", "shufflenetv2", "regnetx", "channel_shuffle",
            "uses_lstm", "uses_layer_norm", "uses_sort", "data_dependent", "two_outputs",
            "no_classifier", "shared_conv"]
 
@@ -513,6 +524,367 @@ def resnext(width: int = 8, cardinality: int = 4, num_classes: int = 10,
 
 
 # --------------------------------------------------------------------------------------
+# 6. ResNet-18 (torchvision BasicBlock layout, CIFAR stem)
+# --------------------------------------------------------------------------------------
+
+class BasicBlock(nn.Module):
+    """torchvision BasicBlock: conv1 3×3 (stride) - bn1 - relu - conv2 3×3 - bn2;
+    ``out += identity`` (or ``downsample`` = conv1×1(stride)-BN), relu. The single ``relu``
+    module is called twice, as in torchvision."""
+
+    expansion = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or c_in != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, planes, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    """torchvision ResNet with a CIFAR stem (conv1 3×3 stride 1, no max-pool): conv1 - bn1 -
+    relu; layer1…layer4 of BasicBlocks; avgpool AdaptiveAvgPool2d((1, 1)), flatten, fc."""
+
+    def __init__(self, width: int, num_classes: int, blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        c = width
+        for i, n in enumerate(blocks):
+            planes = width << i
+            self.add_module(f"layer{i + 1}", nn.Sequential(*[
+                BasicBlock(c if j == 0 else planes, planes,
+                           (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]))
+            c = planes
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(c, num_classes)
+        self.num_stages = len(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+def resnet18(width: int = 4, num_classes: int = 10,
+             blocks: tuple[int, ...] | list[int] = (2, 2, 2, 2), seed: int = 0) -> nn.Module:
+    """ResNet-18 (torchvision layout, CIFAR stem): stages of widths w, 2w, 4w, 8w (width 4:
+    4, 8, 16, 32 at 32², 16², 8², 4²), two BasicBlocks each; the first block of stages 2-4
+    has stride 2 and a ``downsample`` 1×1 projection (conv, BN).
+
+    Stride-1 groups-1 convs: conv1 (3×3 stem), layer1.{0,1}.conv{1,2}, layerS.0.conv2,
+    layerS.1.conv{1,2} (S = 2, 3, 4; all 3×3). Stride 2: layerS.0.conv1,
+    layerS.0.downsample.0 (1×1). Spatial activations: ``relu`` (top level, called once);
+    each block's ``relu`` is called twice (after bn1 and after the add).
+    """
+    with _seeded(seed):
+        model = ResNet(width, num_classes, tuple(blocks))
+    return _finish(model, 32, seed)
+
+
+# --------------------------------------------------------------------------------------
+# 7. PreActResNet-18 (pre-activation blocks, the CIFAR zoos' layout)
+# --------------------------------------------------------------------------------------
+
+class PreActBlock(nn.Module):
+    """BN-ReLU before each conv: ``out = relu(bn1(x))``; ``shortcut`` = conv1×1(stride) on
+    ``out`` (no BN) when the shape changes, else ``x``; ``conv2(relu(bn2(conv1(out))))
+    + shortcut``. Functional ReLUs, no module path."""
+
+    def __init__(self, c_in: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        if stride != 1 or c_in != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, planes, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        out += shortcut
+        return out
+
+
+class PreActResNet(nn.Module):
+    """``conv1`` 3×3 (no BN after it), layer1…layer4 of PreActBlocks, ``bn`` + ReLU (the
+    final pre-activation of He et al. 2016), ``F.avg_pool2d(·, 4)``,
+    ``out.view(out.size(0), -1)``, ``linear``."""
+
+    def __init__(self, width: int, num_classes: int, blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        c = width
+        for i, n in enumerate(blocks):
+            planes = width << i
+            self.add_module(f"layer{i + 1}", nn.Sequential(*[
+                PreActBlock(c if j == 0 else planes, planes,
+                            (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]))
+            c = planes
+        self.bn = nn.BatchNorm2d(c)
+        self.linear = nn.Linear(c, num_classes)
+        self.num_stages = len(blocks)
+        self.pool = 32 >> (len(blocks) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(x)
+        for i in range(self.num_stages):
+            out = getattr(self, f"layer{i + 1}")(out)
+        out = F.avg_pool2d(F.relu(self.bn(out)), self.pool)
+        out = out.view(out.size(0), -1)  # the head that static-batch exports name N in
+        return self.linear(out)
+
+
+def preact_resnet18(width: int = 4, num_classes: int = 10,
+                    blocks: tuple[int, ...] | list[int] = (2, 2, 2, 2),
+                    seed: int = 0) -> nn.Module:
+    """PreActResNet-18: stem conv 3×3 3→w, stages w, 2w, 4w, 8w of two PreActBlocks (the
+    first of stages 2-4 with stride 2 and a 1×1 ``shortcut`` conv on the pre-activated
+    input), final BN-ReLU, 4×4 average pool (for 4 stages), ``view(N, -1)`` head.
+
+    Stride-1 groups-1 convs: conv1 (3×3 stem, feeds an add directly), layer1.{0,1}.conv1,
+    layer1.{0,1}.conv2, layerS.0.conv2, layerS.1.conv{1,2} (S = 2, 3, 4; 3×3). Stride 2:
+    layerS.0.conv1, layerS.0.shortcut.0 (1×1). No activation module: every ReLU is
+    functional.
+    """
+    with _seeded(seed):
+        model = PreActResNet(width, num_classes, tuple(blocks))
+    return _finish(model, 32, seed)
+
+
+# --------------------------------------------------------------------------------------
+# 8. ShuffleNetV2 (torchvision layout, CIFAR stem)
+# --------------------------------------------------------------------------------------
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's: ``view(N, g, C/g, H, W)``, ``transpose(1, 2)``, ``contiguous()``,
+    ``view(N, C, H, W)``."""
+    batchsize, num_channels, height, width = x.size()
+    channels_per_group = num_channels // groups
+    x = x.view(batchsize, groups, channels_per_group, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batchsize, num_channels, height, width)
+
+
+def _conv_bn(c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int = 1,
+             act: Callable[[], nn.Module] | None = None) -> nn.Sequential:
+    """torchvision's Conv2dNormActivation: ``.0`` conv (no bias), ``.1`` BN, [``.2`` act]."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, kernel_size, stride, (kernel_size - 1) // 2, groups=groups,
+                  bias=False),
+        nn.BatchNorm2d(c_out)]
+    if act is not None:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class ShuffleUnit(nn.Module):
+    """torchvision's ShuffleNetV2 InvertedResidual. Stride 1: ``x1, x2 = x.chunk(2, 1)``,
+    ``cat(x1, branch2(x2))``; stride 2: ``cat(branch1(x), branch2(x))``; then
+    ``channel_shuffle(·, 2)``. ``branch1`` = depthwise 3×3 (stride) - BN - conv1×1 - BN -
+    ReLU; ``branch2`` = conv1×1 - BN - ReLU - depthwise 3×3 (stride) - BN - conv1×1 - BN -
+    ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        half = c_out // 2
+        if stride == 1 and c_in != 2 * half:
+            raise ValueError("a stride-1 unit needs c_in == c_out")
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
+                nn.BatchNorm2d(c_in),
+                nn.Conv2d(c_in, half, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(half),
+                nn.ReLU(inplace=True))
+        else:
+            self.branch1 = nn.Sequential()
+        b_in = c_in if stride > 1 else half
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(b_in, half, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False),
+            nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    """``conv1`` = conv3×3-BN-ReLU (stride 1: CIFAR, no max-pool); ``stage2``…``stage4``
+    (a stride-2 unit, then stride-1 units); ``conv5`` = conv1×1-BN-ReLU; ``x.mean([2, 3])``
+    (torchvision's global pool); ``fc``."""
+
+    def __init__(self, repeats: tuple[int, ...], channels: tuple[int, ...],
+                 num_classes: int) -> None:
+        super().__init__()
+        if len(channels) != len(repeats) + 2:
+            raise ValueError("channels: stem, one per stage, conv5")
+        relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
+        self.conv1 = _conv_bn(3, channels[0], 3, 1, act=relu)
+        c = channels[0]
+        for i, (n, c_out) in enumerate(zip(repeats, channels[1:-1], strict=True)):
+            units = [ShuffleUnit(c, c_out, 2)] + [ShuffleUnit(c_out, c_out, 1)
+                                                  for _ in range(n - 1)]
+            self.add_module(f"stage{i + 2}", nn.Sequential(*units))
+            c = c_out
+        self.conv5 = _conv_bn(c, channels[-1], 1, act=relu)
+        self.fc = nn.Linear(channels[-1], num_classes)
+        self.num_stages = len(repeats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        for i in range(self.num_stages):
+            x = getattr(self, f"stage{i + 2}")(x)
+        x = self.conv5(x)
+        x = x.mean([2, 3])
+        return self.fc(x)
+
+
+def shufflenetv2(width: int = 4, num_classes: int = 10,
+                 repeats: tuple[int, ...] | list[int] = (2, 2, 2), seed: int = 0) -> nn.Module:
+    """ShuffleNetV2 (torchvision layout, CIFAR stem): channels w (stem), 2w, 4w, 8w (stages
+    2-4 at 16², 8², 4²), 16w (conv5); each stage is a stride-2 unit (two branches, both
+    halves new) and ``repeats - 1`` stride-1 units (split, one branch, cat); every unit ends
+    in a channel shuffle (view/transpose/view, groups 2).
+
+    Stride-1 groups-1 convs: conv1.0 (3×3 stem), stageS.U.branch2.0 (1×1; in a stride-1
+    unit it reads the second ``chunk`` half), stageS.U.branch2.5 (1×1), stageS.0.branch1.2
+    (1×1, after the stride-2 depthwise conv), conv5.0 (1×1, reads a shuffle). Depthwise:
+    stageS.U.branch2.3, stageS.0.branch1.0 (stride 2 in the first unit of each stage).
+    Spatial activations (ReLU modules, inplace, called once): conv1.2, conv5.2,
+    stageS.U.branch2.{2,7}, stageS.0.branch1.4.
+    """
+    with _seeded(seed):
+        model = ShuffleNetV2(tuple(repeats), (width, 2 * width, 4 * width, 8 * width,
+                                              16 * width), num_classes)
+    return _finish(model, 32, seed)
+
+
+# --------------------------------------------------------------------------------------
+# 9. RegNetX (torchvision layout, CIFAR stem)
+# --------------------------------------------------------------------------------------
+
+class BottleneckTransform(nn.Sequential):
+    """torchvision's: ``a`` conv1×1-BN-ReLU, ``b`` conv3×3 (stride, groups = w_b /
+    group_width)-BN-ReLU, ``c`` conv1×1-BN (bottleneck multiplier 1: w_b = w_out)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, group_width: int) -> None:
+        relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
+        groups = c_out // group_width
+        super().__init__(OrderedDict(
+            a=_conv_bn(c_in, c_out, 1, act=relu),
+            b=_conv_bn(c_out, c_out, 3, stride, groups=groups, act=relu),
+            c=_conv_bn(c_out, c_out, 1)))
+
+
+class ResBottleneckBlock(nn.Module):
+    """torchvision's: ``x = proj(x) + f(x)`` (``proj`` = conv1×1(stride)-BN when the shape
+    changes) or ``x + f(x)``; ``activation`` ReLU(inplace)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, group_width: int) -> None:
+        super().__init__()
+        self.proj = None
+        if c_in != c_out or stride != 1:
+            self.proj = _conv_bn(c_in, c_out, 1, stride)
+        self.f = BottleneckTransform(c_in, c_out, stride, group_width)
+        self.activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.proj is not None:
+            x = self.proj(x) + self.f(x)
+        else:
+            x = x + self.f(x)
+        return self.activation(x)
+
+
+class AnyStage(nn.Sequential):
+    """torchvision's: blocks named ``block{stage}-{i}`` (a hyphen in every module path)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, depth: int, group_width: int,
+                 stage_index: int) -> None:
+        super().__init__()
+        for i in range(depth):
+            self.add_module(f"block{stage_index}-{i}",
+                            ResBottleneckBlock(c_in if i == 0 else c_out, c_out,
+                                               stride if i == 0 else 1, group_width))
+
+
+class RegNet(nn.Module):
+    """``stem`` conv3×3-BN-ReLU (stride 1: CIFAR), ``trunk_output`` = block1… (AnyStage,
+    stride 2 each), ``avgpool`` AdaptiveAvgPool2d((1, 1)), flatten, ``fc``."""
+
+    def __init__(self, stem: int, widths: tuple[int, ...], depths: tuple[int, ...],
+                 group_width: int, num_classes: int) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, stem, 3, 1, act=lambda: nn.ReLU(inplace=True))
+        stages: OrderedDict[str, nn.Module] = OrderedDict()
+        c = stem
+        for i, (w, d) in enumerate(zip(widths, depths, strict=True)):
+            stages[f"block{i + 1}"] = AnyStage(c, w, 2, d, group_width, i + 1)
+            c = w
+        self.trunk_output = nn.Sequential(stages)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.trunk_output(x)
+        x = self.avgpool(x)
+        x = x.flatten(start_dim=1)
+        return self.fc(x)
+
+
+def regnetx(width: int = 8, group_width: int = 4, num_classes: int = 10,
+            depths: tuple[int, ...] | list[int] = (1, 2, 1), seed: int = 0) -> nn.Module:
+    """RegNetX (no SE; torchvision layout, CIFAR stem): stem w, stages of widths w, 2w, 4w
+    (width 8: 8, 16, 32 at 16², 8², 4²) and ``depths`` blocks, groups = stage width /
+    ``group_width`` (width 8, group width 4: 2, 4, 8 groups).
+
+    Stride-1 groups-1 convs: stem.0 (3×3), trunk_output.blockS.blockS-B.f.a.0 (1×1),
+    …f.c.0 (1×1). Grouped: …f.b.0 (3×3, stride 2 in blockS-0). Stride 2:
+    trunk_output.blockS.blockS-0.proj.0 (1×1). Spatial activations (ReLU modules, inplace,
+    called once): stem.2, …f.a.2, …f.b.2, …blockS-B.activation.
+    """
+    with _seeded(seed):
+        model = RegNet(width, tuple(width << i for i in range(len(depths))), tuple(depths),
+                       group_width, num_classes)
+    return _finish(model, 32, seed)
+
+
+# --------------------------------------------------------------------------------------
 # registries
 # --------------------------------------------------------------------------------------
 
@@ -537,9 +909,24 @@ SITES: dict[str, dict[str, str]] = {
 }
 
 
+# The test model corpus of issue 23 (tests/cli/test_model_corpus.py): the peer models of a
+# public CIFAR zoo — VGG, ResNet-18, PreActResNet-18, MobileNetV2, DenseNet, SE-ResNet,
+# ShuffleNetV2, RegNetX — and ResNeXt. ``ZOO`` ⊂ ``CORPUS``; the four families that only
+# the corpus has are kept out of ``ZOO`` so that the tests iterating ``ZOO``
+# (tests/unit/test_program.py, tests/cli/test_import_traced.py) keep their run time.
+CORPUS: dict[str, Callable[..., nn.Module]] = {
+    **ZOO,
+    "resnet18": resnet18,
+    "preact_resnet18": preact_resnet18,
+    "shufflenetv2": shufflenetv2,
+    "regnetx": regnetx,
+}
+
+
 def build(name: str, **kwargs) -> nn.Module:
-    """The model ``name`` of ``ZOO`` or ``BAD`` with ``kwargs`` (eval mode)."""
-    table = ZOO if name in ZOO else BAD
+    """The model ``name`` of ``CORPUS`` (``ZOO`` included) or ``BAD`` with ``kwargs``
+    (eval mode)."""
+    table = CORPUS if name in CORPUS else BAD
     return table[name](**kwargs)
 
 
