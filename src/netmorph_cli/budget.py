@@ -33,7 +33,8 @@ DENSE_LIMIT = 4_000_000  # entries of a sub-problem's matrix below which it is s
 # would take thousands of iterations each on these nearly square systems
 SHARED_DENSE_LIMIT = 16_000_000
 
-ADVICE_SECONDS = 60.0  # default time for re-solves that verify width advice
+ADVICE_SECONDS = 10.0  # default time for the re-solve that checks width advice
+PROBE_SECONDS = 2.0  # estimated time up to which a too narrow module's two cuts are probed
 PROGRESS_EVERY = 4.0  # seconds between progress reports (nothing silent for longer)
 
 
@@ -139,6 +140,96 @@ def tick() -> None:
     budget = _CURRENT.get()
     if budget is not None:
         budget.tick()
+
+
+# -- time, estimated before solving ------------------------------------------------------
+
+_FLOP_RATE: float | None = None
+
+
+def flop_rate() -> float:
+    """Float64 flops per second of this machine's matrix products (a 512² product, the
+    best of three; measured once per process, about 30 ms). A small product runs below
+    the speed of the big ones, so estimates from it err on the long side."""
+    global _FLOP_RATE
+    if _FLOP_RATE is None:
+        a = torch.randn(512, 512, dtype=torch.float64)
+        best = math.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t)
+        _FLOP_RATE = 2 * 512**3 / max(best, 1e-6)
+    return _FLOP_RATE
+
+
+def _dense_flops(rows: int, cols: int) -> float:
+    """Flops of one dense minimum-norm solve of a rows × cols matrix (its Gram product or
+    factorization: 2·m·n·min(m, n))."""
+    return 2.0 * rows * cols * min(rows, cols)
+
+
+def _cut_flops(graph: ModuleGraph, widths: Mapping[str, int], *, compact: bool = False,
+               upto: str | None = None) -> float:
+    """Flops of one solve of Algorithm 2's two cuts on ``graph`` (only the sink cut with
+    ``upto="sink"``: the first block of a sweep, where a bound met by the sink cut ends
+    it). ``compact``: the sink cut's rows as Algorithm 2's compact start leaves them live —
+    those its in-edges reach from their blobs' own kernels (D: 5×5 of a 7×7 frame, 25·C
+    of 49·C rows; ``lsq.dense_min_norm`` leaves the others out)."""
+    s, t = graph.source, graph.sink
+    k_eff = graph.effective_kernel()
+    area = kernel_area(k_eff)
+    sink_area = area
+    if compact:
+        def own(v: str) -> tuple[int, int]:
+            ins = graph.in_edges.get(v, [])
+            return (max((e.kernel[0] for e in ins), default=1),
+                    max((e.kernel[1] for e in ins), default=1))
+        reach = [(own(e.src)[0] + e.kernel[0] - 1, own(e.src)[1] + e.kernel[1] - 1)
+                 for e in graph.in_edges[t]]
+        sink_area = kernel_area((min(k_eff[0], max(r[0] for r in reach)),
+                                 min(k_eff[1], max(r[1] for r in reach))))
+    flops = 0.0
+    cuts = [("sink", graph.in_edges[t], widths[s] * sink_area)]
+    if upto != "sink":
+        cuts.append(("source", graph.out_edges[s], widths[t] * area))
+    for kind, edges, rows in cuts:
+        cols = sum(widths[e.src if kind == "sink" else e.dst] * kernel_area(e.kernel)
+                   for e in edges)
+        flops += _dense_flops(rows, cols)
+    return flops
+
+
+def solve_seconds(graph: ModuleGraph, widths: Mapping[str, int], *, whole: bool = False,
+                  plan: ReductionPlan | None = None, device: torch.device | str = "cpu",
+                  cuts_only: bool = False, upto: str | None = None) -> float:
+    """A rough time, in seconds on this machine's CPU, of the dense solves of one
+    ``morph_filter`` call whose Algorithm 2 part ends within one sweep (what a solve at
+    widths with some slack takes; more sweeps take longer): one solve of each cut of the
+    irreducible remainder (of the whole module with ``whole``; only the sink cut with
+    ``upto="sink"``) from the compact start, and the TYPE-I splits' shared solves.
+    ``cuts_only``: the cuts of ``graph`` itself, once each, all rows (a probe round).
+    0 off the CPU (no rate is measured there)."""
+    if torch.device(device).type != "cpu":
+        return 0.0
+    if cuts_only:
+        flops = _cut_flops(graph, widths)
+    elif whole:
+        flops = _cut_flops(graph, widths, compact=True, upto=upto)
+    else:
+        plan = reduce_module(graph) if plan is None else plan
+        flops = 0.0 if plan.simple else _cut_flops(plan.remainder, widths, compact=True,
+                                                   upto=upto)
+        for st in plan.steps:
+            if st.type != "I" or st.blob is None:
+                continue
+            a, b = st.into
+            kk = (a.kernel[0] + b.kernel[0] - 1, a.kernel[1] + b.kernel[1] - 1)
+            rows = max(widths[st.edge.src], widths[st.edge.dst]) * kernel_area(kk)
+            cols = widths[st.blob] * max(kernel_area(a.kernel), kernel_area(b.kernel))
+            if rows * cols <= SHARED_DENSE_LIMIT:
+                flops += _dense_flops(rows, cols)
+    return flops / flop_rate()
 
 
 # -- memory ------------------------------------------------------------------------------

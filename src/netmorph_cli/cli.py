@@ -548,6 +548,9 @@ def _show_morph(out: str, sha: str, child: Any, report: Any, as_json: bool) -> N
     click.echo(f"morphed {parent['arch']} → {child.description['arch']} {where}: "
                f"solver residual {entry.residual:.2e}, FLOPs {format_flops(f0)} → "
                f"{format_flops(f1)} ({f1 / f0:.2f}×)")
+    if entry.widths:  # a module's inner widths at this layer, and how they were chosen
+        text = " ".join(f"{b}={w}" for b, w in entry.widths.items())
+        click.echo(f"widths: {text}" + (f" ({entry.widths_how})" if entry.widths_how else ""))
     cal = entry.calibration
     if cal:
         click.echo(f"calibrated {len(cal.layers)} new BN layers on {cal.images} "

@@ -14,13 +14,17 @@ Two facts bound what a module can do, whatever its filters.
    sweeps can only stall (measured: D with widths = C stalls near 1e-2 at every C tried,
    28–390 s before these checks), so the solve is refused before iterating (``too_narrow``).
 Neither bound is a guarantee of success, so width advice is only printed after a
-re-solve at the advised widths has reached the tolerance (``solve.morph_filter``).
+re-solve at the advised widths has reached the tolerance (``solve.morph_filter``). The
+smallest widths a block's bound allows, + ``MARGIN``, are also what open ("auto") widths
+become (``widths.resolve``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +59,30 @@ class Widening:
     what: str  # "the sink cut (F5, F6, F7)", "edge 'F3'", "the vertex cut 'a'", …
     channels: dict[str, int]  # blob → new width (only the widened blobs)
     cost: int  # channels added in all
+    # from counting unknowns against equations (a necessary condition, so the widths that
+    # are used or advised get ``MARGIN`` more); False for exact requirements (a vertex
+    # cut's rank, a structured TYPE-I split's middle width)
+    counted: bool = False
+    kind: str = ""  # the block's kind ("sink", "source", "edge") for a counted widening
+
+    def with_margin(self) -> Widening:
+        """This widening with ``MARGIN`` more channels on each counted blob."""
+        if not self.counted:
+            return self
+        new = {b: with_margin(w) for b, w in self.channels.items()}
+        return dataclasses.replace(self, channels=new, cost=self.cost + sum(
+            new[b] - w for b, w in self.channels.items()))
+
+
+# auto widths and width advice: the smallest widths at which some block's unknowns cover
+# its equations (``_widen_block``), plus this share, rounded up — the count is necessary,
+# not sufficient, and a little slack lets the first sweep absorb the residual
+MARGIN = 0.10
+
+
+def with_margin(width: int) -> int:
+    """``width`` + ``MARGIN``, rounded up (exactly: no float rounding)."""
+    return -(-width * round(100 * (1 + MARGIN)) // 100)
 
 
 class Narrow(InfeasibleError):
@@ -70,8 +98,9 @@ class Narrow(InfeasibleError):
         self.reason, self.candidates = reason, candidates
 
 
-def channels_text(channels: Mapping[str, int]) -> str:
-    return "{" + ", ".join(f'"{b}": {w}' for b, w in channels.items()) + "}"
+def channels_text(channels: Mapping[str, int | str]) -> str:
+    """A spec's "channels" object as JSON text: ``{"a": 38, "b": "1x"}``."""
+    return "{" + ", ".join(f"{json.dumps(b)}: {json.dumps(w)}" for b, w in channels.items()) + "}"
 
 
 class _Capacity:
@@ -137,11 +166,12 @@ def _block_name(block: Block) -> str:
     return f"the {block.kind} cut ({', '.join(e.name for e in block.edges)})"
 
 
-def _widen_block(graph: ModuleGraph, widths: Mapping[str, int], block: Block
-                 ) -> Widening | None:
+def _widen_block(graph: ModuleGraph, widths: Mapping[str, int], block: Block,
+                 allowed: Collection[str] | None = None) -> Widening | None:
     """The cheapest widening (found by bisection: the bounds grow with every width) after
     which ``block``'s rank bound reaches its equations; None when no width suffices (the
-    block's kernels cannot reach the whole effective kernel)."""
+    block's kernels cannot reach the whole effective kernel). ``allowed``: the blobs that
+    may be widened (default: every inner blob)."""
     s, t = graph.source, graph.sink
     _, need, _ = _Capacity(graph, widths).block(block)
 
@@ -151,6 +181,9 @@ def _widen_block(graph: ModuleGraph, widths: Mapping[str, int], block: Block
 
     ends = [b for e in block.edges for b in (e.src, e.dst) if b not in (s, t)]
     inner = [b for b in graph.blobs if b not in (s, t)]
+    if allowed is not None:
+        ends = [b for b in ends if b in allowed]
+        inner = [b for b in inner if b in allowed]
     for free in (list(dict.fromkeys(ends)), inner):
         if not free:
             continue
@@ -175,13 +208,29 @@ def _widen_block(graph: ModuleGraph, widths: Mapping[str, int], block: Block
                     lo = mid + 1
             new[b] = lo
         new = {b: v for b, v in new.items() if v > widths[b]}
-        return Widening(_block_name(block), new, sum(v - widths[b] for b, v in new.items()))
+        return Widening(_block_name(block), new, sum(v - widths[b] for b, v in new.items()),
+                        counted=True, kind=block.kind)
     return None
 
 
-def too_narrow(graph: ModuleGraph, widths: Mapping[str, int]) -> InfeasibleError | None:
-    """The refusal (an ``InfeasibleError`` carrying candidate widenings) when no block of
-    Algorithm 2 can absorb a generic residual at these widths; None when one can."""
+def bound_widening(graph: ModuleGraph, widths: Mapping[str, int],
+                   allowed: Collection[str] | None = None) -> Widening | None:
+    """The cheapest widening of the ``allowed`` blobs (default: all inner blobs) after
+    which some block of Algorithm 2 on ``graph`` has as many independent unknowns as
+    equations — the feasibility bound, before any margin; None when some block already
+    has, or when no widening of those blobs gives any block enough."""
+    if too_narrow(graph, widths, candidates=False) is None:
+        return None
+    cands = [w for b in solve_blocks(graph)
+             if (w := _widen_block(graph, widths, b, allowed)) is not None]
+    return min(cands, key=lambda w: w.cost) if cands else None
+
+
+def too_narrow(graph: ModuleGraph, widths: Mapping[str, int], *, candidates: bool = True
+               ) -> InfeasibleError | None:
+    """The refusal (an ``InfeasibleError`` carrying candidate widenings, unless
+    ``candidates`` is False) when no block of Algorithm 2 can absorb a generic residual at
+    these widths; None when one can."""
     cap = _Capacity(graph, widths)
     closest: tuple[float, str, int, int, str] | None = None
     for block in solve_blocks(graph):
@@ -200,9 +249,10 @@ def too_narrow(graph: ModuleGraph, widths: Mapping[str, int]) -> InfeasibleError
               f"{widths[graph.source]}→{widths[graph.sink]}): no block of its filters has as "
               f"many independent unknowns as equations — the closest, {what}, has at most "
               f"{c:,} for the {need:,} equations of {unit}")
-    candidates = [w for b in solve_blocks(graph)
-                  if (w := _widen_block(graph, widths, b)) is not None]
-    return Narrow(reason, sorted(candidates, key=lambda w: w.cost))
+    if not candidates:
+        return Narrow(reason, [])
+    cands = [w for b in solve_blocks(graph) if (w := _widen_block(graph, widths, b)) is not None]
+    return Narrow(reason, sorted(cands, key=lambda w: w.cost))
 
 
 def width_advice(graph: ModuleGraph, widths: Mapping[str, int], k_eff: Kernel | None = None

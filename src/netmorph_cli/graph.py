@@ -51,9 +51,12 @@ def kernel_area(k: Kernel) -> int:
 class ModuleGraph:
     """A single-source single-sink DAG of convolutions.
 
-    ``channels`` holds the widths of inner blobs that were given; blobs without a width take
-    the width of the layer being morphed. Construct through ``spec.parse_spec`` or call
-    ``check()`` after building one by hand: it raises ``SpecError`` naming the culprit.
+    ``channels`` holds the fixed widths of inner blobs; ``width_rules`` the widths given
+    relative to the layer (``"2.5x"``: 2.5 × its output channels, rounded up) or left open
+    (``"auto"``); a blob in neither is open too, and a blob in both takes its fixed width.
+    ``widths.resolve`` turns the rules into numbers for one layer. Construct through
+    ``spec.parse_spec`` or call ``check()`` after building one by hand: it raises
+    ``SpecError`` naming the culprit.
     """
 
     source: str
@@ -61,6 +64,7 @@ class ModuleGraph:
     edges: tuple[Edge, ...]
     channels: dict[str, int] = field(default_factory=dict)
     name: str = ""
+    width_rules: dict[str, str] = field(default_factory=dict)
 
     # -- structure ---------------------------------------------------------------------
     @cached_property
@@ -139,7 +143,8 @@ class ModuleGraph:
         return [b for b in self.blobs if b not in (self.source, self.sink)]
 
     def width(self, blob: str, default: int) -> int:
-        """Channel width of ``blob``; s, t and unset inner blobs take ``default``."""
+        """Fixed channel width of ``blob``; s, t and the other inner blobs take
+        ``default``."""
         return self.channels.get(blob, default)
 
     # -- validation ----------------------------------------------------------------------
@@ -154,7 +159,7 @@ class ModuleGraph:
         for role, blob in (("source", self.source), ("sink", self.sink)):
             if blob not in seen:
                 raise SpecError(f"unknown blob {blob!r} given as {role}: no edge touches it")
-        for blob in self.channels:
+        for blob in [*self.channels, *self.width_rules]:
             if blob not in seen:
                 raise SpecError(f"unknown blob {blob!r} in 'channels': no edge touches it")
         if self.source == self.sink:
@@ -280,14 +285,17 @@ class ModuleGraph:
         gone = set(remove)
         edges = tuple(e for e in self.edges if e.name not in gone) + tuple(add)
         chans = dict(self.channels if channels is None else channels)
-        return ModuleGraph(self.source, self.sink, edges, chans, self.name)
+        blobs = {b for e in edges for b in (e.src, e.dst)}
+        rules = {b: r for b, r in self.width_rules.items() if b in blobs}
+        return ModuleGraph(self.source, self.sink, edges, chans, self.name, rules)
 
     def to_spec(self) -> dict:
         """The JSON spec of this graph (``spec.parse_spec`` reads it back)."""
         spec: dict = {"source": self.source, "sink": self.sink}
         if self.name:
             spec = {"name": self.name, **spec}
-        inner = {b: w for b, w in self.channels.items()}
+        inner: dict[str, int | str] = dict(self.channels)
+        inner.update({b: r for b, r in self.width_rules.items() if b not in self.channels})
         if inner:
             spec["channels"] = inner
         spec["edges"] = [

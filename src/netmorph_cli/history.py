@@ -71,6 +71,10 @@ ENTRY_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **dict.fromkeys(("config", "spec", "methods"), (lambda v: isinstance(v, dict),
                                                    "an object")),
     "calibration": (_calibration, _CALIBRATION),
+    "widths": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and type(w) is int and w >= 1 for k, w in v.items()),
+        "an object of inner blob → positive integer width"),
+    "widths_how": (lambda v: isinstance(v, str), "a string"),
 }
 
 
@@ -184,7 +188,8 @@ MORPH_OPS = ("preset", "module", "prelu_all")
 class MorphRecord(_Keyed):
     """A morph (``morph.py``): ``op`` "preset" (``preset``, ``blocks``), "module"
     (``module``, ``spec``, ``at`` the layer replaced or ``after`` the node whose output's
-    identity became the module, ``sweeps``, ``methods``, ``output``, ``bn``, ``act``) or
+    identity became the module, ``sweeps``, ``methods``, ``output``, ``bn``, ``act``, the
+    inner ``widths`` solved at and ``widths_how`` they were chosen) or
     "prelu_all" (``replaced``); each with the node pairs to ``compare``, most with the
     ``seed``, worst solver ``residual`` and ``condition``, ``exact_bn``, the BN layers it
     added (``new_bn``) and, once set from data, their ``calibration``."""
@@ -213,6 +218,11 @@ class MorphRecord(_Keyed):
     # written before netmorph recorded it
     added: tuple[str, ...] | None = None
     calibration: Calibration | None = None
+    # a module's inner widths at this layer and how they were chosen (fixed, "Nx" of the
+    # layer's output channels, or "auto" from the feasibility bound + margin); None in
+    # entries written before netmorph recorded them
+    widths: dict[str, int] | None = None
+    widths_how: str | None = None
 
     _TUPLES: ClassVar[frozenset[str]] = frozenset({"blocks", "new_bn", "added"})
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .budget import tick
+
 LinearMap = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -102,10 +104,11 @@ def dense_matrix(op: LinearMap, like: torch.Tensor, chunk: int = 256) -> torch.T
 def dense_min_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Minimum-norm least-squares solution of a X = b for every column of b, in float64.
 
-    Wide systems (m ≤ n, the usual morphing case) go through the Cholesky factor of a aᵀ
-    (x = aᵀ (a aᵀ)⁻¹ b) with one step of iterative refinement: a GEMM and an m×m
-    factorization, much faster than an SVD. When that factorization fails or leaves a
-    residual (rank-deficient or inconsistent systems), a rank-revealing solve takes over
+    Wide systems (m ≤ n, the usual morphing case; rows that are zero to float64 rounding
+    left out) go through the Cholesky factor of a aᵀ (x = aᵀ (a aᵀ)⁻¹ b) with one step of
+    iterative refinement: a GEMM and an m×m factorization, much faster than an SVD. When
+    that factorization fails or leaves a residual (rank-deficient or inconsistent
+    systems), a rank-revealing solve takes over
     (``gelsd`` on the CPU, the pseudo-inverse elsewhere). Singular values below
     max(m, n)·eps of the *input* dtype count as zero there: morphing systems often have
     exact null spaces (gauge freedoms of the module), which a float32 matrix resolves only
@@ -113,15 +116,32 @@ def dense_min_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
     m, n = a64.shape
-    if m <= n:
-        chol, info = torch.linalg.cholesky_ex(a64 @ a64.T)
+    rcond = max(m, n) * torch.finfo(a.dtype).eps
+    # rows that are zero up to float64 rounding (a cut's outer ring that no path reaches
+    # from a compact start: 24·C of D's 49·C rows) make a aᵀ singular, so the Cholesky
+    # route failed on every such cut and gelsd took 20 s at 64 channels; the least-squares
+    # solution cannot use them, so the factorization leaves them out and the residual
+    # check below still counts them (bounded: ‖a‖·‖x‖ there)
+    norms = torch.linalg.vector_norm(a64, dim=1)
+    eps = max(m, n) * torch.finfo(torch.float64).eps
+    live = norms > eps * float(norms.max()) if m else norms.bool()
+    rows = a64 if bool(live.all()) else a64[live]
+    if rows.shape[0] <= n and rows.shape[0] > 0:
+        chol, info = torch.linalg.cholesky_ex(_gram(rows))
         if int(info) == 0:
-            x = a64.T @ torch.cholesky_solve(b64, chol)
-            x = x + a64.T @ torch.cholesky_solve(b64 - a64 @ x, chol)  # refinement
-            res = torch.linalg.vector_norm(a64 @ x - b64)
+            b_live = b64 if rows is a64 else b64[live]
+            x = rows.T @ torch.cholesky_solve(b_live, chol)
+            x = x + rows.T @ torch.cholesky_solve(b_live - rows @ x, chol)  # refinement
+            if rows is a64:
+                res = float(torch.linalg.vector_norm(a64 @ x - b64))
+            else:  # the left-out rows: ‖b − a x‖ there ≤ ‖b‖ + ‖a‖·‖x‖ (a is tiny there)
+                dead = ~live
+                res = math.hypot(float(torch.linalg.vector_norm(rows @ x - b_live)),
+                                 float(torch.linalg.vector_norm(b64[dead]))
+                                 + float(torch.linalg.vector_norm(norms[dead]))
+                                 * float(torch.linalg.vector_norm(x)))
             if res <= 1e-9 * max(float(torch.linalg.vector_norm(b64)), 1e-300):
                 return x
-    rcond = max(m, n) * torch.finfo(a.dtype).eps
     if a.device.type == "cpu":
         # gelsd (SVD): the rank decision must be reliable. gelsy's pivoted-QR estimate
         # is not: on module D's sink cut (rank 720 of 784, gap 1e-2 → 1e-15) MKL's gelsy
@@ -129,6 +149,19 @@ def dense_min_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # a 1e-3 residual, so the same seed gave different filters.
         return torch.linalg.lstsq(a64, b64, rcond=rcond, driver="gelsd").solution
     return torch.linalg.pinv(a64, rtol=rcond) @ b64
+
+
+def _gram(a: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """a aᵀ, summed over column blocks so that a solve's time budget is checked between
+    them (one block of a 6272 × 6912 cut matrix: about a second on one core)."""
+    if a.shape[1] <= chunk:
+        return a @ a.T
+    out = a.new_zeros(a.shape[0], a.shape[0])
+    for i in range(0, a.shape[1], chunk):
+        tick()
+        part = a[:, i:i + chunk]
+        out.addmm_(part, part.T)
+    return out
 
 
 def dense_lstsq(op: LinearMap, b: torch.Tensor, like: torch.Tensor) -> LsqResult:

@@ -278,10 +278,13 @@ def _insert_module(edit: Edit, site: Site, spec: ModuleGraph, prefix: str,
     compare, result, out = edit.insert(site, spec, prefix, BlobLayers(bn=bn, act=act),
                                        inner_width)
     name = spec.name or "module"
+    widths: dict[str, Any] = {}
+    if result.widths is not None and result.widths.rules:
+        widths = {"widths": result.widths.to_json(), "widths_how": result.widths.how()}
     entry = MorphRecord.of(op="module", module=name, spec=spec.to_spec(), **where,
                            seed=edit.seed, residual=result.residual,
                            condition=max(result.conditioning.values()), sweeps=result.sweeps,
-                           methods=result.methods, output=out,
+                           methods=result.methods, output=out, **widths,
                            compare=((compare[0], compare[1]),),
                            exact_bn=edit.exact_bn, bn=bn, act=act)
     edit.desc["arch"] = arch_name(edit.desc["arch"], module=name, **where)

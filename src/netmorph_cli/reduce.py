@@ -312,7 +312,8 @@ def _reduce(module: ModuleGraph, rng: random.Random | None) -> ReductionPlan:
     rem_blobs = {b for e in rem_edges for b in (e.src, e.dst)}
     remainder = ModuleGraph(s, t, rem_edges,
                             {b: w for b, w in module.channels.items() if b in rem_blobs},
-                            module.name)
+                            module.name,
+                            {b: r for b, r in module.width_rules.items() if b in rem_blobs})
     return ReductionPlan(module, steps, remainder)
 
 
@@ -331,4 +332,4 @@ def replay(start: ModuleGraph, steps: Sequence[MorphStep],
         current[b.name] = b
     chans = dict(start.channels if channels is None else channels)
     return ModuleGraph(start.source, start.sink, tuple(current.values()), chans,
-                       start.name).check()
+                       start.name, dict(start.width_rules)).check()

@@ -77,6 +77,9 @@ def solve_report(result: SolveResult, channels: int, kernel: int, dtype: str,
         f"{channels}→{channels} {kernel}×{kernel} filter, {dtype} on {device}: relative "
         f"residual ", (f"{result.residual:.2e}", "bold green"),
         f" in {result.seconds:.2f} s ({sweeps})")
+    parts: list = [head]
+    if result.widths is not None and result.widths.rules:
+        parts.append(Text.assemble(("widths: ", "bold"), result.widths.line()))
     table = Table()
     for col in ("edge", "shape", "method", "cond"):
         table.add_column(col)
@@ -84,7 +87,7 @@ def solve_report(result: SolveResult, channels: int, kernel: int, dtype: str,
         cond = result.conditioning[name]
         table.add_row(name, "×".join(map(str, f.shape)), result.methods[name],
                       f"{cond:.3g}" if cond != float("inf") else "rank-deficient")
-    return Group(head, table)
+    return Group(*parts, table)
 
 
 def verify_report(r: VerifyReport) -> Group:

@@ -7,15 +7,20 @@ the whole module when a split on the way cannot be exact. Every edge's filter co
 with the method that produced it and the relative residual ‖module(F) − G̃‖ / ‖G̃‖,
 computed independently at the end.
 
+Widths. Inner widths may be fixed, relative to the layer ("2.5x") or open ("auto", or no
+entry); ``widths.resolve`` fixes them for the layer of ``G`` first (open ones from the
+feasibility bound + margin), and the result says which widths were used and how.
+
 Limits. What can be decided before iterating is decided first: the memory the solve needs
 (``budget.solve_memory``, refused over a limit before anything is allocated), the
 polynomial rank of the module against the layer's (a vertex cut narrower than the
 filter's rank can never reproduce it) and whether any block of Algorithm 2 has as many
 independent unknowns as equations (``feasibility``; otherwise no sweep can absorb the
 residual and the solve is refused at once). A solve runs under a time budget with a
-progress heartbeat (``budget``); width advice is printed only after a re-solve at the
-advised widths reached the tolerance (``_advise``, here because it re-enters
-``morph_filter``).
+progress heartbeat (``budget``); width advice — the feasibility bound's widening, checked
+by one re-solve — is printed only after that re-solve reached the tolerance (``_advise``,
+here because it re-enters ``morph_filter``); otherwise the refusal says why none is
+proven.
 """
 
 from __future__ import annotations
@@ -38,14 +43,16 @@ from .budget import (
     default_memory_limit,
     running,
     solve_memory,
+    solve_seconds,
 )
 from .errors import InfeasibleError, ResourceLimitError, SolverError, SolverTimeout
-from .feasibility import Narrow, Widening, channels_text, rank_refusal
+from .feasibility import MARGIN, Narrow, Widening, channels_text, rank_refusal
 from .graph import ModuleGraph, fits
 from .reduce import ReductionPlan, reduce_module
 from .rng import SeededRng
 from .splits import decompose_type1, split_type2, type1_widths
 from .sweeps import algorithm2
+from .widths import WidthChoice, module_widths, resolve, rule_texts
 
 
 @dataclass(frozen=True)
@@ -59,12 +66,18 @@ class SolveResult:
     seconds: float
     history: tuple[float, ...]  # relative residual after each Algorithm 2 sweep
     conditioning: dict[str, float]  # edge → condition number of its (C_out, C_in·kh·kw) matrix
+    # the inner widths solved at and how they were chosen (fixed, "Nx", "auto")
+    widths: WidthChoice | None = None
 
     def to_json(self) -> dict:
-        return {"residual": self.residual, "seconds": round(self.seconds, 4),
-                "sweeps": self.sweeps, "history": list(self.history),
-                "methods": dict(self.methods),
-                "conditioning": {k: _finite(v) for k, v in self.conditioning.items()}}
+        out = {"residual": self.residual, "seconds": round(self.seconds, 4),
+               "sweeps": self.sweeps, "history": list(self.history),
+               "methods": dict(self.methods),
+               "conditioning": {k: _finite(v) for k, v in self.conditioning.items()}}
+        if self.widths is not None:
+            out["widths"] = self.widths.to_json()
+            out["width_rules"] = dict(self.widths.rules)
+        return out
 
 
 def _finite(v: float) -> float | None:
@@ -94,15 +107,6 @@ def _default_tol(dtype: torch.dtype) -> float:
 
 # -- the entry point -------------------------------------------------------------------
 
-def module_widths(graph: ModuleGraph, c_in: int, c_out: int,
-                  inner: int | None = None) -> dict[str, int]:
-    """Width of every blob: s and t from the layer, inner blobs from the spec or ``inner``
-    (default: the layer's output width)."""
-    w = {b: graph.channels.get(b, inner or c_out) for b in graph.blobs}
-    w[graph.source], w[graph.sink] = c_in, c_out
-    return w
-
-
 def morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None = None,
                  seed: int = 0, tol: float | None = None, max_sweeps: int = 60,
                  method: str = "auto", max_seconds: float | None = None,
@@ -110,6 +114,12 @@ def morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None
                  advice_seconds: float = ADVICE_SECONDS, verify_advice: bool = True,
                  rng: SeededRng | None = None) -> SolveResult:
     """Filters for every edge of ``graph`` whose module function equals G exactly.
+
+    Inner widths are fixed for G's layer first (``widths.resolve``: fixed, ``"Nx"`` of
+    C_out, or open — the layer's output width, raised to the feasibility bound + margin
+    where Algorithm 2 needs it, and 1.5× wider once more where a solve there does not
+    finish quickly); the result's ``widths`` says which and how. ``inner_width``: the
+    width of open blobs instead.
 
     ``g`` is (C_out, C_in, kh, kw) on any device and dtype; the filters come back on the
     same. ``method`` (one of ``METHODS``): ``auto`` reduces, solves the remainder and
@@ -135,16 +145,24 @@ def morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None
         raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     budget = Budget(max_seconds, progress, current_budget())
     tol = _default_tol(g.dtype) if tol is None else tol
+    c_out, c_in = g.shape[:2]
+    fixed, choice = resolve(graph, c_in, c_out, inner=inner_width,
+                            whole=method == "algorithm2")
     with running(budget):
         try:
-            return _morph_filter(g, graph, inner_width=inner_width, seed=seed, tol=tol,
-                                 max_sweeps=max_sweeps, method=method, max_memory=max_memory,
-                                 rng=rng)
+            if choice.raised:
+                fixed, choice, result = _solve_open(g, fixed, choice, seed=seed, tol=tol,
+                                                    max_sweeps=max_sweeps, method=method,
+                                                    max_memory=max_memory, rng=rng)
+            else:
+                result = _morph_filter(g, fixed, seed=seed, tol=tol, max_sweeps=max_sweeps,
+                                       method=method, max_memory=max_memory, rng=rng)
+            return dataclasses.replace(result, widths=choice)
         except Narrow as exc:
             if not verify_advice:
                 raise
-            raise InfeasibleError(_advise(exc, g, graph, inner_width=inner_width, seed=seed,
-                                          tol=tol, max_sweeps=max_sweeps, method=method,
+            raise InfeasibleError(_advise(exc, g, graph, fixed, seed=seed, tol=tol,
+                                          max_sweeps=max_sweeps, method=method,
                                           max_memory=max_memory,
                                           advice_seconds=advice_seconds)) from None
         except OutOfTime:
@@ -159,13 +177,50 @@ def morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None
                 f"--max-seconds") from None
 
 
-def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None, seed: int,
-                  tol: float, max_sweeps: int, method: str, max_memory: int | None,
+def _solve_open(g: torch.Tensor, fixed: ModuleGraph, choice: WidthChoice, *, seed: int,
+                tol: float, max_sweeps: int, method: str, max_memory: int | None,
+                rng: SeededRng | None) -> tuple[ModuleGraph, WidthChoice, SolveResult]:
+    """Solve at open widths the feasibility bound raised: first within a short share of
+    the time (3× the dense solves' estimate + 1 s) and, where that does not reach the
+    tolerance (the bound counts unknowns; a module whose paths overlap can have less rank,
+    and its sweeps then grind), once more with the raised blobs ``WIDER`` × wider and the
+    rest of the time. Returns the widths solved at and the solve."""
+    budget = current_budget()
+    assert budget is not None
+    share = 3 * solve_seconds(fixed, choice.widths, whole=method == "algorithm2",
+                              device=g.device) + 1.0
+    if budget.remaining() > 2 * share:
+        try:
+            res = morph_filter(g, fixed, seed=seed, tol=tol, max_sweeps=max_sweeps,
+                               method=method, max_seconds=share, max_memory=max_memory,
+                               verify_advice=False, rng=rng)
+            return fixed, choice, res
+        except InfeasibleError:
+            raise
+        except SolverError as exc:  # a stall or the share's time limit
+            if budget.remaining() <= 0:
+                raise OutOfTime("time limit reached") from None
+            why = "did not solve within " + (f"{share:.2g} s" if isinstance(exc, SolverTimeout)
+                                              else "its sweeps (stalled)")
+        choice = choice.wider(WIDER, why)
+        fixed = dataclasses.replace(fixed, channels=choice.inner)
+        budget.note(phase=f"Algorithm 2 at auto widths {choice.line()}")
+    return fixed, choice, _morph_filter(g, fixed, seed=seed, tol=tol, max_sweeps=max_sweeps,
+                                        method=method, max_memory=max_memory, rng=rng)
+
+
+WIDER = 1.5  # open widths: the second try, after the bound + margin did not solve
+
+
+def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, seed: int, tol: float,
+                  max_sweeps: int, method: str, max_memory: int | None,
                   rng: SeededRng | None = None) -> SolveResult:
+    """``morph_filter`` at fixed widths (``graph``: every inner width given)."""
     t0 = time.perf_counter()
     c_out, c_in = g.shape[:2]
     k_eff = graph.effective_kernel()
-    widths = module_widths(graph, c_in, c_out, inner_width)
+    widths = {b: graph.channels[b] for b in graph.inner_blobs()}
+    widths = {**widths, graph.source: c_in, graph.sink: c_out}
     limit = default_memory_limit(g.device) if max_memory is None else max_memory
     name = f"module {graph.name!r}" if graph.name else "the module"
     what = f"morphing a {c_out}×{c_in} filter into {name}"
@@ -225,97 +280,76 @@ def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | Non
                        tuple(history), {k: conditioning(f) for k, f in filters.items()})
 
 
-def _advise(exc: Narrow, g: torch.Tensor, graph: ModuleGraph, *, inner_width: int | None,
+def _advise(exc: Narrow, g: torch.Tensor, spec: ModuleGraph, fixed: ModuleGraph, *,
             seed: int, tol: float, max_sweeps: int, method: str, max_memory: int | None,
             advice_seconds: float) -> str:
-    """``exc``'s reason, followed by the cheapest candidate widening that a re-solve of
-    ``g`` (same seed, bounded time) has shown to reach ``tol``, or by a plain statement
-    that no advice is proven and what was tried.
+    """``exc``'s reason, then width advice proven by one re-solve, or a plain statement
+    that none is proven and why.
 
-    Candidates are tried cheapest first, each with a fair share of the time left and two
-    sweeps (a block that can absorb the residual does so in the first); one that is still
-    too narrow elsewhere is merged with that block's widening, one that stalls is retried
-    1.5× wider. Whatever time is left then goes to the cheapest candidate with all sweeps.
-    """
+    Bound first: the cheapest candidate widening of ``exc`` (the feasibility bound of one
+    block of Algorithm 2, + ``MARGIN`` where it comes from counting unknowns; a vertex
+    cut's rank or a TYPE-I split's middle width as it is), then one re-solve of ``g`` at
+    those widths (same seed) within ``advice_seconds`` and the time left. A re-solve whose
+    estimated time (``budget.solve_seconds``) is over what is left is not started: the
+    message gives the estimate instead. ``spec`` is the module as given (its
+    "channels" are shown with the widened blobs), ``fixed`` the same at this layer's
+    widths (what is solved)."""
     budget = current_budget()
     deadline = time.monotonic() + advice_seconds
     if budget is not None:
         deadline = min(deadline, budget.deadline)
-    order = {b: i for i, b in enumerate(graph.blobs)}
-
-    def full(cand: Widening) -> dict[str, int]:
-        merged = {**graph.channels, **cand.channels}
-        return dict(sorted(merged.items(), key=lambda kv: order.get(kv[0], len(order))))
-
-    queue = list(exc.candidates)
-    seen: list[dict[str, int]] = []
-    tried: dict[str, str] = {}
-    attempts = 0
-
-    def attempt(cand: Widening, sweeps: int, share: float) -> SolveResult | None:
-        channels = full(cand)
-        text = channels_text(channels)
-        if text in tried:  # the last pass: keep what the first attempt found
-            text = f"{text}, again"
-        if budget is not None:  # (no tick here: running out of time ends the loop below)
-            budget.phase, budget.sweep, budget.residual = f"verifying widths {text}", 0, None
-        wide = dataclasses.replace(graph, channels=channels)
-        try:
-            return morph_filter(g, wide, inner_width=inner_width, seed=seed, tol=tol,
-                                max_sweeps=sweeps, method=method, max_seconds=share,
-                                max_memory=max_memory, verify_advice=False)
-        except Narrow as inner:  # still too narrow elsewhere: widen both at once
-            tried[text] = "still too narrow"
-            queue[:0] = [Widening(f"{cand.what} and {w.what}", {**cand.channels, **{
-                b: max(v, cand.channels.get(b, 0)) for b, v in w.channels.items()}},
-                cand.cost + w.cost) for w in inner.candidates[:2]]
-        except SolverTimeout:
-            tried[text] = f"no exact solution within {share:.0f} s"
-            queue.append(_wider(cand))
-        except SolverError as err:
-            tried[text] = "stalled" if "stalled" in str(err) else _short(err)
-            queue.append(_wider(cand))
-        except ResourceLimitError:
-            tried[text] = "over the memory limit"
-        return None
-
-    while queue and attempts < 6:
-        cand = queue.pop(0)
-        if full(cand) in seen:
-            continue
-        seen.append(full(cand))
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        attempts += 1
-        # half of what is left while other candidates wait (the cheapest gets the most)
-        res = attempt(cand, min(2, max_sweeps), left / 2 if queue else left)
-        if res is not None:
-            return _advice_text(exc.reason, graph, full(cand), seed, res)
-    if exc.candidates and deadline - time.monotonic() > 1.0 and max_sweeps > 2:
-        cand = exc.candidates[0]  # the rest of the time: the cheapest, with every sweep
-        res = attempt(cand, max_sweeps, deadline - time.monotonic())
-        if res is not None:
-            return _advice_text(exc.reason, graph, full(cand), seed, res)
     if not exc.candidates:
         return (f"{exc.reason}. No width advice is proven: widening inner blobs cannot give "
                 "any block of Algorithm 2 enough rank (its kernels do not reach the whole "
                 "effective kernel); use larger kernels or another module")
-    what = "; ".join(f"{c} ({why})" for c, why in tried.items()) or "nothing, out of time"
-    return (f"{exc.reason}. No width advice is proven: no re-solve at candidate widths "
-            f"reached the tolerance {tol:.0e} within {advice_seconds:g} s (tried: {what})")
+    cand = exc.candidates[0]
+    wide_cand = cand.with_margin()
+    order = {b: i for i, b in enumerate(spec.blobs)}
+    shown = dict(sorted({**rule_texts(spec), **wide_cand.channels}.items(),
+                        key=lambda kv: order.get(kv[0], len(order))))
+    text = channels_text(shown)
+    how = (f"the feasibility bound of {cand.what} + {MARGIN:.0%}" if cand.counted
+           else f"what {cand.what} needs")
+    wide = dataclasses.replace(fixed, channels={**fixed.channels, **wide_cand.channels})
+    c_out, c_in = g.shape[:2]
+    whole = method == "algorithm2"
+    widths = {**wide.channels, wide.source: c_in, wide.sink: c_out}
+    estimate = solve_seconds(wide, widths, whole=whole, device=g.device,
+                             upto="sink" if cand.kind == "sink" else None)
+    left = deadline - time.monotonic()
+    allowed = f"the {advice_seconds:g} s allowed for checking advice"
+    if budget is not None and budget.deadline < time.monotonic() + advice_seconds:
+        allowed = "the time left of --max-seconds"
+    if left <= 0 or estimate > left:
+        why = (f"a re-solve there would take about {estimate:.0f} s on this machine, more "
+               f"than {allowed}, so it was not run" if left > 0 else f"no time was left "
+               f"({allowed})")
+    else:
+        if budget is not None:  # (no tick here: running out of time is handled below)
+            budget.phase, budget.sweep, budget.residual = f"verifying widths {text}", 0, None
+        try:
+            res = morph_filter(g, wide, seed=seed, tol=tol, max_sweeps=max_sweeps,
+                               method=method, max_seconds=max(left, 1e-3),
+                               max_memory=max_memory, verify_advice=False)
+        except Narrow as inner:
+            why = f"still too narrow there ({_short(inner.reason, 160)})"
+        except SolverTimeout:
+            why = f"a re-solve there did not finish within {allowed}"
+        except ResourceLimitError:
+            why = "a re-solve there is over the memory limit"
+        except SolverError as err:
+            why = ("a re-solve there stalled (the bound counts unknowns: it is necessary, not "
+                   f"sufficient): {_short(err, 160)}")
+        else:
+            return _advice_text(exc.reason, spec, shown, seed, res)
+    return (f"{exc.reason}. No width advice is proven (tried: {text}, {how}: {why}); give "
+            "wider fixed widths, or leave these blobs \"auto\" to have them chosen for each "
+            "layer")
 
 
-def _wider(cand: Widening) -> Widening:
-    """``cand`` with its widened blobs 1.5× wider."""
-    new = {b: math.ceil(1.5 * w) for b, w in cand.channels.items()}
-    return Widening(f"{cand.what} (1.5× wider)", new,
-                    cand.cost + sum(new[b] - w for b, w in cand.channels.items()))
-
-
-def _advice_text(reason: str, graph: ModuleGraph, channels: dict[str, int], seed: int,
-                 res: SolveResult) -> str:
-    new = [b for b, w in channels.items() if graph.channels.get(b) != w]
+def _advice_text(reason: str, spec: ModuleGraph, channels: Mapping[str, int | str],
+                 seed: int, res: SolveResult) -> str:
+    new = [b for b, w in channels.items() if rule_texts(spec).get(b) != w]
     blobs = ", ".join(repr(b) for b in new)
     return (f"{reason}. Widen inner blob{'s' if len(new) > 1 else ''} {blobs} (spec "
             f"\"channels\": {channels_text(channels)}): verified, a re-solve of this filter "
@@ -323,9 +357,9 @@ def _advice_text(reason: str, graph: ModuleGraph, channels: dict[str, int], seed
             f"{res.seconds:.2g} s")
 
 
-def _short(err: Exception) -> str:
+def _short(err: Exception | str, limit: int = 80) -> str:
     text = str(err)
-    return text if len(text) <= 80 else text[:77] + "…"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _reduce_route(plan: ReductionPlan, target: torch.Tensor, widths: dict[str, int],
@@ -388,7 +422,7 @@ def solve_random(graph: ModuleGraph, *, channels: int = 16, kernel: int = 3,
         raise InfeasibleError(f"need channels ≥ 1 and an odd kernel, got {channels} and {kernel}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
-    widths = module_widths(graph, channels, channels)
+    widths = module_widths(graph, channels, channels, whole=method == "algorithm2")
     limit = default_memory_limit(device) if max_memory is None else max_memory
     name = f"module {graph.name!r}" if graph.name else "the module"
     solve_memory(graph, widths, kernel=(kernel, kernel), whole=method == "algorithm2").check(

@@ -9,6 +9,9 @@ Format (DESIGN.md): ``{"name"?, "source"?, "sink"?, "channels"?, "edges": [{"nam
 from __future__ import annotations
 
 import json
+import math
+import re
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -86,17 +89,17 @@ def spec_from_dict(data: Any) -> ModuleGraph:
     named = {raw["name"] for raw in raw_edges if isinstance(raw, dict) and "name" in raw
              and isinstance(raw["name"], str)}
     edges = tuple(_parse_edge(i, raw, named) for i, raw in enumerate(raw_edges))
-    channels = _parse_channels(data.get("channels", {}))
+    channels, rules = _parse_channels(data.get("channels", {}))
     name = data.get("name", "")
     if not isinstance(name, str):
         raise SpecError(f"'name' must be a string, got {_kind(name)}")
     source = _terminal(data, "source", edges)
     sink = _terminal(data, "sink", edges)
     for role, blob in (("source", source), ("sink", sink)):
-        if blob in channels:
+        if blob in channels or blob in rules:
             raise SpecError(f"'channels' gives a width for the {role} {blob!r}: source and "
                             "sink take the widths of the layer being morphed")
-    return ModuleGraph(source, sink, edges, channels, name).check()
+    return ModuleGraph(source, sink, edges, channels, name, rules).check()
 
 
 def _parse_edge(i: int, raw: Any, named: set[str]) -> Edge:
@@ -150,19 +153,60 @@ def _odd(where: str, v: Any) -> int:
     return v
 
 
-def _parse_channels(raw: Any) -> dict[str, int]:
+_WIDTHS = ('a width is a positive integer (fixed), a multiple of the layer\'s output '
+           'channels such as "2.5x" (rounded up), or "auto" (chosen for the layer from the '
+           'feasibility bound)')
+
+
+def _parse_channels(raw: Any) -> tuple[dict[str, int], dict[str, str]]:
+    """(fixed widths, width rules: blob → "Nx" or "auto") of a spec's "channels"."""
     if not isinstance(raw, dict):
         raise SpecError(f"'channels' must be an object of blob → width, got {_kind(raw)}")
-    out = {}
+    fixed: dict[str, int] = {}
+    rules: dict[str, str] = {}
     for blob, w in raw.items():
+        if isinstance(w, str):
+            rules[blob] = width_rule(blob, w)
+            continue
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise SpecError(f"bad width {json.dumps(w)} for blob {blob!r}: "
-                            "widths must be positive integers")
+            raise SpecError(f"bad width {short_json(w)} for blob {blob!r}: {_WIDTHS}")
         if w > MAX_WIDTH:
             raise SpecError(f"width {w} for blob {blob!r} is larger than netmorph's limit of "
                             f"{MAX_WIDTH} channels")
-        out[blob] = w
-    return out
+        fixed[blob] = w
+    return fixed, rules
+
+
+def width_rule(blob: str, text: str) -> str:
+    """The canonical form of a width given as text (``"2.5x"``, ``"auto"``), or the
+    ``SpecError`` naming ``blob`` and what a width may be."""
+    t = text.strip().lower()
+    if t == "auto":
+        return "auto"
+    m = _RELATIVE.fullmatch(t) if len(t) <= 24 else None
+    if m is None:
+        raise SpecError(f"bad width {short_json(text)} for blob {blob!r}: {_WIDTHS}")
+    factor = Fraction(m[1])
+    if factor <= 0:
+        raise SpecError(f"width {short_json(text)} for blob {blob!r} is zero channels at "
+                        f"every layer: {_WIDTHS}")
+    if factor > MAX_WIDTH:
+        raise SpecError(f"width {short_json(text)} for blob {blob!r} is larger than "
+                        f"netmorph's limit of {MAX_WIDTH} channels at every layer")
+    return f"{m[1]}x"
+
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*x")
+
+
+def relative_width(rule: str, channels: int) -> int:
+    """``"2.5x"`` of ``channels``: 2.5·channels rounded up (exact: no float rounding)."""
+    return max(1, math.ceil(Fraction(rule[:-1]) * channels))
+
+
+def short_json(v: Any, limit: int = 40) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _terminal(data: dict, role: str, edges: tuple[Edge, ...]) -> str:

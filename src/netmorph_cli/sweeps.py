@@ -22,18 +22,17 @@ from .algebra import (
     crop_to,
     identity_filter,
     kernel_of,
-    module_function,
     pad_to,
     prefix_filters,
     resize,
     suffix_filters,
     support,
 )
-from .budget import DENSE_LIMIT, OutOfTime, current_budget, tick
+from .budget import DENSE_LIMIT, PROBE_SECONDS, OutOfTime, current_budget, solve_seconds, tick
 from .errors import SolverError
-from .feasibility import Block, Narrow, solve_blocks, too_narrow
+from .feasibility import Block, Narrow, polynomial_rank, solve_blocks, too_narrow
 from .graph import Edge, Kernel, ModuleGraph, fits
-from .lsq import LinearMap, dense_lstsq, dense_matrix, dense_min_norm, lsqr
+from .lsq import LinearMap, dense_lstsq, dense_min_norm, lsqr
 from .rng import SeededRng
 
 
@@ -71,18 +70,7 @@ def _cut_update(block: Block, filters: Mapping[str, torch.Tensor], residual: tor
     shapes = [(1, filters[e.name].shape[1], *e.kernel) if sink else
               (filters[e.name].shape[0], 1, *e.kernel) for e in block.edges]
     sizes = [math.prod(sh) for sh in shapes]
-
-    def op(flat: torch.Tensor) -> torch.Tensor:
-        tick()
-        out = torch.zeros((), dtype=flat.dtype, device=flat.device)
-        for e, part, sh in zip(block.edges, flat.split(sizes), shapes, strict=True):
-            x = part.reshape(sh)
-            term = compose(x, pre[e.src]) if sink else compose(suf[e.dst], x)
-            out = out + pad_to(term, kernel)
-        return out
-
-    like = residual.new_zeros(sum(sizes))
-    a = dense_matrix(op, like)  # (C_in·K or C_out·K, Σ sizes)
+    a = _cut_matrix(block, pre if sink else suf, kernel, sum(sizes))
     rhs = residual.reshape(c_out, -1).T if sink else residual.transpose(0, 1).reshape(c_in, -1).T
     if rows is not None:
         a, rhs = a[rows], rhs[rows]
@@ -99,6 +87,36 @@ def _cut_update(block: Block, filters: Mapping[str, torch.Tensor], residual: tor
         else:  # part: (w_v·kh·kw, C_in) → (w_v, C_in, kh, kw)
             deltas[e.name] = part.T.reshape(-1, sh[0], *sh[2:]).transpose(0, 1)
     return deltas
+
+
+def _cut_matrix(block: Block, filters: Mapping[str, torch.Tensor], kernel: Kernel,
+                cols: int) -> torch.Tensor:
+    """The dense (C_in·K or C_out·K, ``cols``) matrix of x ↦ Σ_e x_e ⊛ P(u_e) (a sink
+    block, ``filters`` the prefixes) or Σ_e Q(v_e) ⊛ x_e (a source block, the suffixes),
+    rows in the flattened order of the ``kernel`` frame and columns in that of each edge's
+    row (column) of filter taps, edge after edge: what ``dense_matrix`` of that map gives,
+    built in place from the taps (as ``splits.shift_matrix`` does for one filter) instead
+    of composing with every unit vector — at 128 channels that took most of a cut solve."""
+    sink = block.kind == "sink"
+    ref = filters[block.edges[0].src if sink else block.edges[0].dst]
+    other = ref.shape[1] if sink else ref.shape[0]  # C_in (sink) or C_out (source)
+    a = ref.new_zeros(other, kernel[0], kernel[1], cols)
+    col = 0
+    for e in block.edges:
+        tick()
+        f = filters[e.src] if sink else filters[e.dst]
+        kf, kx = kernel_of(f), e.kernel
+        # taps: (C_other, kf_h, kf_w, C_l) — C_i of P(u) (sink) or C_j of Q(v) (source)
+        taps = f.permute(1, 2, 3, 0) if sink else f.permute(0, 2, 3, 1)
+        c_l = taps.shape[3]
+        oh, ow = (kernel[0] - kf[0] - kx[0] + 1) // 2, (kernel[1] - kf[1] - kx[1] + 1) // 2
+        n = c_l * kx[0] * kx[1]
+        part = a[..., col:col + n].unflatten(-1, (c_l, kx[0], kx[1]))
+        for vh in range(kx[0]):
+            for vw in range(kx[1]):
+                part[:, oh + vh:oh + vh + kf[0], ow + vw:ow + vw + kf[1], :, vh, vw] = taps
+        col += n
+    return a.reshape(other * kernel[0] * kernel[1], cols)
 
 
 def algorithm2(graph: ModuleGraph, target: torch.Tensor, widths: Mapping[str, int],
@@ -120,15 +138,25 @@ def algorithm2(graph: ModuleGraph, target: torch.Tensor, widths: Mapping[str, in
     target = resize(target, k_eff)
     narrow = too_narrow(graph, widths)
     if narrow is not None:
+        assert isinstance(narrow, Narrow)
         # No block can absorb a generic residual, but a special target (0.5·I through a
         # module with 1×1 skips) can still lie in a cut's range; the dense cut solves
-        # decide that in moments, so only they run before the refusal.
+        # decide that in moments, so only they run before the refusal — for a target that
+        # is special (a 1×1 filter, or of lower rank than its widths) or where they are
+        # quick (``PROBE_SECONDS``; up to 4 rounds of SVD solves, each about 3× a Gram
+        # product's time): D at widths C = 64 probes for 11 s, at 128 it would for ~90 s.
+        seconds = 12 * solve_seconds(graph, widths, cuts_only=True, device=target.device)
+        c_out, c_in = target.shape[:2]
+        special = (support(target) == (1, 1)
+                   or polynomial_rank(target) < min(c_out, c_in))
+        if not special and seconds > PROBE_SECONDS:
+            raise Narrow(f"{narrow.reason}, so Algorithm 2 was not run (its sweeps would "
+                         "only stall)", narrow.candidates)
         start = dict(init) if init else {e.name: rng.filter(widths[e.dst], widths[e.src],
                                                             e.kernel) for e in graph.edges}
         solved, reached = _cut_probe(graph, target, start, widths, tol=tol)
         if solved is not None:
             return solved, reached
-        assert isinstance(narrow, Narrow)
         raise Narrow(f"{narrow.reason}; solving its two cuts alone (dense, exact) stalls at "
                      f"relative residual {reached[-1]:.3g}, so Algorithm 2 was not run "
                      "(its sweeps would only stall)", narrow.candidates)
@@ -218,14 +246,17 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
     inner_rtol = max(tol * 1e-2, 30 * torch.finfo(target.dtype).eps)
     budget = current_budget()
     history: list[float] = []
-    residual = target - module_function(graph, filters)
+    pre = prefix_filters(graph, filters, widths[graph.source])
+    residual = target - pad_to(pre[graph.sink], k_eff)
     rel = float(torch.linalg.vector_norm(residual)) / tnorm
     if budget is not None:
         budget.note(sweep=0, residual=rel)
     for sweep in range(max_sweeps):
         for block in solve_blocks(graph):
-            pre = prefix_filters(graph, filters, widths[graph.source])
-            suf = suffix_filters(graph, filters, widths[graph.sink])
+            # the prefixes of the current filters are kept from the last trial; the
+            # suffixes are only needed off the sink cut
+            suf = (suffix_filters(graph, filters, widths[graph.sink])
+                   if block.kind != "sink" or dense_jacobian else {})
             if dense_jacobian:
                 deltas = _dense_block_update(block, filters, residual, pre, suf, k_eff)
             elif block.kind == "edge":
@@ -236,10 +267,11 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
                 cut = _cut_update(block, filters, residual, pre, suf, k_eff)
                 assert cut is not None  # only an ``exact`` update can decline
                 deltas = cut
-            trial, new_residual, new_rel = _tried(graph, target, filters, deltas, tnorm)
+            trial, new_residual, new_rel, trial_pre = _tried(graph, target, filters, deltas,
+                                                             tnorm, widths[graph.source])
             if new_rel > rel:  # an exact solve never increases it; rounding can
                 continue
-            filters, residual, rel = trial, new_residual, new_rel
+            filters, residual, rel, pre = trial, new_residual, new_rel, trial_pre
             if budget is not None:
                 budget.note(residual=rel)
             if rel <= tol:
@@ -254,13 +286,15 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
 
 
 def _tried(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
-           deltas: Mapping[str, torch.Tensor], tnorm: float
-           ) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
-    """``filters`` plus ``deltas``, the residual they leave and its size relative to the
-    target's (``tnorm``): a sweep's trial step, kept or dropped by the caller."""
+           deltas: Mapping[str, torch.Tensor], tnorm: float, source_channels: int
+           ) -> tuple[dict[str, torch.Tensor], torch.Tensor, float, dict[str, torch.Tensor]]:
+    """``filters`` plus ``deltas``, the residual they leave, its size relative to the
+    target's (``tnorm``) and their prefix filters: a sweep's trial step, kept or dropped
+    by the caller."""
     trial = {k: f + deltas[k].to(f.dtype) if k in deltas else f for k, f in filters.items()}
-    residual = target - module_function(graph, trial)
-    return trial, residual, float(torch.linalg.vector_norm(residual)) / tnorm
+    pre = prefix_filters(graph, trial, source_channels)
+    residual = target - pad_to(pre[graph.sink], graph.effective_kernel())
+    return trial, residual, float(torch.linalg.vector_norm(residual)) / tnorm, pre
 
 
 def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
@@ -272,19 +306,21 @@ def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torc
     k_eff = graph.effective_kernel()
     tnorm = float(torch.linalg.vector_norm(target)) or 1.0
     budget = current_budget()
-    residual = target - module_function(graph, filters)
+    pre = prefix_filters(graph, filters, widths[graph.source])
+    residual = target - pad_to(pre[graph.sink], k_eff)
     rel = float(torch.linalg.vector_norm(residual)) / tnorm
     history: list[float] = []
     cuts = [b for b in solve_blocks(graph) if b.kind != "edge"]
     for r in range(rounds):
         for block in cuts:
-            pre = prefix_filters(graph, filters, widths[graph.source])
-            suf = suffix_filters(graph, filters, widths[graph.sink])
+            suf = suffix_filters(graph, filters, widths[graph.sink]) if block.kind != "sink" \
+                else {}
             deltas = _cut_update(block, filters, residual, pre, suf, k_eff)
             assert deltas is not None
-            trial, new_residual, new_rel = _tried(graph, target, filters, deltas, tnorm)
+            trial, new_residual, new_rel, trial_pre = _tried(graph, target, filters, deltas,
+                                                             tnorm, widths[graph.source])
             if new_rel <= rel:
-                filters, residual, rel = trial, new_residual, new_rel
+                filters, residual, rel, pre = trial, new_residual, new_rel, trial_pre
             if budget is not None:
                 budget.note(residual=rel)
             if rel <= tol:

@@ -1,6 +1,6 @@
 """`netmorph reduce --solve`: the JSON contract, the report line and the error contract.
 
-Tolerances: float64 solve of module D (inner widths 40 = 2.5·16) ≤ 1e-10 relative
+Tolerances: float64 solve of module D (inner widths "3x": 48 at 16 channels) ≤ 1e-10 relative
 residual, float32 ≤ 1e-6 (the solver's defaults, as in the issue).
 """
 
@@ -129,3 +129,30 @@ def test_solve_method_choice(capsys, tmp_path):
     assert all(runs[None][k] == runs["auto"][k] == runs["reduce"][k] for k in same)
     assert set(runs["algorithm2"]["methods"].values()) == {"algorithm-2"}
     assert runs["algorithm2"]["sweeps"] >= 1 and runs["auto"]["sweeps"] == 0
+
+
+# -- widths relative to the layer and open widths (issue 22) -------------------------------
+
+def test_solve_reports_the_widths_it_resolved(capsys, write_spec):
+    code, out, err = run_main(capsys, "reduce", D, "--solve", "--channels", "8", "--json")
+    assert code == 0, err
+    solve = json.loads(out)["solve"]
+    assert solve["widths"] == {"a": 24, "b": 24, "c": 24}  # "3x" of 8
+    assert solve["width_rules"] == {"a": "3x", "b": "3x", "c": "3x"}
+    spec = json.loads((MODULES / "D.json").read_text())
+    spec["channels"] = {"a": "auto", "b": "auto", "c": "auto"}
+    code, out, err = run_main(capsys, "reduce", str(write_spec(spec)), "--solve",
+                              "--channels", "16")
+    assert code == 0, err
+    text = " ".join(out.split())  # (the report wraps at the terminal's width)
+    assert ("widths: a=33 b=31 c=33 (auto: feasibility bound of the sink cut (F5, F6, F7), "
+            "a=30 b=28 c=30, + 10% margin)") in text, out
+
+
+@pytest.mark.parametrize("width", ["x", "-1x", "0x", "abc", "1e9x"])
+def test_a_bad_width_string_is_one_error_line_naming_the_blob(capsys, write_spec, width):
+    spec = json.loads((MODULES / "D.json").read_text())
+    spec["channels"]["b"] = width
+    for extra in ([], ["--solve"]):
+        assert_one_error_line(*run_main(capsys, "reduce", str(write_spec(spec)), *extra),
+                              "for blob 'b'", '"2.5x"', '"auto"', exit_code=2)

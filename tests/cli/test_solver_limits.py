@@ -34,23 +34,26 @@ def edges(*spec: tuple[str, str, str, int]) -> list[dict]:
     return [{"name": n, "from": a, "to": b, "kernel": k} for n, a, b, k in spec]
 
 
-D_NARROW = {"name": "D_narrow", "edges": edges(
+# every inner blob as wide as the layer: fixed ("1x"; an open blob would be chosen wide
+# enough from the feasibility bound)
+AS_WIDE = {"a": "1x", "b": "1x", "c": "1x"}
+D_NARROW = {"name": "D_narrow", "channels": AS_WIDE, "edges": edges(
     ("F1", "s", "a", 3), ("F2", "s", "b", 3), ("F3", "a", "c", 3), ("F4", "b", "c", 3),
     ("F5", "a", "t", 3), ("F6", "c", "t", 3), ("F7", "b", "t", 3))}
 # the issue's D-like module with a bridge a→b and a skip s→c (1×1 F7, F8, F9): at 16
-# channels the unknowns count advises {"a": 38, "c": 37}, reported to fail after 1,127 s
-# when it was printed unverified
-BRIDGE = {"name": "D_bridge", "edges": edges(
+# channels the unknowns count gives {"a": 38, "c": 37}, reported to fail after 1,127 s
+# when it was printed unverified; advised + 10% and verified: {"a": 42, "c": 41}
+BRIDGE = {"name": "D_bridge", "channels": AS_WIDE, "edges": edges(
     ("F1", "s", "a", 3), ("F2", "s", "b", 3), ("F3", "a", "c", 3), ("F4", "b", "c", 3),
     ("F5", "a", "t", 3), ("F6", "c", "t", 3), ("F7", "b", "t", 1), ("F8", "a", "b", 1),
     ("F9", "s", "c", 1))}
 
 
-def with_channels(spec: dict, channels: dict[str, int]) -> dict:
+def with_channels(spec: dict, channels: dict[str, int | str]) -> dict:
     return {**spec, "channels": channels}
 
 
-def verified_channels(line: str) -> dict[str, int]:
+def verified_channels(line: str) -> dict[str, int | str]:
     assert "verified, a re-solve of this filter at those widths" in line, line
     return json.loads(re.search(r'"channels": (\{[^}]*\})', line).group(1))
 
@@ -99,7 +102,7 @@ def test_bridge_module_advice_is_verified_before_it_is_printed(capsys, write_spe
     line = assert_one_error_line(*run_main(capsys, "reduce", str(path), "--solve"),
                                  "module 'D_bridge' is too narrow", exit_code=1)
     channels = verified_channels(line)
-    assert channels == {"a": 38, "c": 37}
+    assert channels == {"a": 42, "b": "1x", "c": 41}
     code, out, err = run_main(capsys, "reduce", str(write_spec(with_channels(BRIDGE, channels))),
                               "--solve", "--json")
     assert code == 0, err
@@ -177,6 +180,29 @@ def test_morph_too_narrow_writes_nothing_then_the_advice_works(capsys, parent, t
     assert code == 0, err
     report = json.loads(stdout)
     assert report["arch"] == "resnet20+D_narrow@layer1.1.conv1"
+    assert report["morph"]["residual"] <= F64 and report["check"]["passed"]
+
+
+def test_morph_prints_and_records_the_widths(capsys, parent, tmp_path, write_spec):
+    """D.json's "3x" at a 16-channel conv is 48 per blob; open widths there are the sink
+    cut's bound + 10%; both are printed and recorded in the history entry."""
+    out = tmp_path / "d.safetensors"
+    code, stdout, err = run_main(capsys, "morph", str(parent), "--module",
+                                 str(MODULES / "D.json"), "--at", "layer1.1.conv1", "-o",
+                                 str(out))
+    assert code == 0, err
+    assert "widths: a=48 b=48 c=48 (3x of the layer's 16 output channels)" in \
+        stdout.splitlines()
+    entry = checkpoint.load(out).history[-1]
+    assert entry["widths"] == {"a": 48, "b": 48, "c": 48}
+    auto = write_spec(with_channels(D_NARROW, {"a": "auto", "b": "auto", "c": "auto"}))
+    code, stdout, err = run_main(capsys, "morph", str(parent), "--module", str(auto), "--at",
+                                 "layer1.1.conv1", "-o", str(tmp_path / "e.safetensors"),
+                                 "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["morph"]["widths"] == {"a": 33, "b": 31, "c": 33}
+    assert report["morph"]["widths_how"].startswith("auto: feasibility bound of the sink cut")
     assert report["morph"]["residual"] <= F64 and report["check"]["passed"]
 
 

@@ -285,8 +285,8 @@ EXAMPLES = sorted(p.stem for p in MODULES.glob("*.json") if p.stem != "D_narrow"
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_example_module_at_a_conv_and_at_a_shortcut(parent64, x64, name):
     spec = load_spec(MODULES / f"{name}.json")
-    # D's inner widths (40) are sized for a 16-channel layer; its identity shortcut site is
-    # therefore in stage 1 (a 64-channel site would need 160-wide blobs: a slow solve)
+    # D's inner widths are 3x the layer's output channels: 192-wide blobs at a 64-channel
+    # site (seconds); its identity shortcut site is in stage 1 to stay quick
     shortcut = "layer1.2.shortcut" if name == "D" else "layer3.2.shortcut"
     for at in ("layer1.1.conv2", shortcut):
         child = morph_at(parent64, spec, at, seed=1)

@@ -169,6 +169,33 @@ def test_bad_width(width, shown):
     assert f"bad width {shown} for blob 'a'" in msg
 
 
+@pytest.mark.parametrize("width", ["x", "-1x", "0x", "0.0x", "abc", "1e9x", "", "2.5",
+                                   "x2", "2.5xx", "auto2", " ", "1" * 40 + "x"])
+def test_bad_width_string_is_one_spec_error_naming_the_blob(width):
+    """Widths as text are "Nx" (N × the layer's output channels) or "auto"; anything else
+    is refused with what a width may be, naming the blob."""
+    msg = refused(module(edge("s", "a"), edge("a", "t"), channels={"a": width}))
+    assert "blob 'a'" in msg and '"2.5x"' in msg and '"auto"' in msg, msg
+    assert "\n" not in msg
+
+
+def test_relative_width_beyond_every_layer_is_refused():
+    msg = refused(module(edge("s", "a"), edge("a", "t"), channels={"a": "70000x"}))
+    assert "blob 'a'" in msg and "limit of 65536 channels" in msg
+
+
+@pytest.mark.parametrize("width, rule", [("2.5x", "2.5x"), ("3X", "3x"), (" 0.5 x ", "0.5x"),
+                                         (".75x", ".75x"), ("auto", "auto"),
+                                         ("AUTO", "auto")])
+def test_width_rules_parse_and_round_trip(width, rule):
+    graph = spec_from_dict(module(edge("s", "a"), edge("a", "b"), edge("b", "t"),
+                                  channels={"a": width, "b": 12}))
+    assert graph.width_rules == {"a": rule} and graph.channels == {"b": 12}
+    assert graph.to_spec()["channels"] == {"b": 12, "a": rule}
+    again = spec_from_dict(json.loads(json.dumps(graph.to_spec())))
+    assert again.width_rules == graph.width_rules and again.channels == graph.channels
+
+
 def test_channels_not_an_object():
     assert "'channels' must be an object" in refused(module(edge("s", "t"), channels=[8]))
 
