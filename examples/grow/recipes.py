@@ -146,7 +146,8 @@ def load_results(work: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(work.glob("*.result.json"))]
 
 
-def choose(results: list[dict], networks: tuple[str, ...]) -> tuple[str | None, list[tuple]]:
+def choose(results: list[dict], networks: tuple[str, ...],
+           with_round2: bool = True) -> tuple[str | None, list[tuple]]:
     """The decision rule: lowest mean last-50 loss over ``networks`` × seeds, only arms that
     every (network, seed) finished; within 1% of it, the lower mean loss of steps 1–50."""
     seeds = sorted({r["seed"] for r in results})
@@ -157,6 +158,8 @@ def choose(results: list[dict], networks: tuple[str, ...]) -> tuple[str | None, 
     full = {a: rs for a, rs in by.items() if len(rs) == len(networks) * len(seeds)}
     wanted = {"a", "f", "g"} if networks == ("control",) else set(SCHEDULES) | set(MODIFIERS)
     wanted |= {a for a in by if "+" in a}  # round 2, once started, is part of the decision
+    if with_round2 and networks != ("control",) and wanted <= set(full):  # round 2 is due
+        wanted |= set(round2(results))
     ranked = sorted((statistics.fmean(r["loss_last"] for r in rs),
                      statistics.fmean(r["loss_first"] for r in rs), a) for a, rs in full.items())
     if not ranked or not wanted <= set(full) or len(seeds) < 2:
@@ -169,13 +172,15 @@ def choose(results: list[dict], networks: tuple[str, ...]) -> tuple[str | None, 
 def round2(results: list[dict]) -> list[str]:
     """Round 2's child arms: the best schedule with the best modifier, and with the best two."""
     children = ("1c1", "D")
-    _, ranked = choose(results, children)
+    _, ranked = choose(results, children, with_round2=False)
     done = {a for *_, a in ranked}
     if not set(SCHEDULES) | set(MODIFIERS) <= done:
         return []
     sched = next(a for *_, a in ranked if a in SCHEDULES)
     mods = [a for *_, a in ranked if a in MODIFIERS][:2]
-    return [f"{sched}+{mods[0]}", f"{sched}+{''.join(sorted(mods))}"]
+    both = f"{sched}+{''.join(sorted(mods))}"
+    # a + one modifier is round 1's arm of that modifier: not run twice
+    return [both] if sched == "a" else [f"{sched}+{mods[0]}", both]
 
 
 def _vs(pairs: list[tuple[dict, dict]], k: str, scale: float = 1.0,

@@ -250,7 +250,13 @@ class _Converter:
             if handler is None:
                 raise self.fail(call, f"netmorph cannot convert this op; it supports "
                                       f"{SUPPORTED}")
-            handler(self, call)
+            try:
+                handler(self, call)
+            except (RuntimeError, IndexError, KeyError, ValueError, TypeError) as exc:
+                if isinstance(exc, ConversionError):
+                    raise
+                raise self.fail(call, f"its arguments are not what netmorph reads "
+                                      f"({type(exc).__name__}: {str(exc)[:160]})") from None
         out = self.env.get(self.p.output)
         if isinstance(out, Sliced | Moved):
             raise ConversionError(f"{self.where()}: the output is a slice or reshape of "

@@ -26,6 +26,7 @@ import pickle
 import tarfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,8 @@ def _read_npz(spec: DatasetSpec, path: Path) -> Dataset:
             _check_headers(headers, path)
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in SPLITS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
+            RuntimeError, NotImplementedError) as exc:  # damaged, encrypted, unsupported
         raise DataError(f"cannot read {path}: {exc}") from None
     except MemoryError:
         raise DataError(f"cannot read {path}: not enough memory") from None

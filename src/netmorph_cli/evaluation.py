@@ -62,7 +62,7 @@ def evaluate(net: Network, dataset: str, data_dir: str | Path | None = None,
     check_fits(net, data)
     batch = batch_size or (1000 if torch.device(device).type == "cuda" else 100)
     check_forward(net.description, min(batch, len(data.x_test)), torch.float32, "eval",
-                  extra=4 * data.x_test.size)
+                  extra=4 * data.x_test.size, device=device)
     mean, std = normalization(net)
     x = to_tensor(data.x_test, mean, std, device)
     y = torch.from_numpy(data.y_test).to(device)

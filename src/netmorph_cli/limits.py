@@ -177,10 +177,17 @@ def available_memory() -> int:
         return 1 << 62
 
 
-def check_memory(need: int, what: str, *, cap: int | None = None) -> None:
+def check_memory(need: int, what: str, *, cap: int | None = None, device: Any = None) -> None:
     """``ResourceLimitError`` before ``what`` allocates ``need`` bytes that the machine does
-    not have (or more than ``cap``), naming the estimate and the limit."""
-    have = available_memory() if cap is None else min(cap, available_memory())
+    not have (or more than ``cap``), naming the estimate and the limit; on a CUDA
+    ``device``, the memory free on that device."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        free = int(torch.cuda.mem_get_info(device)[0])
+        have = free if cap is None else min(cap, free)
+    else:
+        have = available_memory() if cap is None else min(cap, available_memory())
     if need > have:
         from .errors import ResourceLimitError
 

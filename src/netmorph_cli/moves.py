@@ -88,6 +88,8 @@ def _batch_first(c: Converter, call: Call, size: list[Any], numel: int) -> list[
 
 
 def _dims(c: Converter, call: Call, dims: list[int], rank: int) -> list[int]:
+    if any(not -(rank + 1) <= d <= rank for d in dims):
+        raise c.fail(call, f"dims {dims} of a {rank + 1}-D tensor")
     out = [d % (rank + 1) for d in dims]
     if 0 in out:
         raise c.fail(call, "a transpose or permute that moves the batch dimension")

@@ -360,7 +360,8 @@ def forward_bytes(desc: Mapping[str, Any], batch: int, itemsize: int) -> int:
 
 
 def check_forward(desc: Mapping[str, Any], batch: int, dtype: torch.dtype, what: str, *,
-                  factor: float = 1.0, extra: int = 0) -> None:
+                  factor: float = 1.0, extra: int = 0,
+                  device: torch.device | str | None = None) -> None:
     """``ResourceLimitError`` before a pass that would not fit in the memory available:
     ``factor`` forward passes alive at once (2 to compare two networks, ~3 to train: the
     activations, their gradients and the optimizer's work) plus ``extra`` bytes."""
@@ -368,4 +369,5 @@ def check_forward(desc: Mapping[str, Any], batch: int, dtype: torch.dtype, what:
     need = int(factor * forward_bytes(desc, batch, itemsize)) + extra
     shape = "×".join(map(str, desc["input"]))
     name = str(dtype).removeprefix("torch.")
-    check_memory(need, f"{what} ({batch} inputs of {shape} in {name})")
+    dev = torch.device(device) if device is not None else None
+    check_memory(need, f"{what} ({batch} inputs of {shape} in {name})", device=dev)

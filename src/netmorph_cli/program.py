@@ -157,10 +157,10 @@ class _Pt2:
 
     def read(self, name: str, cap: int = MAX_SPEC_BYTES) -> bytes:
         info = self.member(name)
-        check_memory(min(info.file_size, cap), f"reading record {name!r} of '{self.path}'")
         if info.file_size > cap:
             raise self.error(f"record {name!r} is {info.file_size:,} bytes, more than "
                              f"netmorph reads ({cap:,})")
+        check_memory(info.file_size, f"reading record {name!r} of '{self.path}'")
         with self.z.open(info) as f:
             data = f.read(cap + 1)
         if len(data) > cap:

@@ -121,6 +121,11 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                     source_sha256=digest)
     new = new_groups(net, cfg)
     parent_state = read_parent_state(from_state) if from_state and not resume else None
+    if parent_state is not None and cfg.momentum == 0:
+        raise UsageError("--from-state carries the parent's momentum, and --momentum 0 "
+                         "would not use it")
+    # new parameters start at zero momentum whether or not they get their own group
+    fresh = (new or new_parameter_names(net)) if parent_state is not None else ()
     if dist.main:
         probe_run(net, out, metrics)
     with exclusive(out) if dist.main else contextlib.nullcontext():
@@ -129,19 +134,23 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
                 state_path(out).unlink(missing_ok=True)  # --force: start again
         return _train(net, cfg, out, data_dir=data_dir, device=device, resume=resume,
                       metrics=metrics, hooks=hooks, dataset=dataset, dist=dist,
-                      source_sha256=digest, new=new, parent_state=parent_state)
+                      source_sha256=digest, new=new, parent_state=parent_state,
+                      fresh=fresh)
 
 def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Path | None,
            device: torch.device, resume: bool, metrics: str | Path | None, hooks: TrainHooks,
            dataset: Dataset | None, dist: Dist, source_sha256: str | None,
-           new: tuple[str, ...], parent_state: tuple[dict[str, Any], dict[str, Any]] | None
-           ) -> tuple[Network, list[EpochStats]]:
+           new: tuple[str, ...], parent_state: tuple[dict[str, Any], dict[str, Any]] | None,
+           fresh: tuple[str, ...] = ()) -> tuple[Network, list[EpochStats]]:
     data = dataset or load_dataset(cfg.dataset, data_dir)
     check_fits(net, data)
     # activations, their gradients and autograd's saved tensors, and the set as float32
-    check_forward(net.description, min(cfg.batch_size // dist.world, len(data.x_train)),
-                  torch.float32, "training", factor=3.0,
-                  extra=4 * (data.x_train.size + data.x_test.size))
+    # (and the test pass: batches of 1000 on CUDA, 100 on a CPU, without gradients)
+    batch = min(cfg.batch_size // dist.world, len(data.x_train))
+    test_batch = min(1000 if device.type == "cuda" else 100, len(data.x_test))
+    check_forward(net.description, batch, torch.float32, "training",
+                  factor=max(3.0, test_batch / max(batch, 1)),
+                  extra=4 * (data.x_train.size + data.x_test.size), device=device)
     if cfg.calibrate and uncalibrated_layers(net):  # deterministic: a resumed run repeats it
         batches = training_batches(net, cfg.dataset, batches=CALIBRATION_BATCHES,
                                    batch_size=min(128, len(data.x_train)), seed=cfg.seed,
@@ -155,7 +164,7 @@ def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | P
             run.spath, run.model, run.opt)
     elif parent_state is not None:
         state, about = parent_state
-        run.carried = {**about, **carry_momentum(run.opt, run.model, state, new)}
+        run.carried = {**about, **carry_momentum(run.opt, run.model, state, fresh)}
     if metrics and dist.main:  # a fresh run starts a fresh file; a resumed one its history
         if run.history:
             write_text(metrics, "".join(json.dumps(h.to_json()) + "\n" for h in run.history),
@@ -195,6 +204,14 @@ def read_parent_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]
     if not isinstance(state, dict) or state.get("netmorph_train_state") != 1:
         raise UsageError(f"--from-state: {path} is not a netmorph training state "
                          f"(OUT.state.pt of `netmorph train`)")
+    opt = state.get("optimizer")
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict):
+        raise UsageError(f"--from-state: {path} holds no optimizer state")
+    names = state.get("param_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UsageError(f"--from-state: {path} does not name its parameters (written by an "
+                         f"older netmorph): train the parent again with this version to carry "
+                         f"its optimizer state")
     return state, {"file": path.name, "sha256": sha256(path)}
 
 

@@ -103,7 +103,7 @@ def verify(parent: Network, child: Network, *, dtype: torch.dtype = torch.float6
     n_in = samples if inputs is None else int(inputs.shape[0])
     per_input = math.prod(parent.description["input"])
     check_forward(child.description, min(batch_size, max(n_in, 1)), dtype, "verify",
-                  factor=2.0, extra=8 * n_in * per_input)
+                  factor=2.0, extra=8 * n_in * per_input, device=device)
     if inputs is None:
         gen = torch.Generator().manual_seed(seed)
         inputs = torch.randn(samples, *parent.description["input"], generator=gen,
