@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,plot,onnx]'
 	touch $(STAMP)
 
-# one pytest worker per CPU (pytest-xdist): 2:49 on the 2-core machine, 5–7 min in one
+# one pytest worker per CPU (pytest-xdist): 2:49–4:20 on the 2-core machine, 6:18 in one
 test: install
 	$(PY) -m pytest -q -n auto
 
