@@ -220,16 +220,25 @@ def solve_seconds(graph: ModuleGraph, widths: Mapping[str, int], *, whole: bool 
         plan = reduce_module(graph) if plan is None else plan
         flops = 0.0 if plan.simple else _cut_flops(plan.remainder, widths, compact=True,
                                                    upto=upto)
-        for st in plan.steps:
-            if st.type != "I" or st.blob is None:
-                continue
-            a, b = st.into
-            kk = (a.kernel[0] + b.kernel[0] - 1, a.kernel[1] + b.kernel[1] - 1)
-            rows = max(widths[st.edge.src], widths[st.edge.dst]) * kernel_area(kk)
-            cols = widths[st.blob] * max(kernel_area(a.kernel), kernel_area(b.kernel))
-            if rows * cols <= SHARED_DENSE_LIMIT:
-                flops += _dense_flops(rows, cols)
+        for _, rows, cols in _dense_type1_systems(plan, widths):
+            flops += _dense_flops(rows, cols)
     return flops / flop_rate()
+
+
+def _dense_type1_systems(plan: ReductionPlan, widths: Mapping[str, int]
+                         ) -> Iterator[tuple[str, int, int]]:
+    """(blob, rows, cols) of each TYPE-I split's shared deconvolution system that is
+    factored densely (at most ``SHARED_DENSE_LIMIT`` entries): what it costs in time and
+    memory."""
+    for st in plan.steps:
+        if st.type != "I" or st.blob is None:
+            continue
+        a, b = st.into
+        kk = (a.kernel[0] + b.kernel[0] - 1, a.kernel[1] + b.kernel[1] - 1)
+        rows = max(widths[st.edge.src], widths[st.edge.dst]) * kernel_area(kk)
+        cols = widths[st.blob] * max(kernel_area(a.kernel), kernel_area(b.kernel))
+        if rows * cols <= SHARED_DENSE_LIMIT:
+            yield st.blob, rows, cols
 
 
 # -- memory ------------------------------------------------------------------------------
@@ -310,16 +319,10 @@ def solve_memory(graph: ModuleGraph, widths: Mapping[str, int], *, kernel: Kerne
         pieces.append((4 * n_f, f"the module's filters ({n_f:,} entries, 4 working copies)"))
         if not plan.simple:
             pieces += _algorithm2_memory(plan.remainder, widths)
-        for st in plan.steps:
-            if st.type != "I" or st.blob is None:
-                continue
-            a, b = st.into
-            kk = (a.kernel[0] + b.kernel[0] - 1, a.kernel[1] + b.kernel[1] - 1)
-            rows = max(widths[st.edge.src], widths[st.edge.dst]) * kernel_area(kk)
-            cols = widths[st.blob] * max(kernel_area(a.kernel), kernel_area(b.kernel))
-            if rows * cols <= SHARED_DENSE_LIMIT:  # the matrix, A·Aᵀ, its factor, lstsq copies
-                pieces.append((3 * rows * cols + 2 * rows * rows,
-                               f"the TYPE-I split at blob {st.blob!r}"))
+        for blob, rows, cols in _dense_type1_systems(plan, widths):
+            # the matrix, A·Aᵀ, its factor, lstsq copies
+            pieces.append((3 * rows * cols + 2 * rows * rows,
+                           f"the TYPE-I split at blob {blob!r}"))
     total = sum(n for n, _ in pieces) * 8
     largest = max(pieces, key=lambda p: p[0])[1]
     return MemoryEstimate(total, largest)
