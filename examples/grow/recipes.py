@@ -291,6 +291,7 @@ def main() -> None:
                         break
                     print(f"+ {key} seed {seed}", flush=True)
                     result = run_arm(key, seed, parent, data, work)
+                    result["machine"] = meta  # arms may run on several sessions' CPUs
                     path.write_text(json.dumps(result) + "\n")
                     ran += 1
                     print(f"= {key} s{seed}: loss {result['loss_first']:.4f} / "
