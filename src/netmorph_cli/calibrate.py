@@ -20,7 +20,7 @@ in float64); training mode is the identity up to batch-to-batch noise.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 
 import torch
 
@@ -51,13 +51,14 @@ def _pending(history: list[Record]) -> list[tuple[int, MorphRecord]]:
 
 
 def calibrate(net: Network, batches: Iterable[torch.Tensor], *, dataset: str, seed: int = 0,
-              layers: Sequence[str] | None = None, device: torch.device | str = "cpu"
-              ) -> Network:
+              layers: Sequence[str] | None = None, device: torch.device | str = "cpu",
+              progress: Callable[[int, int], None] | None = None) -> Network:
     """A copy of ``net`` whose BN layers ``layers`` (default: ``uncalibrated_layers``) are
     set from the training-mode statistics of their inputs over ``batches`` (normalized
     images, (N, C, H, W)), and the calibration recorded in the history entry of each morph
-    whose layers it set. Raises ``MorphError`` when there is nothing to calibrate or no
-    batch."""
+    whose layers it set; ``progress(done, total)`` after each batch (total 0 when
+    ``batches`` has no length). Raises ``MorphError`` when there is nothing to calibrate or
+    no batch."""
     names = list(layers) if layers is not None else uncalibrated_layers(net)
     if not names:
         raise MorphError("nothing to calibrate: no morph since the last training added a BN "
@@ -81,11 +82,14 @@ def calibrate(net: Network, batches: Iterable[torch.Tensor], *, dataset: str, se
 
         hooks.append(layer.register_forward_pre_hook(record))
     count, size = 0, 0
+    total = len(batches) if isinstance(batches, Sized) else 0
     try:
         with torch.no_grad():
             for xb in batches:
                 model(xb.to(device=device, dtype=net.dtype))
                 count, size = count + 1, max(size, len(xb))
+                if progress is not None:
+                    progress(count, total)
     finally:
         for h in hooks:
             h.remove()

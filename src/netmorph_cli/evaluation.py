@@ -3,6 +3,7 @@ training batches of calibration and train-mode verification."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ def seeded(*parts: int) -> torch.Generator:
 
 @torch.no_grad()
 def top1_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-               batch_size: int | None = None, amp: bool = False) -> float:
-    """Fraction of ``x`` misclassified by ``model`` (put in eval mode here)."""
+               batch_size: int | None = None, amp: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> float:
+    """Fraction of ``x`` misclassified by ``model`` (put in eval mode here);
+    ``progress(images done, images)`` after each batch."""
     if batch_size is None:
         # CPU: 100 keeps every activation under glibc's 32 MB mmap threshold; at 1000 each
         # op maps fresh pages and page faults make eval 3-5× slower. Logits are the same.
@@ -41,6 +44,8 @@ def top1_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
             logits = model(x[i:i + batch_size])
         wrong += int((logits.argmax(1) != y[i:i + batch_size]).sum())
+        if progress is not None:
+            progress(min(i + batch_size, len(x)), len(x))
     model.train(was)
     return wrong / max(len(x), 1)
 
@@ -56,8 +61,10 @@ class EvalResult:
 
 
 def evaluate(net: Network, dataset: str, data_dir: str | Path | None = None,
-             device: torch.device | str = "cpu", batch_size: int | None = None) -> EvalResult:
-    """Top-1 error on the test split, with the normalization stored in the checkpoint."""
+             device: torch.device | str = "cpu", batch_size: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Top-1 error on the test split, with the normalization stored in the checkpoint
+    (``progress`` as ``top1_error``'s)."""
     data = load_dataset(dataset, data_dir)
     check_fits(net, data)
     batch = batch_size or (1000 if torch.device(device).type == "cuda" else 100)
@@ -67,7 +74,8 @@ def evaluate(net: Network, dataset: str, data_dir: str | Path | None = None,
     x = to_tensor(data.x_test, mean, std, device)
     y = torch.from_numpy(data.y_test).to(device)
     model = net.module(torch.float32, device)
-    return EvalResult(top1_error(model, x, y, batch_size), len(y), data.source)
+    return EvalResult(top1_error(model, x, y, batch_size, progress=progress), len(y),
+                      data.source)
 
 
 def check_fits(net: Network, data: Dataset) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -300,7 +300,8 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
                   calibrate: tuple[str, Sequence[torch.Tensor]] | None = None,
                   parent_sha256: str | None = None, max_sweeps: int = 60,
                   max_seconds: float | None = None, max_memory: int | None = None,
-                  progress: ProgressFn | None = None
+                  progress: ProgressFn | None = None,
+                  calibrate_progress: Callable[[int, int], None] | None = None
                   ) -> tuple[Network, VerifyReport | None]:
     """Morph ``parent`` with a preset (placed by itself), a module at the layer ``at`` or a
     module inserted after the node ``after`` (``morph_after``), after casting it to
@@ -309,7 +310,7 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
 
     ``bn``/``act`` shape a module's inner blobs (``morph_at``); ``calibrate`` = (data-set
     name, normalized training images) sets the new BN layers from data
-    (``calibrate.calibrate``); the lineage (parent's arch, FLOPs, ``parent_sha256``) goes
+    (``calibrate.calibrate``, which reports each batch to ``calibrate_progress``); the lineage (parent's arch, FLOPs, ``parent_sha256``) goes
     to ``meta``. ``check``: compare child and parent on 4 random inputs in the child's
     dtype and raise ``VerificationError`` (exit code 1) if they differ; skipped (report
     None) with ``exact_bn=False``, whose paper BN is approximate by design. The solver
@@ -350,7 +351,8 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
     if calibrate is not None:
         from .calibrate import calibrate as calibrate_bn
 
-        child = calibrate_bn(child, calibrate[1], dataset=calibrate[0], seed=seed)
+        child = calibrate_bn(child, calibrate[1], dataset=calibrate[0], seed=seed,
+                             progress=calibrate_progress)
     report = verify(parent, child, dtype=child.dtype, samples=4) if check and exact_bn else None
     if report is not None:
         require_passed(report)

@@ -312,6 +312,9 @@ def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torc
     history: list[float] = []
     cuts = [b for b in solve_blocks(graph) if b.kind != "edge"]
     for r in range(rounds):
+        if budget is not None:  # not Algorithm 2's sweeps: its progress lines must not say so
+            budget.note(phase=f"probing the sink and source cuts (dense), round {r + 1}")
+            budget.note(residual=rel)
         for block in cuts:
             suf = suffix_filters(graph, filters, widths[graph.sink]) if block.kind != "sink" \
                 else {}
@@ -328,8 +331,6 @@ def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torc
                 return filters, history
         gained = history[-1] / rel if history and rel > 0 else math.inf
         history.append(rel)
-        if budget is not None:
-            budget.note(sweep=r + 1)
         if gained < 2:
             break
     return None, history

@@ -74,6 +74,8 @@ class TrainHooks:
     on_warning: Callable[[str], None] | None = None  # e.g. a diverging loss
     # every step's training loss: (0-based global step, loss); costs a device sync a step
     on_loss: Callable[[int, float], None] | None = None
+    on_calibrate: Callable[[int, int], None] | None = None  # batches done, of total
+    on_test: Callable[[int, int], None] | None = None  # epoch's test pass: images done, of
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | P
                                    batch_size=min(128, len(data.x_train)), seed=cfg.seed,
                                    purpose="calibrate", device=device, data=data)
         net = calibrate(net, [x for x, _ in batches], dataset=data.name, seed=cfg.seed,
-                        device=device)
+                        device=device, progress=hooks.on_calibrate)
     run = _Run(net, cfg, _Loaded(net, data, device), dist, state_path(out), hooks,
                source_sha256, new)
     if resume:
@@ -364,7 +366,8 @@ class _Run:
         seconds = time.perf_counter() - t0
         return EpochStats(epoch + 1, float(loss_sum) / max(seen, 1),
                           float(wrong) / max(seen, 1),
-                          top1_error(self.model, data.x_test, data.y_test, amp=self.amp),
+                          top1_error(self.model, data.x_test, data.y_test, amp=self.amp,
+                                     progress=self.hooks.on_test),
                           cfg.lr_at(epoch), seconds, seen * dist.world / seconds)
 
     def _diverging(self, stats: EpochStats) -> str | None:

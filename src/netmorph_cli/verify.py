@@ -50,8 +50,19 @@ class VerifyReport:
                 "dtype": self.dtype, "samples": self.samples, "tolerance": self.tolerance,
                 "inputs": self.inputs,
                 "modules": [{"parent": s.parent_node, "child": s.child_node,
-                             "max_abs_err": s.max_abs_err, "max_rel_err": s.max_rel_err}
+                             "max_abs_err": s.max_abs_err, "max_rel_err": s.max_rel_err,
+                             "within_tolerance": self.site_within(s)}
                             for s in self.sites]}
+
+    def site_within(self, site: SiteError) -> bool:
+        """A module output within the logits' tolerance (relative to that output's own
+        largest value). A diagnostic: the verdict is the logits'. An output outside it while
+        the logits agree is rounding the module amplifies (solved filters that are large and
+        cancel; ``info``'s cond column), or a difference the network downstream damps."""
+        return site.max_rel_err == site.max_rel_err and site.max_rel_err <= self.tolerance
+
+    def sites_outside(self) -> list[SiteError]:
+        return [s for s in self.sites if not self.site_within(s)]
 
 
 def require_passed(report: VerifyReport) -> None:

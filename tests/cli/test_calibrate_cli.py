@@ -68,6 +68,26 @@ def test_morph_calibrate_prints_and_records_it(capsys, files):
     assert "BN calibrated on 384 synthetic images" in re.sub(r"[\s│]+", " ", table)
 
 
+def test_morph_calibrate_shows_progress_per_batch(capsys, files, monkeypatch):
+    """Calibration can take minutes on a CPU: a heartbeat line on stderr (every 5 s; here
+    every batch), counting the batches it was given."""
+    from netmorph_cli import report
+
+    monkeypatch.setattr(report, "PLAIN_PROGRESS_EVERY", 0.0)
+    monkeypatch.delenv("NETMORPH_PROGRESS", raising=False)
+    code, out, err = run_main(capsys, "morph", str(files / "parent.safetensors"), "--module",
+                              "1c1_half", "--calibrate", "synthetic", "--calibrate-batches",
+                              "3", "-o", str(files / "beat.safetensors"))
+    assert code == 0, err
+    beats = re.findall(r"calibrating new BN layers: (\d+) of 3 batches, \d+ s", err)
+    assert beats == ["1", "2", "3"], err
+    monkeypatch.setenv("NETMORPH_PROGRESS", "off")
+    code, out, err = run_main(capsys, "morph", str(files / "parent.safetensors"), "--module",
+                              "1c1_half", "--calibrate", "synthetic", "--calibrate-batches",
+                              "3", "-o", str(files / "quiet.safetensors"))
+    assert code == 0 and "calibrating" not in err
+
+
 def test_verify_train_mode_json_and_the_calibration_effect(capsys, children):
     reports = {}
     for name in ("plain", "calibrated"):
@@ -181,6 +201,20 @@ def test_train_calibrates_an_uncalibrated_child_first(capsys, children, tmp_path
     assert morph[-1]["calibration"]["dataset"] == "synthetic"
 
 
+def test_train_calibration_shows_progress_unless_quiet(capsys, children, tmp_path,
+                                                       monkeypatch):
+    from netmorph_cli import report
+
+    monkeypatch.setattr(report, "PLAIN_PROGRESS_EVERY", 0.0)
+    monkeypatch.delenv("NETMORPH_PROGRESS", raising=False)
+    out = ok(capsys, "train", str(children / "plain.safetensors"), "--dataset", "cifar10-mini",
+             "--data-dir", str(children / "data"), "--epochs", "1", "--batch-size", "64",
+             "-o", str(tmp_path / "p.safetensors"))
+    beats = re.findall(r"calibrating new BN layers: (\d+) of (\d+) batches", out)
+    assert beats and beats[-1][0] == beats[-1][1] and int(beats[0][0]) == 1, out
+    assert out.index("calibrating new BN layers") < out.index("calibrated 12 new BN layers")
+
+
 def test_recipe_continue_is_cosine_from_its_lr(capsys, children, tmp_path):
     out_path = tmp_path / "cont.safetensors"
     ok(capsys, "train", str(children / "parent.safetensors"), "--dataset", "cifar10-mini",
@@ -210,3 +244,16 @@ def test_verify_refuses_a_tolerance_that_is_not_positive_and_finite(capsys, chil
     code, out, err = run_main(capsys, "verify", str(children / "parent.safetensors"),
                               str(children / "calibrated.safetensors"), "--tol", tol)
     assert_one_error_line(code, out, err, "--tol", "positive finite")
+
+
+def test_eval_heartbeat_goes_to_stderr_and_keeps_json_clean(capsys, files, monkeypatch):
+    from netmorph_cli import report
+
+    monkeypatch.setattr(report, "PLAIN_PROGRESS_EVERY", 0.0)
+    monkeypatch.delenv("NETMORPH_PROGRESS", raising=False)
+    code, out, err = run_main(capsys, "eval", str(files / "parent.safetensors"), "--dataset",
+                              "cifar10-mini", "--data-dir", str(files / "data"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["samples"] == 64
+    # the test set in batches of 100 on a CPU: one batch, the loop's first call starts it
+    assert re.findall(r"evaluating: (\d+) of 64 test images", err) == ["64"], err

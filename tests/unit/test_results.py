@@ -301,3 +301,33 @@ def test_train_progress_prints_lines_when_stdout_is_not_a_terminal(monkeypatch):
     assert run(quiet=True) == ""
     monkeypatch.setenv("NETMORPH_PROGRESS", "off")
     assert "step" not in run()
+
+
+def test_heartbeat_throttles_and_times_each_loop_from_its_start(monkeypatch):
+    """calibration, eval and train's test pass: a line at most every PLAIN_PROGRESS_EVERY
+    seconds of a fake clock, the seconds counted from the loop's first call, a new loop
+    (done going down: the next epoch's test pass) timed afresh."""
+    from netmorph_cli import report
+
+    clock = [100.0]
+    monkeypatch.setattr(report.time, "monotonic", lambda: clock[0])
+    monkeypatch.delenv("NETMORPH_PROGRESS", raising=False)
+    lines: list[str] = []
+    beat = report.heartbeat(lines.append, "testing", "test images")
+    clock[0] = 500.0  # long after the hook was made: the loop starts here
+    for done in range(100, 1100, 100):  # one call every 2 s
+        beat(done, 1000)
+        clock[0] += 2.0
+    assert lines == ["testing: 400 of 1000 test images, 6 s",
+                     "testing: 700 of 1000 test images, 12 s",
+                     "testing: 1000 of 1000 test images, 18 s"]
+    lines.clear()
+    clock[0] += 60.0
+    beat(100, 1000)  # the next loop: no line at once, its seconds counted from here
+    clock[0] += 5.0
+    beat(200, 1000)
+    assert lines == ["testing: 200 of 1000 test images, 5 s"]
+    monkeypatch.setenv("NETMORPH_PROGRESS", "off")
+    clock[0] += 50.0
+    beat(300, 0)
+    assert lines == ["testing: 200 of 1000 test images, 5 s"]

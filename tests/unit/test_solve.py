@@ -676,6 +676,19 @@ def test_progress_names_the_advice_being_verified(modules, monkeypatch):
     assert any(p.phase.startswith('verifying widths {"a": 9') for p in seen)  # 8 + 10%
 
 
+def test_progress_of_a_refused_module_names_the_cut_probe_not_sweeps(modules, monkeypatch):
+    """Too narrow: only the dense cut probe runs before the refusal, and its progress lines
+    say so; none claims an Algorithm 2 sweep that the refusal then says was not run."""
+    monkeypatch.setattr(budget, "PROGRESS_EVERY", 0.0)
+    seen: list[SolveProgress] = []
+    with pytest.raises(InfeasibleError, match="Algorithm 2 was not run"):
+        morph_filter(rng(1).filter(4, 4, (3, 3)), modules["D_narrow"], progress=seen.append)
+    main = [p for p in seen if not p.phase.startswith("verifying widths")]
+    assert any(p.phase.startswith("probing the sink and source cuts (dense), round 1")
+               for p in main)
+    assert not [p.line() for p in main if "sweep" in p.line()]
+
+
 def test_memory_is_estimated_and_refused_before_allocating(modules, monkeypatch):
     """A 60,000-wide blob would need terabytes (the sink cut's dense matrix): refused with
     the figure and the limit, before a single filter is drawn."""

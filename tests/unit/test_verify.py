@@ -74,6 +74,42 @@ def test_perturbed_child_fails_and_the_site_errors_point_at_the_module(parent, c
     assert [m["child"] for m in js["modules"]] == [s.child_node for s in r.sites]
 
 
+def test_each_module_output_is_judged_against_the_tolerance_and_said(parent, child):
+    """Per-module errors get the logits' tolerance as a readable per-site mark (JSON
+    ``within_tolerance``, the table's "≤ tol" column), and a passing report whose module
+    output is outside it says why that can be (the verdict stays the logits')."""
+    import io
+
+    from rich.console import Console
+
+    from netmorph_cli.report import verify_report
+    from netmorph_cli.verify import SiteError, VerifyReport
+
+    bad = perturbed(child, "layer3.1.morph1.conv2.weight", 1e-3)
+    r = verify(parent, bad, samples=8)
+    marks = {m["child"]: m["within_tolerance"] for m in r.to_json()["modules"]}
+    assert marks["layer1.1.add"] is True and marks["layer3.1.add"] is False
+    assert [s.child_node for s in r.sites_outside()] == ["layer3.1.add", "layer3.2.add"]
+
+    def shown(report: VerifyReport) -> str:
+        buf = io.StringIO()
+        Console(file=buf, width=200).print(verify_report(report))
+        return buf.getvalue()
+
+    sites = (SiteError("a", "a", 4e-9, 4.8e-4), SiteError("b", "b", 1e-9, 2e-7),
+             SiteError("c", "c", math.nan, math.nan))
+    ok = VerifyReport(True, 1e-7, 4.3e-7, 1.0, "float32", 8, 1e-5, "random", sites)
+    assert [s.parent_node for s in ok.sites_outside()] == ["a", "c"]  # NaN is never within
+    text = shown(ok)
+    assert "≤ 1e-05" in text and "note: 2 module output(s) differ by more than the " \
+        "tolerance" in text and "--dtype float64" in text
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines()
+            if line.startswith("│") and "node" not in line]
+    assert [(row[0], row[-1]) for row in rows] == [("a", "no"), ("b", "yes"), ("c", "no")]
+    failed = VerifyReport(False, 1e-3, 2e-4, 1.0, "float32", 8, 1e-5, "random", sites)
+    assert "note:" not in shown(failed)  # a failed check says FAILED, not a rounding story
+
+
 def test_a_change_below_float32_precision_passes_in_float32_only(parent):
     # a float32 child carries float32-rounded filters: exact to 1e-5 in float32, but far
     # from the 1e-10 that float64 demands
