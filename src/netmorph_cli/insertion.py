@@ -31,6 +31,7 @@ import torch
 
 from .errors import MorphError
 from .graph import ModuleGraph
+from .groups import solve_groups
 from .history import MorphRecord
 from .network import Network, as_pair, node, validate_description
 from .presets import BlobLayers
@@ -74,6 +75,7 @@ class Site:
     join: str | None = None  # the add whose identity input is the site (None: a conv)
     share: float | None = None  # the part of the identity's coefficient taken (None: all)
     after: bool = False  # the identity at ``source``'s output: the module goes right after it
+    groups: int = 1  # a grouped conv's groups: the module's convs keep them (``groups.py``)
 
 
 class Edit:
@@ -96,8 +98,12 @@ class Edit:
         dtype) and put the module's nodes, named ``prefix.…``, in its place. Returns the
         (parent, child) nodes to compare, the solve and the module's output node."""
         g = site.weight.detach().to(torch.float64)
-        result = morph_filter(g, spec, inner_width=inner_width, seed=self.seed, rng=self.rng,
-                              **self.limits)
+        if site.groups > 1:
+            result = solve_groups(g, site.groups, spec, inner_width=inner_width,
+                                  seed=self.seed, rng=self.rng, **self.limits)
+        else:
+            result = morph_filter(g, spec, inner_width=inner_width, seed=self.seed,
+                                  rng=self.rng, **self.limits)
         nodes, out = module_nodes(spec, result.filters, site, prefix, layers, self.tensors,
                                   self.net.dtype, self.exact_bn)
         taken = index_of(self.desc)
@@ -157,8 +163,8 @@ def module_nodes(spec: ModuleGraph, filters: dict[str, torch.Tensor], site: Site
             f = filters[e.name]
             has_bias = site.bias is not None and e is sink_edges[0]
             nodes.append(node(name(e.name), "conv", [blob_out[e.src]],
-                              **{"in": f.shape[1], "out": f.shape[0]}, kernel=list(e.kernel),
-                              bias=has_bias))
+                              **{"in": f.shape[1] * site.groups, "out": f.shape[0]},
+                              kernel=list(e.kernel), groups=site.groups, bias=has_bias))
             put(tensors, name(e.name), {"weight": f}, dtype)
             if has_bias:
                 assert site.bias is not None
@@ -216,8 +222,9 @@ def wire(desc: dict[str, Any], site: Site, nodes: list[dict[str, Any]], out: str
 
 
 def site_at(net: Network, layer: str) -> Site:
-    """The site ``layer`` names: a stride-1 conv, or ``BLOCK.shortcut``, the identity input
-    of ``BLOCK.add``; anything else is refused, saying why."""
+    """The site ``layer`` names: a stride-1 conv (grouped and depthwise ones too: the module
+    keeps the groups), or ``BLOCK.shortcut``, the identity input of ``BLOCK.add``; anything
+    else is refused, saying why."""
     nodes = net.nodes
     if layer in nodes and nodes[layer]["op"] == "conv":
         n = nodes[layer]
@@ -233,18 +240,12 @@ def site_at(net: Network, layer: str) -> Site:
             raise MorphError(f"{layer!r} is a dilated conv (dilation {list(d)}): a dilated "
                              "kernel would need dilated module convs, and the module's convs "
                              f"are not dilated{instead}")
-        if n["groups"] != 1:
-            kind = "depthwise" if n["groups"] == n["in"] == n["out"] else "grouped"
-            raise MorphError(f"{layer!r} is a {kind} conv ({n['groups']} groups): the solver "
-                             "treats the filter as one dense C_out×C_in kernel, and the "
-                             "module's dense convs would not keep its block-diagonal groups "
-                             f"(the child would not be a grouped network){instead}")
         if k[0] % 2 == 0 or k[1] % 2 == 0:
             raise MorphError(f"{layer!r} has an even {k[0]}×{k[1]} kernel; a module's "
                              "filter is centred in its effective kernel, which needs odd "
                              f"sizes{instead}")
         return Site(layer, n["inputs"][0], net.tensors[f"{layer}.weight"],
-                    net.tensors.get(f"{layer}.bias"), p)
+                    net.tensors.get(f"{layer}.bias"), p, groups=n["groups"])
     m = re.fullmatch(r"(.+)\.shortcut", layer)
     if m and f"{m[1]}.add" in nodes:
         add = nodes[f"{m[1]}.add"]

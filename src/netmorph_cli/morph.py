@@ -281,6 +281,10 @@ def _insert_module(edit: Edit, site: Site, spec: ModuleGraph, prefix: str,
     widths: dict[str, Any] = {}
     if result.widths is not None and result.widths.rules:
         widths = {"widths": result.widths.to_json(), "widths_how": result.widths.how()}
+    if site.groups > 1:  # widths are one group's; the module's convs keep the groups
+        how = (widths.get("widths_how") or "").replace("the layer's", "one group's")
+        widths["widths_how"] = (f"{how}; " if how else "") + (
+            f"per group: {site.groups} groups, kept by every conv of the module")
     entry = MorphRecord.of(op="module", module=name, spec=spec.to_spec(), **where,
                            seed=edit.seed, residual=result.residual,
                            condition=max(result.conditioning.values()), sweeps=result.sweeps,
@@ -310,10 +314,11 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
 
     ``bn``/``act`` shape a module's inner blobs (``morph_at``); ``calibrate`` = (data-set
     name, normalized training images) sets the new BN layers from data
-    (``calibrate.calibrate``, which reports each batch to ``calibrate_progress``); the lineage (parent's arch, FLOPs, ``parent_sha256``) goes
-    to ``meta``. ``check``: compare child and parent on 4 random inputs in the child's
-    dtype and raise ``VerificationError`` (exit code 1) if they differ; skipped (report
-    None) with ``exact_bn=False``, whose paper BN is approximate by design. The solver
+    (``calibrate.calibrate``, which reports each batch to ``calibrate_progress``); the
+    lineage (parent's arch, FLOPs, ``parent_sha256``) goes to ``meta``. ``check``: compare
+    child and parent on 4 random inputs in the child's dtype and raise
+    ``VerificationError`` (exit code 1) if they differ; skipped (report None) with
+    ``exact_bn=False``, whose paper BN is approximate by design. The solver
     limits are ``morph_at``'s.
     """
     if not isinstance(module, Preset | ModuleGraph):  # names are resolved by the caller

@@ -189,6 +189,28 @@ def test_shufflenet_morphs_at_the_convs_that_read_a_split_and_a_shuffle(folder):
     check_verify(net, child, [sites[0], sites[-1]])
 
 
+GROUPED = ["mobilenetv2", "resnext", "shufflenetv2", "regnetx"]
+
+
+@pytest.mark.parametrize("name", GROUPED)
+def test_grouped_and_depthwise_convs_morph_keeping_their_groups(folder, name):
+    """Issue 22, item 5: module D at the first stride-1 grouped (or depthwise) conv of each
+    family that has them; the child's module convs keep the groups and the child computes
+    the original model's function (float32, ≤ 1e-5)."""
+    net, _ = imported(name, folder, dynamic=False)
+    site = next(n["name"] for n in net.description["nodes"]
+                if n["op"] == "conv" and n["groups"] > 1 and n["stride"] == [1, 1])
+    groups = net.nodes[site]["groups"]
+    child, report = morph_network(net, load_spec(SPEC_A.parent / "D.json"), at=site)
+    assert report is not None and report.passed
+    convs = [n for k, n in child.nodes.items() if k.startswith(f"{site}.") and n["op"] == "conv"]
+    assert len(convs) == 7 and all(n["groups"] == groups for n in convs)
+    check_verify(net, child, [site])
+    x = fresh_inputs(4, seed=98)
+    with torch.no_grad():
+        assert rel_err(child.module()(x), model(name)(x)) <= F32_TOL
+
+
 # --------------------------------------------------------------------------------------------
 # slow: the other export, the factory path, the child's export
 

@@ -492,13 +492,9 @@ def test_even_kernels_are_refused():
         morph_at(net, load_spec(MODULES / "A.json"), "e")
 
 
-@pytest.mark.parametrize("layer,match", [
-    ("grouped", r"'grouped' is a grouped conv \(2 groups\)"),
-    ("dilated", r"'dilated' is a dilated conv \(dilation \[2, 2\]\)"),
-])
-def test_refuses_grouped_and_dilated_convs(layer, match):
-    with pytest.raises(MorphError, match=match):
-        morph_at(small_net(), load_spec(MODULES / "A.json"), layer)
+def test_refuses_dilated_convs():  # grouped ones morph: tests/unit/test_groups.py
+    with pytest.raises(MorphError, match=r"'dilated' is a dilated conv \(dilation \[2, 2\]\)"):
+        morph_at(small_net(), load_spec(MODULES / "A.json"), "dilated")
 
 
 @pytest.mark.parametrize("shortcut,layer,match", [

@@ -239,9 +239,6 @@ def odd_convs() -> Network:
 
 
 @pytest.mark.parametrize("layer,match", [
-    ("grouped", r"^'grouped' is a grouped conv \(2 groups\): the solver treats the filter as "
-                r"one dense C_out×C_in kernel, .*block-diagonal.*\(--after grouped\)$"),
-    ("depthwise", r"^'depthwise' is a depthwise conv \(4 groups\): .*\(--after depthwise\)$"),
     ("dilated", r"^'dilated' is a dilated conv \(dilation \[2, 2\]\): a dilated kernel would "
                 r"need dilated module convs.*\(--after dilated\)$"),
 ])
