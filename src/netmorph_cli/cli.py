@@ -826,6 +826,13 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
 @click.option("--warmup", type=click.FloatRange(min=0), default=0.0, show_default=True,
               callback=_finite,
               help="Epochs of linear lr warm-up.")
+@click.option("--schedule-start", type=click.IntRange(min=0, max=10**6), default=0,
+              show_default=True, metavar="EPOCH",
+              help="This run is epochs EPOCH+1 … of a longer schedule (--schedule-epochs): a "
+                   "child morphed mid-run goes on where its parent's schedule stopped.")
+@click.option("--schedule-epochs", type=click.IntRange(min=1, max=10**6), default=None,
+              metavar="N", help="Length of that schedule [default: --schedule-start + "
+                                "--epochs].")
 @click.option("--momentum", type=click.FloatRange(min=0, max=1), default=0.9,
               show_default=True, help="SGD momentum.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True,
@@ -866,8 +873,9 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
 @_FORCE
 def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: str,
               epochs: int | None, lr: float | None, schedule: str | None, batch_size: int,
-              milestones: str | None, warmup: float, momentum: float,
-              weight_decay: float, seed: int, device: str | None, compile_: bool,
+              milestones: str | None, warmup: float, schedule_start: int,
+              schedule_epochs: int | None, momentum: float, weight_decay: float, seed: int,
+              device: str | None, compile_: bool,
               precision: str, no_amp: bool, no_calibrate: bool, new_lr_scale: float | None,
               new_warmup: int | None, new_weight_decay: float | None,
               from_state: str | None, resume: bool, metrics: str | None, quiet: bool,
@@ -907,7 +915,8 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
                         weight_decay=weight_decay, warmup=warmup, seed=seed,
                         precision="fp32" if no_amp else precision, compile=compile_,
                         calibrate=not no_calibrate, new_lr_scale=new_lr_scale,
-                        new_warmup=new_warmup, new_weight_decay=new_weight_decay)
+                        new_warmup=new_warmup, new_weight_decay=new_weight_decay,
+                        schedule_start=schedule_start, schedule_epochs=schedule_epochs)
     dev = resolve_device(device) if device else default_device()
     metrics = metrics or f"{out}.metrics.jsonl"
     check_run_files(out, cfg, source=ckpt, metrics=metrics, resume=resume, force=force)

@@ -23,6 +23,11 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training (≤ 1) or epochs
     gamma: float = 0.1  # lr factor at each milestone
     warmup: float = 0.0  # epochs of linear warm-up
+    # this run is epochs schedule_start + 1 … of one longer schedule of schedule_epochs
+    # (None: schedule_start + epochs): a child morphed mid-run goes on with its parent's
+    # schedule where the parent stopped
+    schedule_start: int = 0
+    schedule_epochs: int | None = None
     seed: int = 0
     # "auto": bf16 autocast on CUDA, float32 elsewhere; "bf16": autocast on any device (on
     # CPUs with bf16 units, ≈ 2× faster than float32); "fp32": float32 everywhere
@@ -51,6 +56,13 @@ class TrainConfig:
         if type(self.new_warmup) is not int or self.new_warmup < 0:
             raise ValueError(f"new_warmup must be a whole number of steps ≥ 0, not "
                              f"{self.new_warmup!r}")
+        if type(self.schedule_start) is not int or self.schedule_start < 0:
+            raise ValueError(f"schedule_start must be a whole number of epochs ≥ 0, not "
+                             f"{self.schedule_start!r}")
+        if self.schedule_epochs is not None and self.schedule_epochs < self.schedule_start \
+                + self.epochs:
+            raise ValueError(f"a run of {self.epochs} epochs from epoch {self.schedule_start} "
+                             f"does not fit a schedule of {self.schedule_epochs} epochs")
         if self.new_weight_decay is not None and not (math.isfinite(self.new_weight_decay)
                                                       and self.new_weight_decay >= 0):
             raise ValueError(f"new_weight_decay must be a finite number ≥ 0, not "
@@ -60,11 +72,14 @@ class TrainConfig:
         """Learning rate of a step that starts at fractional ``epoch`` and lasts ``step``
         epochs: linear warm-up (to the step's end, so the first step does not go at lr 0),
         then step decay at milestones, or cosine annealing from lr (end of warm-up) to 0 at
-        the end of training (taken at the step's start, so the last step is not at lr 0)."""
+        the end of training (taken at the step's start, so the last step is not at lr 0).
+        ``epoch`` counts from this run's start; the schedule's own epoch is
+        ``schedule_start`` later."""
+        epoch += self.schedule_start
         if self.warmup > 0 and epoch < self.warmup:
             return self.lr * min(epoch + step, self.warmup) / self.warmup
         if self.schedule == "cosine":
-            span = max(self.epochs - self.warmup, 1e-12)
+            span = max(self.total_epochs - self.warmup, 1e-12)
             t = min(max(epoch - self.warmup, 0.0) / span, 1.0)
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * t))
         steps = sum(1 for m in self.milestone_epochs() if epoch >= m)
@@ -84,8 +99,14 @@ class TrainConfig:
         return (self.new_lr_scale != 1.0 or self.new_warmup > 0
                 or self.new_weight_decay is not None)
 
+    @property
+    def total_epochs(self) -> int:
+        """The length of the schedule this run is part of."""
+        return self.schedule_epochs or self.schedule_start + self.epochs
+
     def milestone_epochs(self) -> list[float]:
-        return [m * self.epochs if m <= 1 else m for m in self.milestones]
+        """The step schedule's milestones, in the schedule's epochs."""
+        return [m * self.total_epochs if m <= 1 else m for m in self.milestones]
 
 
 SCHEDULES = ("step", "cosine")
@@ -104,7 +125,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 def recipe_config(recipe: str, *, epochs: int | None = None, lr: float | None = None,
                   schedule: str | None = None, milestones: tuple[float, ...] | None = None,
                   new_lr_scale: float | None = None, new_warmup: int | None = None,
-                  new_weight_decay: float | None = None, **fixed: Any) -> TrainConfig:
+                  new_weight_decay: float | None = None, schedule_start: int = 0,
+                  schedule_epochs: int | None = None, **fixed: Any) -> TrainConfig:
     """A ``TrainConfig`` from a recipe (``RECIPES``) and the options given (None: the
     recipe's value); ``fixed`` are the other fields. Milestones with a cosine schedule are
     refused (``UsageError``)."""
@@ -117,7 +139,11 @@ def recipe_config(recipe: str, *, epochs: int | None = None, lr: float | None = 
     if milestones is not None and chosen["schedule"] != "step":
         raise UsageError(f"--milestones applies to the step schedule, not "
                          f"{chosen['schedule']} (recipe {recipe})")
-    return TrainConfig(**fixed, **chosen)
+    if schedule_epochs is not None and schedule_start + chosen["epochs"] > schedule_epochs:
+        raise UsageError(f"--epochs {chosen['epochs']} from --schedule-start {schedule_start} "
+                         f"runs past the end of --schedule-epochs {schedule_epochs}")
+    return TrainConfig(**fixed, **chosen, schedule_start=schedule_start,
+                       schedule_epochs=schedule_epochs)
 
 @dataclass
 class EpochStats:

@@ -100,3 +100,29 @@ def test_from_state_refusals(capsys, tmp_path, child, data_dir, content, needle)
                                                       str(state)))
     assert_one_error_line(code, stdout, err, needle)
     assert not out.exists() and not Path(f"{out}.metrics.jsonl").exists()
+
+
+def test_a_child_goes_on_with_its_parents_schedule(capsys, tmp_path, child, data_dir):
+    """--schedule-start/--schedule-epochs (E2's B): the child's epochs are epochs 3–4 of a
+    4-epoch cosine from 0.1; the recorded lr of each epoch is that schedule's at its start."""
+    import json
+    import math
+
+    out = tmp_path / "t.safetensors"
+    code, _, err = run_main(capsys, *train_args(
+        child, out, data_dir, "--schedule", "cosine", "--lr", "0.1", "--epochs", "2",
+        "--schedule-start", "2", "--schedule-epochs", "4", "--quiet"))
+    assert code == 0, err
+    lrs = [json.loads(line)["lr"] for line in
+           Path(f"{out}.metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * e / 4)) for e in (2, 3)],
+                                rel=1e-12)
+    config = ck.load(out).history[-1]["config"]
+    assert (config["schedule_start"], config["schedule_epochs"]) == (2, 4)
+    bad = tmp_path / "bad.safetensors"
+    code, stdout, err = run_main(capsys, *train_args(
+        child, bad, data_dir, "--epochs", "3", "--schedule-start", "2", "--schedule-epochs",
+        "4"))
+    assert_one_error_line(code, stdout, err, "--epochs 3 from --schedule-start 2 runs past "
+                                             "the end of --schedule-epochs 4")
+    assert not bad.exists() and not Path(f"{bad}.metrics.jsonl").exists()

@@ -93,6 +93,36 @@ def test_cosine_after_warmup_starts_at_the_peak():
     assert cfg.lr_at(6) == pytest.approx(0.05, rel=1e-12)  # half-way through 8 epochs
 
 
+def test_a_run_can_be_the_later_part_of_a_longer_schedule():
+    """E2's B: the parent trains epochs 1–5 of a 15-epoch cosine, the child 6–15: together
+    the same lrs as one 15-epoch run (written out: 0.05·(1 + cos(π·e/15)))."""
+    whole = train.TrainConfig(epochs=15, lr=0.1, schedule="cosine")
+    first = train.TrainConfig(epochs=5, lr=0.1, schedule="cosine", schedule_epochs=15)
+    rest = train.TrainConfig(epochs=10, lr=0.1, schedule="cosine", schedule_start=5,
+                             schedule_epochs=15)
+    for e in (0, 1.5, 4.75):
+        assert first.lr_at(e) == pytest.approx(0.05 * (1 + math.cos(math.pi * e / 15)),
+                                               rel=1e-12)
+    for e in (0, 0.5, 3, 9.99):
+        assert rest.lr_at(e) == pytest.approx(whole.lr_at(e + 5), rel=1e-12)
+    assert rest.lr_at(0) == pytest.approx(0.05 * (1 + math.cos(math.pi / 3)), rel=1e-12)
+    assert rest.total_epochs == 15 and first.total_epochs == 15
+    # step milestones are fractions of the whole schedule: 0.5·20 = epoch 10, the run's 4th
+    step = train.TrainConfig(epochs=14, lr=0.1, schedule_start=6, schedule_epochs=20)
+    assert step.milestone_epochs() == [10.0, 15.0]
+    assert step.lr_at(3.99) == 0.1 and step.lr_at(4) == pytest.approx(0.01, rel=1e-12)
+    # a warm-up is the schedule's: already over for a run that starts after it
+    assert train.TrainConfig(epochs=5, warmup=2, schedule_start=3).lr_at(0) == 0.1
+    with pytest.raises(ValueError, match="a run of 11 epochs from epoch 5 does not fit a "
+                                         "schedule of 15 epochs"):
+        train.TrainConfig(epochs=11, schedule_start=5, schedule_epochs=15)
+    with pytest.raises(ValueError, match="schedule_start must be a whole number"):
+        train.TrainConfig(schedule_start=-1)
+    with pytest.raises(train.UsageError, match=r"--epochs 10 from --schedule-start 6 runs "
+                                               r"past the end of --schedule-epochs 15"):
+        train.recipe_config("continue", schedule_start=6, schedule_epochs=15)
+
+
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="schedule must be step or cosine"):
         train.TrainConfig(schedule="linear")
