@@ -23,6 +23,10 @@ fixed ones as they are) and timed:
 A morph that is refused (too narrow at fixed widths, over the memory limit, over
 --max-seconds) is a row too, with its reason and time. Targets (2-core CPU, in process):
 ≤ 128 channels under 10 s, 256 under 30 s, 512 under 120 s.
+
+``--cases`` runs the issue's own table instead, as commands: C.json and D.json at square
+and widening convs of ResNet-20, ResNet-18 (``netmorph init``) and an imported VGG-11-BN at
+the paper's widths (``examples/cnn.py --width 64``: features.4 is 64→128 at 16×16).
 """
 
 from __future__ import annotations
@@ -159,6 +163,46 @@ def as_command(spec: Path, c_in: int, c_out: int, folder: Path, max_seconds: flo
     return {"seconds": seconds, "exit": 0}
 
 
+CASES = [("resnet20", "layer1.0.conv1", "C"), ("resnet20", "layer3.0.conv2", "C"),
+         ("resnet18", "layer1.0.conv1", "C"), ("resnet18", "layer2.0.conv2", "C"),
+         ("vgg11", "features.4", "C"), ("vgg11", "features.4", "D"),
+         ("resnet20", "layer3.0.conv2", "D"), ("resnet18", "layer1.0.conv1", "D")]
+
+
+def cases(folder: Path, max_seconds: float) -> None:
+    """The issue's table: ``netmorph morph NET --module SPEC --at LAYER`` as commands."""
+    nets = {}
+    for arch in ("resnet20", "resnet18"):
+        nets[arch] = folder / f"{arch}.safetensors"
+        subprocess.run([str(NETMORPH), "init", arch, "-o", str(nets[arch])], check=True,
+                       capture_output=True)
+    nets["vgg11"] = folder / "vgg11.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "cnn.py"), str(folder / "v.pt2"),
+                    "--width", "64"], check=True, capture_output=True)
+    subprocess.run([str(NETMORPH), "import", str(folder / "v.pt2"), "-o", str(nets["vgg11"])],
+                   check=True, capture_output=True)
+    print("| network | layer | module | result | widths | as a command |\n"
+          "|---|---|---|---|---|---|")
+    for arch, layer, module in CASES:
+        t0 = time.perf_counter()
+        proc = subprocess.run([str(NETMORPH), "morph", str(nets[arch]), "--module",
+                               str(MODULES / f"{module}.json"), "--at", layer, "-o",
+                               str(folder / "child.safetensors"), "--force", "--max-seconds",
+                               f"{max_seconds:g}"], capture_output=True, text=True,
+                              env={**os.environ, "NETMORPH_PROGRESS": "off"})
+        seconds = time.perf_counter() - t0
+        lines = proc.stdout.splitlines()
+        if proc.returncode == 0:
+            residual = lines[0].split("solver residual ")[1].split(",")[0]
+            widths = next((ln.split(" (")[0][len("widths: "):] for ln in lines
+                           if ln.startswith("widths: ")), "–")
+            result = f"ok, residual {residual}"
+        else:
+            widths, result = "–", f"exit {proc.returncode}: {proc.stderr.strip()[:120]}"
+        print(f"| {arch} | {layer} | {module}.json | {result} | {widths} | {seconds:.1f} s |",
+              flush=True)
+
+
 def fmt(row: dict[str, Any]) -> str:
     ours, base, cmd = row["in_process"], row.get("baseline"), row.get("command")
     if "refused" in ours:
@@ -200,9 +244,13 @@ def main() -> None:
                     help="stop the dense baseline after this long")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--json", default=None, help="also write every row here")
+    ap.add_argument("--cases", action="store_true", help="the issue's table, as commands")
     args = ap.parse_args()
-    torch.set_default_dtype(torch.float64)
     print(machine_line(), flush=True)
+    if args.cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            cases(Path(tmp), args.max_seconds)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     commands = {int(s) for s in args.commands.split(",") if s}
     print("| module | layer | widths | in process | as a command | residual | dense baseline "

@@ -903,8 +903,9 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
     from .calibrate import uncalibrated_layers
     from .checkpoint import load
     from .report import TrainProgress
+    from .runfiles import read_parent_state
     from .runtime import default_device, parse_milestones, resolve_device
-    from .train import check_run_files, init_distributed, read_parent_state, recipe_config, train
+    from .train import check_run_files, init_distributed, recipe_config, train
 
     if no_amp and precision != "auto":
         raise click.UsageError(f"--no-amp (an old name of --precision fp32) contradicts "

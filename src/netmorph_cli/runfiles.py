@@ -77,14 +77,46 @@ def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
         raise WriteError(f"{exc}; {kept}") from None
 
 
+def _load(path: Path) -> Any:
+    """A state file's contents, by the one reader of them (tensors and plain data only)."""
+    with open(path, "rb") as fh:
+        return torch.load(fh, map_location="cpu", weights_only=True)
+
+
 def read_state(path: Path) -> dict[str, Any]:
+    """The state of the run that writes OUT (``--resume``)."""
     try:
-        with open(path, "rb") as fh:
-            state = torch.load(fh, map_location="cpu", weights_only=True)
+        state = _load(path)
         state["config"] = json.loads(state["config"])
         return state
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad state file
         raise UsageError(f"--resume: cannot read {path}: {first_line(exc)}") from None
+
+
+def read_parent_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A parent's training state (``OUT.state.pt``) to carry (``--from-state``), and what
+    the history records of it; ``UsageError`` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--from-state: no file {path}")
+    try:
+        state = _load(path)
+    except Exception:  # noqa: BLE001 - any failure here is a bad state file
+        raise UsageError(f"--from-state: {path} is not a training state (OUT.state.pt of "
+                         f"`netmorph train`): torch.load(weights_only=True) cannot read "
+                         f"it") from None
+    if not isinstance(state, dict) or state.get("netmorph_train_state") != 1:
+        raise UsageError(f"--from-state: {path} is not a netmorph training state "
+                         f"(OUT.state.pt of `netmorph train`)")
+    opt = state.get("optimizer")
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict):
+        raise UsageError(f"--from-state: {path} holds no optimizer state")
+    names = state.get("param_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UsageError(f"--from-state: {path} does not name its parameters (written by an "
+                         f"older netmorph): train the parent again with this version to carry "
+                         f"its optimizer state")
+    return state, {"file": path.name, "sha256": sha256(path)}
 
 
 def first_line(exc: BaseException) -> str:

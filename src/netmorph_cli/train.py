@@ -48,6 +48,7 @@ from .runfiles import (
     check_run_files,
     load_state,
     probe_run,
+    read_parent_state,
     save_state,
     state_path,
 )
@@ -188,33 +189,6 @@ def new_groups(net: Network, cfg: TrainConfig) -> tuple[str, ...]:
                          "parameters a morph added since the last training, and this network "
                          "has none (no morph in its history since it was trained)")
     return new
-
-
-def read_parent_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A parent's training state (``OUT.state.pt``) to carry, and what the history records
-    of it; ``UsageError`` if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--from-state: no file {path}")
-    try:
-        with open(path, "rb") as fh:
-            state = torch.load(fh, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any failure here is a bad state file
-        raise UsageError(f"--from-state: {path} is not a training state (OUT.state.pt of "
-                         f"`netmorph train`): torch.load(weights_only=True) cannot read "
-                         f"it") from None
-    if not isinstance(state, dict) or state.get("netmorph_train_state") != 1:
-        raise UsageError(f"--from-state: {path} is not a netmorph training state "
-                         f"(OUT.state.pt of `netmorph train`)")
-    opt = state.get("optimizer")
-    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict):
-        raise UsageError(f"--from-state: {path} holds no optimizer state")
-    names = state.get("param_names")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise UsageError(f"--from-state: {path} does not name its parameters (written by an "
-                         f"older netmorph): train the parent again with this version to carry "
-                         f"its optimizer state")
-    return state, {"file": path.name, "sha256": sha256(path)}
 
 
 class _Loaded:

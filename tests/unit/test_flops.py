@@ -198,7 +198,7 @@ EXECUTED = [
     ("resnet20", "B.json", "layer3.1.shortcut", "1.0554"),
     ("resnet20", "C.json", "layer3.1.conv1", "1.1275"),
     ("resnet20", "D.json", "layer1.0.conv1", "1.0951"),  # D "3x": 48-wide blobs
-    ("resnet20", "inception.json", "layer2.1.conv2", "1.0063"),
+    ("resnet20", "inception.json", "layer2.1.conv2", "1.0101"),  # 1.5x, 1x: 48, 32, 48
 ]
 
 
