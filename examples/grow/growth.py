@@ -1,5 +1,7 @@
-"""E1 of examples/grow/PLAN.md: does a child grown with the chosen post-morph recipe end below
-its parent trained on for the same budget? (issue 19, 5.)
+"""E1 and E2 of examples/grow/PLAN.md (issue 19, 5.).
+
+E1: does a child grown with the chosen post-morph recipe end below its parent trained on for
+the same budget?
 
   A  the real akamaster ResNet-20 trained on K epochs with the parent's recipe;
   B  the chosen child (1c1 or D at layer1.1.conv1, calibrated) trained K epochs with the
@@ -11,7 +13,17 @@ and an interrupted training resumes (`train --resume`), so the script continues 
 Results: results/growth.json ("E1": A and B final errors per seed, every epoch's errors),
 results/growth.md and results/growth_E1.png.
 
+E2 (``--experiment E2``): compute saved, from scratch. One cosine schedule from lr 0.1 over
+15 epochs, batch 128. A: a fresh ResNet-20 (seed s) trained 5 epochs (``--schedule-epochs
+15``), then 10 more from its own epoch-5 state (``--schedule-start 5 --from-state``: its
+momentum and its schedule go on). B: A's epoch-5 checkpoint morphed (calibrated) into the
+chosen child and trained the same 10 epochs from the same state, its new parameters as the
+chosen child recipe treats them. C: the child architecture from scratch (``netmorph init
+CHILD``), 15 epochs. Test error at every epoch (epoch 0 included) against training compute,
+3 × FLOPs × images seen. ``--control-only`` runs A alone (it needs no decision).
+
     python examples/grow/growth.py --weights akamaster_resnet20-12fca82f.th --data-dir DIR
+    python examples/grow/growth.py --experiment E2 --weights ... --data-dir DIR --seeds 0
 """
 
 from __future__ import annotations
@@ -70,86 +82,242 @@ def errors(ckpt: Path, start: float) -> list[float]:
     return [start] + [float(json.loads(line)["test_error"]) for line in lines]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", required=True)
-    ap.add_argument("--data-dir", default=os.environ.get("NETMORPH_DATA", ""))
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--work", default=str(HERE / "work"))
-    args = ap.parse_args()
-    out, work = Path(args.out), Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+class Runs:
+    """The commands both experiments run, each skipped when its output exists; an
+    interrupted training resumes (``train --resume``)."""
+
+    def __init__(self, data_dir: str, work: Path) -> None:
+        self.data_dir, self.work = data_dir, work
+
+    def evaluate(self, ckpt: Path) -> float:
+        return json.loads(netmorph("eval", str(ckpt), "--dataset", "cifar10", "--data-dir",
+                                   self.data_dir, "--json", capture=True))["top1_error"]
+
+    def flops(self, ckpt: Path) -> int:
+        return int(json.loads(netmorph("info", str(ckpt), "--json", capture=True))["flops"])
+
+    def train(self, src: Path, dst: Path, epochs: int, flags: list[str], seed: int) -> None:
+        if dst.exists():
+            return
+        resume = ["--resume"] if Path(f"{dst}.state.pt").exists() else []
+        netmorph("train", str(src), "--dataset", "cifar10", "--data-dir", self.data_dir,
+                 "--epochs", str(epochs), "--seed", str(seed), "--quiet", "-o", str(dst),
+                 *flags, *resume)
+
+    def morph(self, src: Path, dst: Path, child: str, seed: int) -> None:
+        if not dst.exists():
+            netmorph("morph", str(src), *CHILDREN[child], "--seed", str(seed), "--calibrate",
+                     "cifar10", "--data-dir", self.data_dir, "-o", str(dst))
+
+
+def decision(out: Path) -> tuple[str, str, str]:
+    """(child arm, parent arm, child network) from results/recipes.json, or exit."""
     decided = json.loads((out / "recipes.json").read_text())
     child_arm, parent_arm = decided.get("child_recipe"), decided.get("parent_recipe")
     if not child_arm or not parent_arm:
         sys.exit("Error: the recipe comparison has not decided yet (results/recipes.json): "
-                 "finish examples/grow/recipes.py first; E1 uses its decision, not a choice")
-    results = decided["results"]
-    child_name = chosen_child(results, child_arm)
+                 "finish examples/grow/recipes.py first; E1 and E2's child use its decision, "
+                 "not a choice")
+    return child_arm, parent_arm, chosen_child(decided["results"], child_arm)
+
+
+def e1(args: argparse.Namespace, out: Path, runs: Runs) -> dict:
+    child_arm, parent_arm, child_name = decision(out)
+    if not args.weights or not Path(args.weights).is_file():
+        sys.exit(f"Error: E1 needs --weights (the akamaster ResNet-20), not {args.weights}")
+    work = runs.work
     parent = work / "resnet20.safetensors"
     if not parent.exists():
         netmorph("import", args.weights, "-o", str(parent))
-
-    def evaluate(ckpt: Path) -> float:
-        return json.loads(netmorph("eval", str(ckpt), "--dataset", "cifar10", "--data-dir",
-                                   args.data_dir, "--json", capture=True))["top1_error"]
-
-    def train(src: Path, dst: Path, flags: list[str], seed: int) -> None:
-        if dst.exists():
-            return
-        resume = ["--resume"] if Path(f"{dst}.state.pt").exists() else []
-        netmorph("train", str(src), "--dataset", "cifar10", "--data-dir", args.data_dir,
-                 "--epochs", str(args.epochs), "--seed", str(seed), "--quiet", "-o", str(dst),
-                 *flags, *resume)
-
-    runs: dict[str, list[list[float]]] = {"A": [], "B": []}
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    curves: dict[str, list[list[float]]] = {"A": [], "B": []}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
         state = work / f"parent_momentum_s{seed}.state.pt"
-        if "e" in child_arm or "e" in parent_arm:
+        if ("e" in child_arm or "e" in parent_arm) and not state.exists():
             from netmorph_cli import importers
             from netmorph_cli.data import load_dataset
 
             recipes.momentum_state(importers.import_state_dict(args.weights),
                                    load_dataset("cifar10", args.data_dir), seed, state)
         a = work / f"E1_A_s{seed}.safetensors"
-        train(parent, a, arm_flags(parent_arm, state), seed)
+        runs.train(parent, a, args.epochs, arm_flags(parent_arm, state), seed)
         child = work / f"E1_{child_name}_s{seed}_init.safetensors"
-        if not child.exists():
-            netmorph("morph", str(parent), *CHILDREN[child_name], "--seed", str(seed),
-                     "--calibrate", "cifar10", "--data-dir", args.data_dir, "-o", str(child))
+        runs.morph(parent, child, child_name, seed)
         b = work / f"E1_B_s{seed}.safetensors"
-        train(child, b, arm_flags(child_arm, state), seed)
-        runs["A"].append(errors(a, evaluate(parent)))
-        runs["B"].append(errors(b, evaluate(child)))
-    final = {k: [e[-1] for e in v] for k, v in runs.items()}
-    e1 = {"A": {"errors": final["A"], "curves": runs["A"], "recipe": parent_arm},
-          "B": {"errors": final["B"], "curves": runs["B"], "recipe": child_arm,
-                "child": child_name},
-          "epochs": args.epochs, "recipe": recipes.DESCRIBE.get(child_arm, child_arm),
-          "machine": torch.backends.cpu.get_cpu_capability()}
+        runs.train(child, b, args.epochs, arm_flags(child_arm, state), seed)
+        curves["A"].append(errors(a, runs.evaluate(parent)))
+        curves["B"].append(errors(b, runs.evaluate(child)))
+    netmorph("plot", *[str(work / f"E1_{k}_s{s}.safetensors") for k in "AB" for s in seeds],
+             "-o", str(out / "growth_E1.png"), "--force", "--title",
+             f"E1: akamaster ResNet-20, {args.epochs} epochs")
+    return {"A": {"errors": [c[-1] for c in curves["A"]], "curves": curves["A"],
+                  "recipe": parent_arm},
+            "B": {"errors": [c[-1] for c in curves["B"]], "curves": curves["B"],
+                  "recipe": child_arm, "child": child_name},
+            "epochs": args.epochs, "seeds": seeds,
+            "recipe": recipes.DESCRIBE.get(child_arm, child_arm)}
+
+
+E2_LR = 0.1  # PLAN.md: one cosine from the paper recipe's peak; 15 epochs, morph at 5
+IMAGES = 50_000  # CIFAR-10 training images an epoch sees
+
+
+def new_parameter_flags(arm: str) -> list[str]:
+    """The chosen child recipe's treatment of new parameters, without its schedule (E2 keeps
+    its one cosine; the parent's momentum is carried for A and B alike)."""
+    _, opts, _ = recipes.arm_options(arm)
+    names = {"new_lr_scale": "--new-lr-scale", "new_warmup": "--new-warmup",
+             "new_weight_decay": "--new-weight-decay"}
+    return [x for k, v in opts.items() for x in (names[k], str(v))]
+
+
+def e2(args: argparse.Namespace, out: Path, runs: Runs) -> dict:
+    work = runs.work
+    E2_EPOCHS, E2_SPLIT = args.e2_epochs, args.e2_split  # noqa: N806 (PLAN's constants)
+    sched = ["--recipe", "continue", "--lr", str(E2_LR), "--schedule-epochs", str(E2_EPOCHS)]
+    rest = [*sched, "--schedule-start", str(E2_SPLIT)]
+    result: dict = {"epochs": E2_EPOCHS, "split": E2_SPLIT, "lr": E2_LR, "runs": {}}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        init = work / f"E2_init_s{seed}.safetensors"
+        if not init.exists():
+            netmorph("init", "resnet20", "--seed", str(seed), "-o", str(init))
+        a5, a = work / f"E2_A5_s{seed}.safetensors", work / f"E2_A_s{seed}.safetensors"
+        runs.train(init, a5, E2_SPLIT, sched, seed)
+        state = ["--from-state", f"{a5}.state.pt"]
+        runs.train(a5, a, E2_EPOCHS - E2_SPLIT, [*rest, *state], seed)
+        f_a = runs.flops(init)
+        e0 = runs.evaluate(init)
+        a_curve = errors(a5, e0) + errors(a, 0.0)[1:]
+        runs_s = {"A": {"errors": a_curve,
+                        "compute": [3 * f_a * IMAGES * e for e in range(E2_EPOCHS + 1)]}}
+        if not args.control_only:
+            child_arm, _, child_name = decision(out)
+            bm = work / f"E2_{child_name}_s{seed}_morphed.safetensors"
+            runs.morph(a5, bm, child_name, seed)
+            b = work / f"E2_B_s{seed}.safetensors"
+            runs.train(bm, b, E2_EPOCHS - E2_SPLIT,
+                       [*rest, *state, *new_parameter_flags(child_arm)], seed)
+            shape = work / f"E2_{child_name}_s{seed}_shape.safetensors"
+            runs.morph(init, shape, child_name, seed)
+            c0 = work / f"E2_C_s{seed}_init.safetensors"
+            if not c0.exists():
+                netmorph("init", str(shape), "--seed", str(seed), "-o", str(c0))
+            c = work / f"E2_C_s{seed}.safetensors"
+            runs.train(c0, c, E2_EPOCHS, sched, seed)
+            f_c = runs.flops(c0)
+            runs_s["B"] = {"errors": errors(a5, e0) + errors(b, 0.0)[1:],
+                           "compute": [3 * IMAGES * (f_a * min(e, E2_SPLIT)
+                                                     + f_c * max(e - E2_SPLIT, 0))
+                                       for e in range(E2_EPOCHS + 1)]}
+            runs_s["C"] = {"errors": errors(c, runs.evaluate(c0)),
+                           "compute": [3 * f_c * IMAGES * e for e in range(E2_EPOCHS + 1)]}
+            result["child"], result["recipe"] = child_name, child_arm
+        result["runs"][f"s{seed}"] = runs_s
+    plot_e2(result, out / "growth_E2.png")
+    return result
+
+
+def plot_e2(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = {"A": "A: ResNet-20", "B": f"B: ResNet-20 → {result.get('child', 'child')} at "
+             f"epoch {result['split']}", "C": f"C: {result.get('child', 'child')} from scratch"}
+    for seed, runs_s in result["runs"].items():
+        for k, r in runs_s.items():
+            ax.plot([c / 1e15 for c in r["compute"]], [100 * e for e in r["errors"]],
+                    marker="o", ms=3, label=f"{names[k]} ({seed})")
+    ax.set_xlabel("training compute (PFLOP: 3 × FLOPs × images)")
+    ax.set_ylabel("CIFAR-10 test error (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"E2: from scratch, one cosine from lr {result['lr']:g} over "
+                 f"{result['epochs']} epochs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(out: Path, growth: dict) -> str:
+    parts = []
+    if "E1" in growth:
+        g, k = growth["E1"], growth["E1"]["epochs"]
+        final = {r: g[r]["errors"] for r in "AB"}
+        mean = {r: statistics.fmean(v) for r, v in final.items()}
+        sd = {r: statistics.stdev(v) if len(v) > 1 else 0.0 for r, v in final.items()}
+        wins = mean["A"] - mean["B"] > max(sd.values())
+        parts.append(
+            f"# E1: grown child vs parent trained on ({k} epochs)\n\n"
+            f"| run | recipe | final test error, each seed | mean ± sd |\n|---|---|---|---|\n"
+            f"| A parent | {g['A']['recipe']} | "
+            f"{', '.join(f'{100 * e:.2f}%' for e in final['A'])} | "
+            f"{100 * mean['A']:.2f}% ± {100 * sd['A']:.2f} |\n"
+            f"| B {g['B']['child']} | {g['B']['recipe']} | "
+            f"{', '.join(f'{100 * e:.2f}%' for e in final['B'])} "
+            f"| {100 * mean['B']:.2f}% ± {100 * sd['B']:.2f} |\n\n"
+            f"Decision rule (PLAN.md): B wins if its mean is below A's by more than the larger "
+            f"standard deviation: **{'B wins' if wins else 'B does not win'}** "
+            f"({100 * (mean['B'] - mean['A']):+.2f} points).\n\n![E1](growth_E1.png)\n")
+    if "E2" in growth:
+        g = growth["E2"]
+        at = sorted({0, g["split"], min(10, g["epochs"]), g["epochs"]})
+        rows = [f"| seed | run | test error at epochs {', '.join(map(str, at))} | final | "
+                f"compute (PFLOP) |", "|---|---|---|---|---|"]
+        verdicts = []
+        for seed, runs_s in g["runs"].items():
+            for k, r in runs_s.items():
+                e = r["errors"]
+                rows.append(f"| {seed} | {k} | "
+                            f"{', '.join(f'{100 * e[i]:.2f}%' for i in at)} | "
+                            f"{100 * e[-1]:.2f}% | {r['compute'][-1] / 1e15:.2f} |")
+            if "C" in runs_s:
+                b, c, a = runs_s["B"], runs_s["C"], runs_s["A"]
+                reach = next((b["compute"][i] for i, e in enumerate(b["errors"])
+                              if e <= c["errors"][-1]), None)
+                share = None if reach is None else reach / c["compute"][-1]
+                verdicts.append(
+                    f"- {seed}: B reaches C's final error "
+                    + (f"at {100 * share:.0f}% of C's compute" if share is not None
+                       else "never") + f"; B ends {100 * (b['errors'][-1] - a['errors'][-1]):+.2f}"
+                    f" points against A. Goal (≤ 70%, and below A): **"
+                    + ("met" if share is not None and share <= 0.7
+                       and b["errors"][-1] < a["errors"][-1] else "not met") + "**")
+        parts.append(f"# E2: compute saved, from scratch ({g['epochs']} epochs, morph at "
+                     f"epoch {g['split']})\n\n" + "\n".join(rows) + "\n\n"
+                     + ("\n".join(verdicts) + "\n\n" if verdicts else
+                        "B and C wait for the recipe decision.\n\n")
+                     + "![E2](growth_E2.png)\n")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experiment", choices=("E1", "E2"), default="E1")
+    ap.add_argument("--weights", default=None, help="E1: the akamaster ResNet-20 weights")
+    ap.add_argument("--data-dir", default=os.environ.get("NETMORPH_DATA", ""))
+    ap.add_argument("--epochs", type=int, default=10, help="E1's K")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--control-only", action="store_true", help="E2: run A alone")
+    ap.add_argument("--e2-epochs", type=int, default=15, help="E2's schedule (PLAN: 15)")
+    ap.add_argument("--e2-split", type=int, default=5, help="E2's morph epoch (PLAN: 5)")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--work", default=str(HERE / "work"))
+    args = ap.parse_args()
+    out, work = Path(args.out), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    runs = Runs(args.data_dir, work)
+    result = e1(args, out, runs) if args.experiment == "E1" else e2(args, out, runs)
+    result["machine"] = torch.backends.cpu.get_cpu_capability()
     path = out / "growth.json"
     growth = json.loads(path.read_text()) if path.exists() else {}
-    growth["E1"] = e1
+    growth[args.experiment] = result
     path.write_text(json.dumps(growth, indent=1) + "\n")
-    netmorph("plot", *[str(work / f"E1_{k}_s{s}.safetensors") for k in "AB"
-                       for s in args.seeds.split(",")], "-o", str(out / "growth_E1.png"),
-             "--force", "--title", f"E1: akamaster ResNet-20, {args.epochs} epochs")
-    mean = {k: statistics.fmean(v) for k, v in final.items()}
-    sd = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in final.items()}
-    wins = mean["A"] - mean["B"] > max(sd.values())
-    (out / "growth.md").write_text(
-        f"# E1: grown child vs parent trained on ({args.epochs} epochs)\n\n"
-        f"| run | recipe | final test error, each seed | mean ± sd |\n|---|---|---|---|\n"
-        f"| A parent | {parent_arm} | {', '.join(f'{100 * e:.2f}%' for e in final['A'])} | "
-        f"{100 * mean['A']:.2f}% ± {100 * sd['A']:.2f} |\n"
-        f"| B {child_name} | {child_arm} | {', '.join(f'{100 * e:.2f}%' for e in final['B'])} "
-        f"| {100 * mean['B']:.2f}% ± {100 * sd['B']:.2f} |\n\n"
-        f"Decision rule (PLAN.md): B wins if its mean is below A's by more than the larger "
-        f"standard deviation: **{'B wins' if wins else 'B does not win'}** "
-        f"({100 * (mean['B'] - mean['A']):+.2f} points).\n\n![E1](growth_E1.png)\n")
+    (out / "growth.md").write_text(report(out, growth))
     print((out / "growth.md").read_text())
 
 
