@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check (under 8 minutes on one H100): the CUDA tests, the solver benchmark
-# at C = 128 on the GPU (target: under 10 s, issue 3) and training throughput of ResNet-20
+# at C = 128 on the GPU (target: under 10 s, issue 3), modules at 256 and 512 channels
+# (benchmarks/widths.py, target under 30 s each) and training throughput of ResNet-20
 # on the GPU against a DataLoader baseline measured in the same run, then one summary.
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root, after `make install`
@@ -33,6 +34,8 @@ step cuda-tests 180 "$PY" -m pytest -q -m "" tests/gpu
 step solver-c128 180 "$PY" benchmarks/solver.py --device cuda --sizes 128 --dtypes float32,float64 \
     --repeat 1 --no-baseline
 step train-r20 180 "$PY" benchmarks/train.py --device cuda --rounds 2
+step widths-gpu 300 "$PY" benchmarks/widths.py --device cuda --sizes 256,512 --modules C,D,inception \
+    --no-baseline --commands ""
 
 echo
 echo "== summary"
@@ -41,4 +44,5 @@ cat "$OUT/steps.txt"
 echo "-- CUDA tests:";       tail -n 1 "$OUT/cuda-tests.log"
 echo "-- solver, C = 128:";  grep -E "^\|? *128|C *= *128|128 " "$OUT/solver-c128.log" | head -n 6
 echo "-- training:";         tail -n 6 "$OUT/train-r20.log"
+echo "-- widths on the GPU (target: every row under 30 s):"; grep "^| " "$OUT/widths-gpu.log"
 exit $status

@@ -24,6 +24,9 @@ A morph that is refused (too narrow at fixed widths, over the memory limit, over
 --max-seconds) is a row too, with its reason and time. Targets (2-core CPU, in process):
 ≤ 128 channels under 10 s, 256 under 30 s, 512 under 120 s.
 
+On CUDA (``--device cuda``, from ``benchmarks/gpu_check.sh``) the in-process solves run on the
+GPU; GPU target: every row at 256 and 512 channels under 30 s on one H100/H200.
+
 ``--cases`` runs the issue's own table instead, as commands: C.json and D.json at square
 and widening convs of ResNet-20, ResNet-18 (``netmorph init``) and an imported VGG-11-BN at
 the paper's widths (``examples/cnn.py --width 64``: features.4 is 64→128 at 16×16).
@@ -96,9 +99,12 @@ def dense_bytes(graph: ModuleGraph, widths: dict[str, int]) -> int:
 
 
 def in_process(graph: ModuleGraph, g: torch.Tensor, max_seconds: float) -> dict[str, Any]:
+    """``morph_filter`` on ``g``'s device (CUDA: synchronized before the clock stops)."""
     t0 = time.perf_counter()
     try:
         res = morph_filter(g, graph, seed=0, max_seconds=max_seconds)
+        if g.device.type == "cuda":
+            torch.cuda.synchronize(g.device)
     except NetmorphError as exc:
         return {"seconds": round(time.perf_counter() - t0, 2), "refused": type(exc).__name__,
                 "why": str(exc)[:200]}
@@ -235,7 +241,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="16,32,64,128,256,512")
     ap.add_argument("--modules", default="A,B,C,D,inception,morph_1c1")
-    ap.add_argument("--commands", default="128",
+    ap.add_argument("--commands", default="16,128,512",
                     help="sizes C at which each layer is also morphed as a command")
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="per morph (a refusal row beyond it)")
@@ -245,6 +251,9 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--json", default=None, help="also write every row here")
     ap.add_argument("--cases", action="store_true", help="the issue's table, as commands")
+    ap.add_argument("--device", default="cpu",
+                    help="where the in-process solves run (cuda: pair with --no-baseline "
+                         "--commands '')")
     args = ap.parse_args()
     print(machine_line(), flush=True)
     if args.cases:
@@ -262,7 +271,8 @@ def main() -> None:
             graph = load_spec(spec_path)
             for c_in, c_out in layers(sizes):
                 gen = torch.Generator().manual_seed(c_in + c_out)
-                g = torch.randn(c_out, c_in, 3, 3, generator=gen, dtype=torch.float64)
+                g = torch.randn(c_out, c_in, 3, 3, generator=gen,
+                                dtype=torch.float64).to(args.device)
                 row: dict[str, Any] = {"module": name, "c_in": c_in, "c_out": c_out,
                                        "target": target_for(c_in, c_out),
                                        "in_process": in_process(graph, g, args.max_seconds)}
