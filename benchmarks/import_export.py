@@ -45,11 +45,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
 import zoo_models  # noqa: E402
-from netmorph_cli import flops, importers  # noqa: E402
-from netmorph_cli.export import export_network  # noqa: E402
-from netmorph_cli.morph import morph_network  # noqa: E402
-from netmorph_cli.spec import load_spec, spec_from_dict  # noqa: E402
-from netmorph_cli.verify import verify  # noqa: E402
+from netmorph_cli.io import importers  # noqa: E402
+from netmorph_cli.io.export import export_network  # noqa: E402
+from netmorph_cli.morph.morphs import morph_network  # noqa: E402
+from netmorph_cli.morph.verify import verify  # noqa: E402
+from netmorph_cli.network import flops  # noqa: E402
+from netmorph_cli.spec.parse import load_spec, spec_from_dict  # noqa: E402
 
 # name, label, factory kwargs (full size)
 MODELS: list[tuple[str, str, dict[str, Any]]] = [

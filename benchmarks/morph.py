@@ -36,10 +36,11 @@ from pathlib import Path
 import torch
 from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
-from netmorph_cli import checkpoint, zoo
-from netmorph_cli.morph import morph_network
-from netmorph_cli.presets import Preset
-from netmorph_cli.verify import verify
+from netmorph_cli.io import checkpoint
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.morph.verify import verify
+from netmorph_cli.network import zoo
+from netmorph_cli.network.presets import Preset
 
 NETMORPH = Path(sys.executable).with_name("netmorph")
 

@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
-from netmorph_cli import checkpoint, importers, zoo
-from netmorph_cli.morph import morph_network
-from netmorph_cli.presets import Preset
-from netmorph_cli.solve import conditioning
-from netmorph_cli.verify import verify
+from netmorph_cli.io import checkpoint, importers
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.morph.verify import verify
+from netmorph_cli.network import zoo
+from netmorph_cli.network.presets import Preset
+from netmorph_cli.solver.solve import conditioning
 
 PRESETS = ["1c1", "1c1_half", "3c1", "3c3", "1c1_2branch", "3c1_2branch", "3c3_2branch_half"]
 REAL = {20: "akamaster_resnet20-12fca82f.th", 32: "akamaster_resnet32-d509ac18.th",

@@ -32,8 +32,8 @@ from collections.abc import Callable
 
 from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
-from netmorph_cli.graph import Edge, ModuleGraph
-from netmorph_cli.reduce import reduce_module
+from netmorph_cli.spec.graph import Edge, ModuleGraph
+from netmorph_cli.spec.reduce import reduce_module
 
 TARGET_S = 2.0
 

@@ -39,14 +39,14 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
-from netmorph_cli import lsq  # noqa: E402
-from netmorph_cli.algebra import resize  # noqa: E402
-from netmorph_cli.feasibility import solve_blocks  # noqa: E402
-from netmorph_cli.graph import ModuleGraph  # noqa: E402
-from netmorph_cli.rng import SeededRng  # noqa: E402
-from netmorph_cli.solve import module_widths, morph_filter, relative_residual  # noqa: E402
-from netmorph_cli.spec import load_spec  # noqa: E402
-from netmorph_cli.sweeps import algorithm2  # noqa: E402
+from netmorph_cli.solver import lsq  # noqa: E402
+from netmorph_cli.solver.algebra import resize  # noqa: E402
+from netmorph_cli.solver.feasibility import solve_blocks  # noqa: E402
+from netmorph_cli.solver.rng import SeededRng  # noqa: E402
+from netmorph_cli.solver.solve import module_widths, morph_filter, relative_residual  # noqa: E402
+from netmorph_cli.solver.sweeps import algorithm2  # noqa: E402
+from netmorph_cli.spec.graph import ModuleGraph  # noqa: E402
+from netmorph_cli.spec.parse import load_spec  # noqa: E402
 
 D_SPEC = Path(__file__).resolve().parents[1] / "examples" / "modules" / "D.json"
 TOL = {"float32": 1e-6, "float64": 1e-10}

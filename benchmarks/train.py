@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
-from netmorph_cli import data, train, zoo
+from netmorph_cli.network import zoo
+from netmorph_cli.training import data, train
 
 
 class PerSampleCifar(torch.utils.data.Dataset):

@@ -51,19 +51,19 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
-from netmorph_cli import checkpoint  # noqa: E402
-from netmorph_cli.algebra import module_function, pad_to  # noqa: E402
-from netmorph_cli.budget import Budget, OutOfTime, running  # noqa: E402
+from netmorph_cli.io import checkpoint  # noqa: E402
 from netmorph_cli.errors import NetmorphError  # noqa: E402
-from netmorph_cli.feasibility import solve_blocks  # noqa: E402
-from netmorph_cli.graph import ModuleGraph  # noqa: E402
-from netmorph_cli.network import FORMAT, Network, node  # noqa: E402
-from netmorph_cli.rng import SeededRng  # noqa: E402
-from netmorph_cli.solve import morph_filter  # noqa: E402
-from netmorph_cli.spec import load_spec  # noqa: E402
-from netmorph_cli.sweeps import algorithm2  # noqa: E402
-from netmorph_cli.widths import resolve  # noqa: E402
-from netmorph_cli.zoo import init_tensors  # noqa: E402
+from netmorph_cli.network.description import FORMAT, Network, node  # noqa: E402
+from netmorph_cli.network.zoo import init_tensors  # noqa: E402
+from netmorph_cli.solver.algebra import module_function, pad_to  # noqa: E402
+from netmorph_cli.solver.budget import Budget, OutOfTime, running  # noqa: E402
+from netmorph_cli.solver.feasibility import solve_blocks  # noqa: E402
+from netmorph_cli.solver.rng import SeededRng  # noqa: E402
+from netmorph_cli.solver.solve import morph_filter  # noqa: E402
+from netmorph_cli.solver.sweeps import algorithm2  # noqa: E402
+from netmorph_cli.solver.widths import resolve  # noqa: E402
+from netmorph_cli.spec.graph import ModuleGraph  # noqa: E402
+from netmorph_cli.spec.parse import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ROOT / "examples" / "modules"

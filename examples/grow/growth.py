@@ -134,8 +134,8 @@ def e1(args: argparse.Namespace, out: Path, runs: Runs) -> dict:
     for seed in seeds:
         state = work / f"parent_momentum_s{seed}.state.pt"
         if ("e" in child_arm or "e" in parent_arm) and not state.exists():
-            from netmorph_cli import importers
-            from netmorph_cli.data import load_dataset
+            from netmorph_cli.io import importers
+            from netmorph_cli.training.data import load_dataset
 
             recipes.momentum_state(importers.import_state_dict(args.weights),
                                    load_dataset("cifar10", args.data_dir), seed, state)

@@ -50,14 +50,14 @@ from typing import Any
 
 import torch
 
-from netmorph_cli import importers
-from netmorph_cli.data import Dataset, load_dataset
-from netmorph_cli.evaluation import training_batches
-from netmorph_cli.morph import morph_network
-from netmorph_cli.presets import Preset
-from netmorph_cli.runfiles import save_state
-from netmorph_cli.spec import load_spec
-from netmorph_cli.train import TrainHooks, recipe_config, train
+from netmorph_cli.io import importers
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.network.presets import Preset
+from netmorph_cli.spec.parse import load_spec
+from netmorph_cli.training.data import Dataset, load_dataset
+from netmorph_cli.training.evaluation import training_batches
+from netmorph_cli.training.runfiles import save_state
+from netmorph_cli.training.train import TrainHooks, recipe_config, train
 
 HERE = Path(__file__).resolve().parent
 D_SPEC = HERE.parent / "modules" / "D.json"

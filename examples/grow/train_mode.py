@@ -19,9 +19,12 @@ from pathlib import Path
 
 import torch
 
-from netmorph_cli import calibrate, importers, morph, train, verify
-from netmorph_cli.data import load_dataset
-from netmorph_cli.spec import load_spec
+from netmorph_cli.io import importers
+from netmorph_cli.morph import calibrate, verify
+from netmorph_cli.morph import morphs as morph
+from netmorph_cli.spec.parse import load_spec
+from netmorph_cli.training import train
+from netmorph_cli.training.data import load_dataset
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = {20: "akamaster_resnet20-12fca82f.th", 56: "akamaster_resnet56-4bfd9763.th"}

@@ -127,7 +127,7 @@ def main() -> None:
 def timing(first: Path, trained: list[Path]) -> dict[str, float]:
     """Wall time from the first output to the newest trained checkpoint (file times, so a
     resumed recipe counts its pauses too), and the training time the checkpoints record."""
-    from netmorph_cli.checkpoint import load
+    from netmorph_cli.io.checkpoint import load
 
     train_s = 0.0
     for path in trained:

@@ -29,10 +29,10 @@ from torch import nn
 
 from netmorph_cli import __version__
 from netmorph_cli.errors import NetmorphError
-from netmorph_cli.graph import ModuleGraph
-from netmorph_cli.network import GraphNet, Network, state_of
-from netmorph_cli.presets import Preset
-from netmorph_cli.verify import VerifyReport
+from netmorph_cli.morph.verify import VerifyReport
+from netmorph_cli.network.description import GraphNet, Network, state_of
+from netmorph_cli.network.presets import Preset
+from netmorph_cli.spec.graph import ModuleGraph
 
 __all__ = ["GraphNet", "NetmorphError", "VerifyReport", "__version__", "export", "load",
            "morph", "new_parameters", "param_groups", "save", "to_network", "verify"]
@@ -54,7 +54,7 @@ def to_network(model: nn.Module, example_input: torch.Tensor | None = None) -> N
     if example_input is None:
         raise TypeError("example_input is needed to trace a plain nn.Module (one batch of "
                         "inputs, e.g. torch.randn(2, 3, 32, 32))")
-    from netmorph_cli import conversion, importers, program
+    from netmorph_cli.io import conversion, importers, program
 
     was_training = model.training
     device = example_input.device
@@ -87,7 +87,7 @@ def morph(model: nn.Module, module: str | Path | ModuleGraph | Preset | dict[str
     inputs before it is returned. ``calibrate``: batches of (normalized) training inputs
     that set the new BN layers' statistics, so the child also starts where the parent is
     in training mode. The child is on the model's device and in its training mode."""
-    from netmorph_cli.morph import morph_network
+    from netmorph_cli.morph.morphs import morph_network
 
     spec = _module(module)
     at, after = _path(model, at, "at"), _path(model, after, "after")
@@ -105,7 +105,7 @@ def verify(parent: nn.Module, child: nn.Module, *, example_input: torch.Tensor |
     morphed module's output, on ``inputs`` or ``samples`` seeded random inputs, in
     ``dtype`` (default: the child's; tolerance 1e-5 relative in float32, 1e-10 in
     float64). A plain ``parent`` is traced on ``example_input`` as ``morph`` did."""
-    from netmorph_cli import verify as verifying
+    from netmorph_cli.morph import verify as verifying
 
     p = to_network(parent, example_input)
     c = to_network(child, example_input)
@@ -118,7 +118,7 @@ def verify(parent: nn.Module, child: nn.Module, *, example_input: torch.Tensor |
 
 def load(path: str | Path) -> GraphNet:
     """The network of a netmorph checkpoint as an ``nn.Module`` (eval mode, CPU)."""
-    from netmorph_cli.checkpoint import load as load_checkpoint
+    from netmorph_cli.io.checkpoint import load as load_checkpoint
 
     return _to_module(load_checkpoint(path), torch.device("cpu"), False)
 
@@ -127,7 +127,7 @@ def save(model: nn.Module, path: str | Path, *, force: bool = False,
          example_input: torch.Tensor | None = None) -> str:
     """Write ``model`` as a netmorph checkpoint (safetensors, or ``.pt``); returns its
     sha256. A plain module is traced on ``example_input`` first."""
-    from netmorph_cli.checkpoint import save as save_checkpoint
+    from netmorph_cli.io.checkpoint import save as save_checkpoint
 
     return save_checkpoint(to_network(model, example_input), path, force=force)
 
@@ -136,7 +136,7 @@ def new_parameters(child: nn.Module) -> dict[str, nn.Parameter]:
     """The parameters of ``child`` (a module netmorph returned or loaded) that the morphs
     since its last training added: solved filters, new BN scales and shifts, PReLU slopes,
     by name. Empty for a network with no morph since it was trained."""
-    from netmorph_cli.growth import new_parameter_names
+    from netmorph_cli.training.growth import new_parameter_names
 
     if getattr(child, "netmorph_record", None) is None:
         raise TypeError("new_parameters needs a module netmorph returned or loaded (it "
@@ -157,7 +157,7 @@ def param_groups(child: nn.Module, lr: float, weight_decay: float, *,
         opt = torch.optim.SGD(netmorph.param_groups(child, 0.02, 1e-4, new_lr_scale=0.1),
                               lr=0.02, momentum=0.9)
     """
-    from netmorph_cli.growth import param_groups as groups
+    from netmorph_cli.training.growth import param_groups as groups
 
     return groups(child, new_parameters(child), lr, weight_decay, new_lr_scale=new_lr_scale,
                   new_weight_decay=new_weight_decay)
@@ -182,13 +182,13 @@ def export(model: nn.Module, path: str | Path, *, fmt: str = "pt2", force: bool 
     """``netmorph export``: write ``model`` as a torch.export program (or ONNX), load it
     back and check it against the network (1e-5 relative in float32); returns the
     ``ExportReport``. A plain module is traced on ``example_input`` first."""
-    from netmorph_cli.export import export_network
+    from netmorph_cli.io.export import export_network
 
     return export_network(to_network(model, example_input), path, fmt=fmt, force=force)
 
 
 def _module(module: Any) -> ModuleGraph | Preset:
-    from netmorph_cli.spec import load_spec, spec_from_dict
+    from netmorph_cli.spec.parse import load_spec, spec_from_dict
 
     if isinstance(module, (ModuleGraph, Preset)):
         return module

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netmorph_cli import data
-from netmorph_cli.cli import main
+from netmorph_cli.cli.commands import main
+from netmorph_cli.training import data
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import write_mini
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import zoo
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.network import zoo
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from cli_helpers import assert_one_error_line, run_main, write_mini
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import zoo
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.network import zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +42,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def children(files):
     """An uncalibrated and a calibrated 1c1 child of the parent (synthetic data)."""
-    from netmorph_cli.cli import main
+    from netmorph_cli.cli.commands import main
 
     for extra, name in (([], "plain"),
                         (["--calibrate", "synthetic", "--calibrate-batches", "4"], "calibrated")):
@@ -71,7 +71,7 @@ def test_morph_calibrate_prints_and_records_it(capsys, files):
 def test_morph_calibrate_shows_progress_per_batch(capsys, files, monkeypatch):
     """Calibration can take minutes on a CPU: a heartbeat line on stderr (every 5 s; here
     every batch), counting the batches it was given."""
-    from netmorph_cli import report
+    from netmorph_cli.cli import report
 
     monkeypatch.setattr(report, "PLAIN_PROGRESS_EVERY", 0.0)
     monkeypatch.delenv("NETMORPH_PROGRESS", raising=False)
@@ -111,7 +111,7 @@ def test_verify_train_mode_json_and_the_calibration_effect(capsys, children):
 
 def test_verify_train_mode_loss_is_the_parents_train_mode_loss(capsys, children):
     """parent_loss equals a training-mode forward pass run here on the same images."""
-    from netmorph_cli.train import training_batches
+    from netmorph_cli.training.train import training_batches
 
     out = ok(capsys, "verify", str(children / "parent.safetensors"),
              str(children / "calibrated.safetensors"), "--mode", "train", "--dataset",
@@ -203,7 +203,7 @@ def test_train_calibrates_an_uncalibrated_child_first(capsys, children, tmp_path
 
 def test_train_calibration_shows_progress_unless_quiet(capsys, children, tmp_path,
                                                        monkeypatch):
-    from netmorph_cli import report
+    from netmorph_cli.cli import report
 
     monkeypatch.setattr(report, "PLAIN_PROGRESS_EVERY", 0.0)
     monkeypatch.delenv("NETMORPH_PROGRESS", raising=False)
@@ -247,7 +247,7 @@ def test_verify_refuses_a_tolerance_that_is_not_positive_and_finite(capsys, chil
 
 
 def test_eval_heartbeat_goes_to_stderr_and_keeps_json_clean(capsys, files, monkeypatch):
-    from netmorph_cli import report
+    from netmorph_cli.cli import report
 
     monkeypatch.setattr(report, "PLAIN_PROGRESS_EVERY", 0.0)
     monkeypatch.delenv("NETMORPH_PROGRESS", raising=False)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_error_line, run_main
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import export, outputs, zoo
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.io import export, outputs
+from netmorph_cli.network import zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,7 +24,7 @@ def parent(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("groups")
     model = zoo_models.mobilenetv2()
     torch.export.save(torch.export.export(model, (torch.randn(2, 3, 32, 32),)), d / "m.pt2")
-    from netmorph_cli.cli import main
+    from netmorph_cli.cli.commands import main
 
     with pytest.raises(SystemExit) as info:
         main(["import", str(d / "m.pt2"), "-o", str(d / "m.safetensors")])

@@ -22,8 +22,9 @@ from cli_helpers import assert_one_error_line, run_main
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from netmorph_cli import checkpoint, zoo
-from netmorph_cli.network import FORMAT, GraphNet, Network, node, state_of
+from netmorph_cli.io import checkpoint
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import FORMAT, GraphNet, Network, node, state_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,8 +22,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from netmorph_cli import checkpoint, data, limits, zoo
+from netmorph_cli import limits
 from netmorph_cli.errors import ResourceLimitError
+from netmorph_cli.io import checkpoint
+from netmorph_cli.network import zoo
+from netmorph_cli.training import data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PEAK_MB = 1200  # torch and netmorph imported and a ResNet-20 loaded: ~500–700 MB here

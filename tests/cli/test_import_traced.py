@@ -32,9 +32,9 @@ from cli_helpers import assert_one_error_line, run_main
 from torch import nn
 
 import zoo_models
-from netmorph_cli import checkpoint as ck
-from netmorph_cli.data import DATASETS
-from netmorph_cli.flops import count_flops
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.network.flops import count_flops
+from netmorph_cli.training.data import DATASETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -26,11 +26,12 @@ from cli_helpers import run_main
 from torch import nn
 
 import zoo_models
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import export, importers, verify
-from netmorph_cli.morph import morph_network
-from netmorph_cli.network import Network
-from netmorph_cli.spec import load_spec
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.io import export, importers
+from netmorph_cli.morph import verify
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.network.description import Network
+from netmorph_cli.spec.parse import load_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

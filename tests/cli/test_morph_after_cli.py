@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_error_line, run_main
 
-from netmorph_cli import checkpoint
+from netmorph_cli.io import checkpoint
 
 MODULES = Path(__file__).resolve().parents[2] / "examples" / "modules"
 SPEC = str(MODULES / "morph_1c1.json")

@@ -13,9 +13,10 @@ import pytest
 import torch
 from cli_helpers import assert_one_error_line, run_main
 
-from netmorph_cli import checkpoint, zoo
-from netmorph_cli.checkpoint import file_sha256
-from netmorph_cli.network import Network
+from netmorph_cli.io import checkpoint
+from netmorph_cli.io.checkpoint import file_sha256
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import Network
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = REPO / "examples" / "modules"
@@ -44,8 +45,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
              "child64": d / "child64.safetensors"}
     net = zoo.create("resnet20", seed=7)
     checkpoint.save(net, paths["parent"])
-    from netmorph_cli.morph import morph_network
-    from netmorph_cli.presets import Preset
+    from netmorph_cli.morph.morphs import morph_network
+    from netmorph_cli.network.presets import Preset
 
     checkpoint.save(morph_network(net, Preset.parse("1c1"))[0], paths["child"])
     checkpoint.save(morph_network(net, Preset.parse("1c1"), dtype=torch.float64)[0],
@@ -365,7 +366,7 @@ def test_morph_bad_input_is_exit_2(capsys, files, tmp_path, args, needles):
 
 def test_morph_too_narrow_module_is_exit_1(capsys, tmp_path):
     # a 4-channel stride-1 conv: resnet20 has none, so use the network of a hand-made file
-    from netmorph_cli.network import FORMAT, node
+    from netmorph_cli.network.description import FORMAT, node
 
     desc = {"format": FORMAT, "arch": "tiny", "input": [4, 8, 8], "num_classes": 2,
             "output": "fc", "nodes": [

@@ -19,9 +19,11 @@ import pytest
 import torch
 from cli_helpers import assert_one_error_line, run_main, train_args
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import outputs, runfiles, train, zoo
 from netmorph_cli.errors import OutputError, TrainingError, WriteError
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.io import outputs
+from netmorph_cli.network import zoo
+from netmorph_cli.training import runfiles, train
 
 NETMORPH = Path(sys.executable).with_name("netmorph")
 

@@ -11,7 +11,7 @@ import pytest
 from cli_helpers import assert_one_error_line, run_main
 from click.testing import CliRunner
 
-from netmorph_cli.cli import cli
+from netmorph_cli.cli.commands import cli
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = REPO / "examples" / "modules"

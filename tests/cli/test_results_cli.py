@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_error_line, run_main, write_mini
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import zoo
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.network import zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
     data_dir = write_mini(d / "data", 128, 64)
     ck.save(zoo.create("resnet20", seed=0), d / "init.safetensors")
     def cli(*args: str) -> None:
-        from netmorph_cli.cli import main
+        from netmorph_cli.cli.commands import main
 
         with pytest.raises(SystemExit) as info:
             main(list(args))

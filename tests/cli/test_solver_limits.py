@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_error_line, run_main
 
-from netmorph_cli import budget, checkpoint, zoo
-from netmorph_cli.checkpoint import file_sha256
+from netmorph_cli.io import checkpoint
+from netmorph_cli.io.checkpoint import file_sha256
+from netmorph_cli.network import zoo
+from netmorph_cli.solver import budget
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = REPO / "examples" / "modules"

@@ -22,8 +22,8 @@ import pytest
 import torch
 from cli_helpers import assert_one_error_line, run_main, train_args, write_mini
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import data, train
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.training import data, train
 
 NETMORPH = Path(sys.executable).with_name("netmorph")
 METRIC_KEYS = {"epoch", "train_loss", "train_error", "test_error", "lr", "seconds"}

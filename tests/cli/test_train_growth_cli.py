@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_error_line, run_main, train_args
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import growth, train
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.training import growth, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

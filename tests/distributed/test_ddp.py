@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import data, train, zoo
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.network import zoo
+from netmorph_cli.training import data, train
 
 N_TRAIN, N_TEST, BATCH = 256, 64, 64  # global batch 64 = 2 ranks × 32, 4 steps
 
@@ -32,7 +33,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORKER = textwrap.dedent("""
     import os, sys, torch
-    from netmorph_cli import cli, train
+    from netmorph_cli.cli import commands as cli
+    from netmorph_cli.training import train
 
     dump, argv = sys.argv[1], sys.argv[2:]
     seen, result = [], {}

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from netmorph_cli.rng import SeededRng
-from netmorph_cli.solve import morph_filter, relative_residual
-from netmorph_cli.spec import load_spec
+from netmorph_cli.solver.rng import SeededRng
+from netmorph_cli.solver.solve import morph_filter, relative_residual
+from netmorph_cli.spec.parse import load_spec
 
 pytestmark = [
     pytest.mark.gpu,

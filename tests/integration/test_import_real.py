@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import importers
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.io import importers
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 WEIGHTS = SHARED / "weights"

@@ -15,11 +15,12 @@ import pytest
 import torch
 from test_import_real import FILES, SHARED, WEIGHTS, ResNet
 
-from netmorph_cli import flops, importers
-from netmorph_cli.export import export_network
-from netmorph_cli.morph import morph_network
-from netmorph_cli.spec import load_spec
-from netmorph_cli.verify import verify
+from netmorph_cli.io import importers
+from netmorph_cli.io.export import export_network
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.morph.verify import verify
+from netmorph_cli.network import flops
+from netmorph_cli.spec.parse import load_spec
 
 pytestmark = [pytest.mark.skipif(not WEIGHTS.is_dir(), reason="../shared/weights is absent"),
               pytest.mark.usefixtures("one_thread")]

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import importers
-from netmorph_cli.morph import morph_network
-from netmorph_cli.presets import Preset
-from netmorph_cli.verify import verify
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.io import importers
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.morph.verify import verify
+from netmorph_cli.network.presets import Preset
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 WEIGHTS = SHARED / "weights" / "akamaster_resnet20-12fca82f.th"

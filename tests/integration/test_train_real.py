@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from netmorph_cli import importers, morph, train, zoo
+from netmorph_cli.io import importers
+from netmorph_cli.morph import morphs as morph
+from netmorph_cli.network import zoo
+from netmorph_cli.training import train
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DATA = SHARED / "data"

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from netmorph_cli.graph import ModuleGraph
+from netmorph_cli.spec.graph import ModuleGraph
 
 
 def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

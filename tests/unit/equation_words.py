@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from netmorph_cli.graph import ModuleGraph
+from netmorph_cli.spec.graph import ModuleGraph
 
 
 class Words:

@@ -18,7 +18,7 @@ from conv_reference import relative_error, run_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netmorph_cli.algebra import (
+from netmorph_cli.solver.algebra import (
     add,
     compose,
     crop_to,
@@ -28,8 +28,8 @@ from netmorph_cli.algebra import (
     pad_to,
     resize,
 )
-from netmorph_cli.graph import Edge, ModuleGraph
-from netmorph_cli.spec import load_spec
+from netmorph_cli.spec.graph import Edge, ModuleGraph
+from netmorph_cli.spec.parse import load_spec
 
 F64_TOL = 1e-12  # relative, float64: composed filter vs convolutions in series
 
@@ -206,7 +206,7 @@ def test_module_function_of_random_dags_equals_convolutions(seed):
 
 @pytest.mark.parametrize("seed", range(10))
 def test_path_kernel_is_the_kernel_of_every_prefix(seed):
-    from netmorph_cli.algebra import prefix_filters
+    from netmorph_cli.solver.algebra import prefix_filters
 
     graph, widths = random_module(seed)
     pre = prefix_filters(graph, random_filters(graph, widths, seed), widths["s"])

@@ -19,13 +19,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from netmorph_cli import zoo
-from netmorph_cli.calibrate import calibrate, uncalibrated_layers
 from netmorph_cli.errors import MorphError
-from netmorph_cli.morph import morph_at, morph_preset
-from netmorph_cli.network import Network
-from netmorph_cli.presets import Preset
-from netmorph_cli.spec import load_spec
+from netmorph_cli.morph.calibrate import calibrate, uncalibrated_layers
+from netmorph_cli.morph.morphs import morph_at, morph_preset
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import Network
+from netmorph_cli.network.presets import Preset
+from netmorph_cli.spec.parse import load_spec
 
 F64, STATS, FAR = 1e-10, 1e-12, 1e-2
 

@@ -14,10 +14,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from netmorph_cli import __version__, importers, outputs, zoo
-from netmorph_cli import checkpoint as ck
+from netmorph_cli import __version__
 from netmorph_cli.errors import CheckpointError, NetworkError, OutputError, WriteError
-from netmorph_cli.network import FORMAT, Network, node
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.io import importers, outputs
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import FORMAT, Network, node
 
 FORMATS = (".safetensors", ".pt")
 

@@ -17,9 +17,11 @@ from torch import nn
 from torch.export import Dim
 
 import zoo_models
-from netmorph_cli import conversion, morph, program, verify
-from netmorph_cli.conversion import ConversionError
-from netmorph_cli.presets import Preset
+from netmorph_cli.io import conversion, program
+from netmorph_cli.io.conversion import ConversionError
+from netmorph_cli.morph import morphs as morph
+from netmorph_cli.morph import verify
+from netmorph_cli.network.presets import Preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

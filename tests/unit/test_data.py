@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from netmorph_cli import data
 from netmorph_cli.errors import DataError
+from netmorph_cli.training import data
 
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 
@@ -475,8 +475,8 @@ def test_download_is_written_under_the_output_policy(tmp_path, monkeypatch):
     """The bytes go through ``outputs.write_file``: a temp file beside the target, fsynced
     before the rename, no ``.part`` or temp file left; a failing disk is a ``WriteError``
     (exit 1), not a download error, and leaves nothing."""
-    from netmorph_cli import outputs
     from netmorph_cli.errors import WriteError
+    from netmorph_cli.io import outputs
 
     body = b"archive bytes" * 1000
     md5 = hashlib.md5(body).hexdigest()

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import zoo_models
-from netmorph_cli import export, importers, morph, outputs, presets, zoo
 from netmorph_cli.errors import OutputError, UsageError, VerificationError
-from netmorph_cli.network import Network
+from netmorph_cli.io import export, importers, outputs
+from netmorph_cli.morph import morphs as morph
+from netmorph_cli.network import presets, zoo
+from netmorph_cli.network.description import Network
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 from torch import nn
 
-from netmorph_cli import flops, zoo
-from netmorph_cli.morph import morph_network, morph_preset
-from netmorph_cli.network import node
-from netmorph_cli.presets import Preset
+from netmorph_cli.morph.morphs import morph_network, morph_preset
+from netmorph_cli.network import flops, zoo
+from netmorph_cli.network.description import node
+from netmorph_cli.network.presets import Preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -180,7 +180,7 @@ def hooked_macs(net) -> int:
 
 @functools.cache
 def morphed(arch: str, module: str, at: str | None = None):
-    from netmorph_cli.spec import load_spec
+    from netmorph_cli.spec.parse import load_spec
 
     target = load_spec(MODULES / module) if module.endswith(".json") else Preset.parse(module)
     return morph_network(parent(arch, 10), target, at=at)[0]

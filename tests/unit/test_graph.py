@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netmorph_cli.errors import SpecError
-from netmorph_cli.graph import Edge, ModuleGraph, compose_kernels, sum_kernels
-from netmorph_cli.spec import load_spec
+from netmorph_cli.spec.graph import Edge, ModuleGraph, compose_kernels, sum_kernels
+from netmorph_cli.spec.parse import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "modules"
 ODD = st.sampled_from([1, 3, 5])

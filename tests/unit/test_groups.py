@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from netmorph_cli import zoo
 from netmorph_cli.errors import InfeasibleError
-from netmorph_cli.groups import block_conditioning, solve_groups
-from netmorph_cli.morph import morph_at
-from netmorph_cli.network import FORMAT, Network, node
-from netmorph_cli.spec import load_spec
-from netmorph_cli.verify import verify
+from netmorph_cli.morph.morphs import morph_at
+from netmorph_cli.morph.verify import verify
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import FORMAT, Network, node
+from netmorph_cli.solver.groups import block_conditioning, solve_groups
+from netmorph_cli.spec.parse import load_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

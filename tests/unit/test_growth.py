@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from netmorph_cli import data, growth, morph, train, zoo
 from netmorph_cli.errors import UsageError
-from netmorph_cli.history import MorphRecord
-from netmorph_cli.spec import load_spec
+from netmorph_cli.morph import morphs as morph
+from netmorph_cli.network import zoo
+from netmorph_cli.network.history import MorphRecord
+from netmorph_cli.spec.parse import load_spec
+from netmorph_cli.training import data, growth, train
 
 MODULES = Path(__file__).resolve().parents[2] / "examples" / "modules"
 pytestmark = pytest.mark.usefixtures("one_thread")

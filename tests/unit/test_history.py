@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from netmorph_cli import data, zoo
-from netmorph_cli.calibrate import calibrate, uncalibrated_layers
-from netmorph_cli.checkpoint import load, save
 from netmorph_cli.errors import NetworkError
-from netmorph_cli.history import (
+from netmorph_cli.io.checkpoint import load, save
+from netmorph_cli.morph.calibrate import calibrate, uncalibrated_layers
+from netmorph_cli.morph.morphs import morph_at, morph_preset, prelu_all
+from netmorph_cli.network import zoo
+from netmorph_cli.network.history import (
     Calibration,
     MorphRecord,
     TrainRecord,
@@ -23,10 +24,10 @@ from netmorph_cli.history import (
     parse_history,
     records_json,
 )
-from netmorph_cli.morph import morph_at, morph_preset, prelu_all
-from netmorph_cli.presets import Preset
-from netmorph_cli.spec import load_spec
-from netmorph_cli.train import TrainConfig, train
+from netmorph_cli.network.presets import Preset
+from netmorph_cli.spec.parse import load_spec
+from netmorph_cli.training import data
+from netmorph_cli.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +147,7 @@ def test_old_entries_read_with_absent_fields():
 def test_unknown_entry_loads_round_trips_and_shows_in_info(parent, tmp_path):
     from click.testing import CliRunner
 
-    from netmorph_cli.cli import cli
+    from netmorph_cli.cli.commands import cli
 
     net = morph(parent, "1c1", seed=0)
     net.history.append(dict(UNKNOWN))

@@ -20,9 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import importers, limits, spec, zoo
+from netmorph_cli import limits
 from netmorph_cli.errors import CheckpointError, MorphError, NetworkError, SpecError
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.io import importers
 from netmorph_cli.limits import (
     MAX_INPUT_ELEMENTS,
     MAX_INPUT_SIDE,
@@ -35,8 +36,9 @@ from netmorph_cli.limits import (
     parse_json,
     read_capped,
 )
-from netmorph_cli.morph import Preset
-from netmorph_cli.network import (
+from netmorph_cli.morph.morphs import Preset
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import (
     FORMAT,
     GraphNet,
     Network,
@@ -46,6 +48,7 @@ from netmorph_cli.network import (
     validate_history,
     validate_meta,
 )
+from netmorph_cli.spec import parse as spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

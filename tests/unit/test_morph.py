@@ -23,11 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netmorph_cli import checkpoint, zoo
 from netmorph_cli.errors import MorphError, SolverError, VerificationError
-from netmorph_cli.feasibility import width_advice
-from netmorph_cli.flops import count_flops
-from netmorph_cli.morph import (
+from netmorph_cli.io import checkpoint
+from netmorph_cli.morph.morphs import (
     Preset,
     arch_name,
     identity_bn,
@@ -36,10 +34,13 @@ from netmorph_cli.morph import (
     morph_preset,
     prelu_all,
 )
-from netmorph_cli.network import FORMAT, Network, node
-from netmorph_cli.results import paper_name
-from netmorph_cli.solve import ResourceLimitError, SolverTimeout, module_widths
-from netmorph_cli.spec import load_spec, spec_from_dict
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import FORMAT, Network, node
+from netmorph_cli.network.flops import count_flops
+from netmorph_cli.solver.feasibility import width_advice
+from netmorph_cli.solver.solve import ResourceLimitError, SolverTimeout, module_widths
+from netmorph_cli.spec.parse import load_spec, spec_from_dict
+from netmorph_cli.training.results import paper_name
 
 F64, F32, BRANCH, NAIVE = 1e-10, 1e-5, 1e-12, 1e-3
 MODULES = Path(__file__).resolve().parents[2] / "examples" / "modules"
@@ -417,7 +418,7 @@ def test_morph_at_checks_memory_before_solving_and_leaves_the_parent(parent64):
 
 
 def test_morph_at_passes_the_time_limit_and_progress(parent64, monkeypatch):
-    from netmorph_cli import budget
+    from netmorph_cli.solver import budget
 
     with pytest.raises(SolverTimeout, match="time limit of 0.001 s"):
         morph_at(parent64, load_spec(MODULES / "D.json"), "layer1.1.conv1", max_seconds=1e-3)
@@ -549,7 +550,7 @@ def test_morph_network_takes_objects_and_refuses_a_child_that_fails_its_check(pa
                                                                               monkeypatch):
     with pytest.raises(TypeError, match=r"Preset.parse\(name\)"):
         morph_network(parent, "1c1")  # type: ignore[arg-type]  # names are the CLI's job
-    from netmorph_cli import morph
+    from netmorph_cli.morph import morphs as morph
 
     real = morph.morph_preset
 

@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from netmorph_cli import zoo
 from netmorph_cli.errors import MorphError, NetworkError
-from netmorph_cli.history import MorphRecord, check_entry
-from netmorph_cli.morph import (
+from netmorph_cli.morph.morphs import (
     Preset,
     arch_name,
     morph_after,
@@ -26,10 +24,12 @@ from netmorph_cli.morph import (
     morph_network,
     morph_preset,
 )
-from netmorph_cli.network import FORMAT, Network, node
-from netmorph_cli.results import paper_name
-from netmorph_cli.spec import ModuleGraph, load_spec, spec_from_dict
-from netmorph_cli.verify import verify
+from netmorph_cli.morph.verify import verify
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import FORMAT, Network, node
+from netmorph_cli.network.history import MorphRecord, check_entry
+from netmorph_cli.spec.parse import ModuleGraph, load_spec, spec_from_dict
+from netmorph_cli.training.results import paper_name
 
 F64, F32 = 1e-10, 1e-5
 MODULES = Path(__file__).resolve().parents[2] / "examples" / "modules"

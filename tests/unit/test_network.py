@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netmorph_cli import zoo
 from netmorph_cli.errors import NetworkError
-from netmorph_cli.flops import count_params
-from netmorph_cli.network import (
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import (
     FORMAT,
     GraphNet,
     Network,
@@ -28,6 +27,7 @@ from netmorph_cli.network import (
     node,
     validate_description,
 )
+from netmorph_cli.network.flops import count_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

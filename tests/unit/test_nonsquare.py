@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from conv_reference import center_crop, relative_error, run_module
 
-from netmorph_cli import budget, splits
-from netmorph_cli.algebra import compose, support
-from netmorph_cli.lsq import dense_matrix
-from netmorph_cli.morph import morph_at
-from netmorph_cli.network import FORMAT, Network, node
-from netmorph_cli.rng import SeededRng
-from netmorph_cli.solve import morph_filter
-from netmorph_cli.spec import load_spec
-from netmorph_cli.splits import decompose_type1, shift_matrix
-from netmorph_cli.verify import verify
+from netmorph_cli.morph.morphs import morph_at
+from netmorph_cli.morph.verify import verify
+from netmorph_cli.network.description import FORMAT, Network, node
+from netmorph_cli.solver import budget, splits
+from netmorph_cli.solver.algebra import compose, support
+from netmorph_cli.solver.lsq import dense_matrix
+from netmorph_cli.solver.rng import SeededRng
+from netmorph_cli.solver.solve import morph_filter
+from netmorph_cli.solver.splits import decompose_type1, shift_matrix
+from netmorph_cli.spec.parse import load_spec
 
 F64, F32 = 1e-10, 1e-5
 MODULES = Path(__file__).resolve().parents[2] / "examples" / "modules"

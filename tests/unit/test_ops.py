@@ -16,10 +16,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from netmorph_cli import flops
 from netmorph_cli.errors import NetworkError
-from netmorph_cli.network import FORMAT, GraphNet, node, validate_description
-from netmorph_cli.ops import OPS, Attr, Op
+from netmorph_cli.network import flops
+from netmorph_cli.network.description import FORMAT, GraphNet, node, validate_description
+from netmorph_cli.network.ops import OPS, Attr, Op
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

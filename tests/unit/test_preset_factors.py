@@ -18,11 +18,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from netmorph_cli import zoo
-from netmorph_cli.morph import morph_network
-from netmorph_cli.presets import Preset
-from netmorph_cli.solve import conditioning
-from netmorph_cli.verify import verify
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.morph.verify import verify
+from netmorph_cli.network import zoo
+from netmorph_cli.network.presets import Preset
+from netmorph_cli.solver.solve import conditioning
 
 F32, COND, SCALED_ID = 1e-5, 10.0, 0.1
 PRESETS = ["1c1", "1c1_half", "3c1", "3c3", "1c1_2branch", "3c1_2branch", "3c3_2branch_half"]
@@ -101,8 +101,8 @@ def test_module_morph_records_the_worst_filter_condition():
 
     import numpy as np
 
-    from netmorph_cli.morph import morph_at
-    from netmorph_cli.spec import load_spec
+    from netmorph_cli.morph.morphs import morph_at
+    from netmorph_cli.spec.parse import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "modules" / "B.json")
     parent = zoo.create("resnet20").to(torch.float64)

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 import zoo_models
-from netmorph_cli import importers, program
 from netmorph_cli.errors import CheckpointError
+from netmorph_cli.io import importers, program
 from netmorph_cli.limits import MAX_JSON_DEPTH
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,9 +14,9 @@ from equation_words import expand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netmorph_cli.graph import Edge, ModuleGraph, compose_kernels, sum_kernels
-from netmorph_cli.reduce import ReductionPlan, _RankedIds, reduce_module, replay
-from netmorph_cli.spec import load_spec
+from netmorph_cli.spec.graph import Edge, ModuleGraph, compose_kernels, sum_kernels
+from netmorph_cli.spec.parse import load_spec
+from netmorph_cli.spec.reduce import ReductionPlan, _RankedIds, reduce_module, replay
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "modules"
 ODD = st.sampled_from([1, 3, 5])
@@ -286,7 +286,7 @@ def reduction_work(g: ModuleGraph, rng: random.Random | None,
     in every frame, plus the elements handed from reduce.py to the C builtins that scan a
     whole container (a sorted() per TYPE-II merge was the quadratic part; bytecodes cannot
     see inside it)."""
-    import netmorph_cli.reduce as red
+    import netmorph_cli.spec.reduce as red
 
     count = 0
 

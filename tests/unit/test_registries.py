@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from netmorph_cli import archs, checkpoint, data, morph, zoo
-from netmorph_cli.cli import main
+from netmorph_cli.cli.commands import main
 from netmorph_cli.errors import DataError, MorphError, NetworkError
+from netmorph_cli.io import checkpoint
+from netmorph_cli.morph import morphs as morph
+from netmorph_cli.network import archs, zoo
+from netmorph_cli.training import data
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
@@ -187,7 +190,7 @@ def test_a_new_preset_is_one_entry_and_morphs_exactly(capsys):
     """1c3 (a 1×1 conv, then a 3×3 conv on the branch) is one ``NamedPreset`` entry: it is
     offered by --module's help (above), and the engine places, solves and names it like
     any preset. Exact: float64 verify ≤ 1e-10, at the logits and at every morphed join."""
-    from netmorph_cli.verify import verify
+    from netmorph_cli.morph.verify import verify
 
     assert morph.Preset.parse("1c3") == morph.Preset(1, 3, 1, False)
     parent = zoo.create("resnet20", seed=3).to(torch.float64)
@@ -213,8 +216,8 @@ def test_a_new_preset_is_one_entry_and_morphs_exactly(capsys):
 def test_cli_help_imports_neither_torch_nor_the_registries():
     code = ("import sys\nfrom netmorph_cli.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'netmorph_cli.data', 'netmorph_cli.zoo', "
-            "'netmorph_cli.morph') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'netmorph_cli.training.data', "
+            "'netmorph_cli.network.zoo', 'netmorph_cli.morph.morphs') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.splitlines()[-1] == "[]"

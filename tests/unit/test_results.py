@@ -13,11 +13,12 @@ import sys
 
 import pytest
 
-from netmorph_cli import checkpoint as ck
-from netmorph_cli import results, zoo
 from netmorph_cli.errors import DataError
-from netmorph_cli.morph import morph_network
-from netmorph_cli.presets import Preset
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.network import zoo
+from netmorph_cli.network.presets import Preset
+from netmorph_cli.training import results
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -279,7 +280,7 @@ def test_train_progress_prints_lines_when_stdout_is_not_a_terminal(monkeypatch):
 
     from rich.console import Console
 
-    from netmorph_cli import report
+    from netmorph_cli.cli import report
 
     def run(quiet: bool = False) -> str:
         buf = io.StringIO()
@@ -307,7 +308,7 @@ def test_heartbeat_throttles_and_times_each_loop_from_its_start(monkeypatch):
     """calibration, eval and train's test pass: a line at most every PLAIN_PROGRESS_EVERY
     seconds of a fake clock, the seconds counted from the loop's first call, a new loop
     (done going down: the next epoch's test pass) timed afresh."""
-    from netmorph_cli import report
+    from netmorph_cli.cli import report
 
     clock = [100.0]
     monkeypatch.setattr(report.time, "monotonic", lambda: clock[0])

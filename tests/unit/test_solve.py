@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from conv_reference import relative_error, run_module
 
-from netmorph_cli import budget, limits, solve, sweeps
-from netmorph_cli.algebra import (
+from netmorph_cli import limits
+from netmorph_cli.errors import InfeasibleError, ResourceLimitError, SolverTimeout
+from netmorph_cli.solver import budget, solve, sweeps
+from netmorph_cli.solver.algebra import (
     add,
     compose,
     identity_filter,
@@ -35,9 +37,8 @@ from netmorph_cli.algebra import (
     suffix_filters,
     support,
 )
-from netmorph_cli.budget import SolveProgress, solve_memory
-from netmorph_cli.errors import InfeasibleError, ResourceLimitError, SolverTimeout
-from netmorph_cli.feasibility import (
+from netmorph_cli.solver.budget import SolveProgress, solve_memory
+from netmorph_cli.solver.feasibility import (
     _Capacity,
     min_vertex_cut,
     polynomial_rank,
@@ -45,13 +46,13 @@ from netmorph_cli.feasibility import (
     too_narrow,
     width_advice,
 )
-from netmorph_cli.graph import Edge, ModuleGraph
-from netmorph_cli.lsq import dense_lstsq, dense_matrix, dense_min_norm, lsqr
-from netmorph_cli.rng import SeededRng
-from netmorph_cli.solve import module_widths, morph_filter, relative_residual, solve_random
-from netmorph_cli.spec import load_spec, spec_from_dict
-from netmorph_cli.splits import decompose_type1, split_type2, unimodular_pair
-from netmorph_cli.sweeps import algorithm2, compact_prefixes, edge_map, solve_linear
+from netmorph_cli.solver.lsq import dense_lstsq, dense_matrix, dense_min_norm, lsqr
+from netmorph_cli.solver.rng import SeededRng
+from netmorph_cli.solver.solve import module_widths, morph_filter, relative_residual, solve_random
+from netmorph_cli.solver.splits import decompose_type1, split_type2, unimodular_pair
+from netmorph_cli.solver.sweeps import algorithm2, compact_prefixes, edge_map, solve_linear
+from netmorph_cli.spec.graph import Edge, ModuleGraph
+from netmorph_cli.spec.parse import load_spec, spec_from_dict
 
 SIMPLE_F64 = 1e-12
 ITER_F64, ITER_F32 = 1e-10, 1e-6

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from netmorph_cli.errors import NetmorphError, SpecError
-from netmorph_cli.graph import Edge, ModuleGraph
-from netmorph_cli.spec import load_spec, parse_spec, spec_from_dict
+from netmorph_cli.spec.graph import Edge, ModuleGraph
+from netmorph_cli.spec.parse import load_spec, parse_spec, spec_from_dict
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "modules"
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from netmorph_cli import importers, verify
-from netmorph_cli.morph import morph_network
-from netmorph_cli.spec import load_spec
+from netmorph_cli.io import importers
+from netmorph_cli.morph import verify
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.spec.parse import load_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODULES = Path(__file__).resolve().parents[2] / "examples" / "modules"

@@ -20,9 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from netmorph_cli import data, morph, train, zoo
 from netmorph_cli.errors import DataError, TrainingError, UsageError
-from netmorph_cli.network import Network
+from netmorph_cli.morph import morphs as morph
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import Network
+from netmorph_cli.training import data, train
 
 SMALL = dict(n_train=256, n_test=128)
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 import zoo_models
-from netmorph_cli import zoo
 from netmorph_cli.errors import VerificationError
-from netmorph_cli.importers import import_factory
-from netmorph_cli.morph import morph_network
-from netmorph_cli.network import Network
-from netmorph_cli.presets import Preset
-from netmorph_cli.spec import load_spec
-from netmorph_cli.verify import DEFAULT_TOL, compare_pairs, verify, verify_train_mode
+from netmorph_cli.io.importers import import_factory
+from netmorph_cli.morph.morphs import morph_network
+from netmorph_cli.morph.verify import DEFAULT_TOL, compare_pairs, verify, verify_train_mode
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import Network
+from netmorph_cli.network.presets import Preset
+from netmorph_cli.spec.parse import load_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,8 +82,8 @@ def test_each_module_output_is_judged_against_the_tolerance_and_said(parent, chi
 
     from rich.console import Console
 
-    from netmorph_cli.report import verify_report
-    from netmorph_cli.verify import SiteError, VerifyReport
+    from netmorph_cli.cli.report import verify_report
+    from netmorph_cli.morph.verify import SiteError, VerifyReport
 
     bad = perturbed(child, "layer3.1.morph1.conv2.weight", 1e-3)
     r = verify(parent, bad, samples=8)

@@ -16,17 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from netmorph_cli import solve, zoo
 from netmorph_cli.errors import InfeasibleError, NetworkError, SolverError, SpecError
-from netmorph_cli.feasibility import MARGIN, with_margin
-from netmorph_cli.history import MorphRecord, check_entry
-from netmorph_cli.morph import morph_at
-from netmorph_cli.network import FORMAT, Network, node
-from netmorph_cli.rng import SeededRng
-from netmorph_cli.solve import morph_filter, solve_random
-from netmorph_cli.spec import load_spec, spec_from_dict
-from netmorph_cli.verify import verify
-from netmorph_cli.widths import module_widths, resolve
+from netmorph_cli.morph.morphs import morph_at
+from netmorph_cli.morph.verify import verify
+from netmorph_cli.network import zoo
+from netmorph_cli.network.description import FORMAT, Network, node
+from netmorph_cli.network.history import MorphRecord, check_entry
+from netmorph_cli.solver import solve
+from netmorph_cli.solver.feasibility import MARGIN, with_margin
+from netmorph_cli.solver.rng import SeededRng
+from netmorph_cli.solver.solve import morph_filter, solve_random
+from netmorph_cli.solver.widths import module_widths, resolve
+from netmorph_cli.spec.parse import load_spec, spec_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
