@@ -36,6 +36,7 @@ import torch
 from ..errors import InfeasibleError, ResourceLimitError, SolverError, SolverTimeout
 from ..spec.graph import ModuleGraph, fits
 from ..spec.reduce import ReductionPlan, reduce_module
+from . import METHODS
 from .algebra import kernel_of, module_function, pad_to, resize, support
 from .budget import (
     ADVICE_SECONDS,
@@ -98,7 +99,6 @@ def relative_residual(graph: ModuleGraph, filters: Mapping[str, torch.Tensor],
 
 
 # how ``morph_filter`` solves: ``auto`` is the paper's route with a fallback (below)
-METHODS = ("auto", "algorithm2", "reduce")
 
 
 def _default_tol(dtype: torch.dtype) -> float:
