@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,plot,onnx]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,plot,onnx,images]'
 	touch $(STAMP)
 
 # one pytest worker per CPU (pytest-xdist): 2:49–4:20 on the 2-core machine, 6:18 in one

@@ -68,7 +68,8 @@ def test_labels_beyond_the_records_classes_are_refused(tiny):
 def test_cli_offers_and_loads_a_registered_data_set(capsys, tiny):
     code, out, _ = run_main(capsys, "train", "--help")
     assert code == 0
-    assert "[cifar10|cifar100|cifar10-mini|cifar100-mini|synthetic|tiny-npz]" in words(out)
+    assert "[cifar10|cifar100|cifar10-mini|cifar100-mini|synthetic|tiny-npz|FILE.npz|FOLDER]" \
+        in words(out)
     ckpt = tiny / "r.safetensors"
     assert run_main(capsys, "init", "resnet20", "--num-classes", "3", "-o", str(ckpt))[0] == 0
     code, out, err = run_main(capsys, "eval", str(ckpt), "--dataset", "tiny-npz",
@@ -81,7 +82,7 @@ def test_cli_refuses_an_unregistered_data_set(capsys, tmp_path):
     code, out, err = run_main(capsys, "eval", str(tmp_path / "r.safetensors"), "--dataset",
                               "tiny-npz")
     assert code == 2 and out == ""
-    assert "'tiny-npz' is not one of 'cifar10', 'cifar100'" in err
+    assert "'tiny-npz' is neither a data set netmorph knows (cifar10, cifar100" in err
     with pytest.raises(DataError, match="unknown data set 'tiny-npz' .choose from cifar10, "):
         data.load_dataset("tiny-npz")
 

@@ -159,7 +159,24 @@ class _RegistryOption(click.Option):
         return None if record is None else (record[0], _fill(record[1]))
 
 
-_DATASETS = _RegistryChoice(_dataset_names)
+class _DatasetType(_RegistryChoice):
+    """``--dataset``: a registry name, or a path to a user's ``.npz`` or image folder."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from pathlib import Path
+
+        if not isinstance(value, str) or value in self.choices:
+            return super().convert(value, param, ctx)
+        if value.endswith(".npz") or Path(value).expanduser().is_dir():
+            return value
+        self.fail(f"{value!r} is neither a data set netmorph knows ({', '.join(self.choices)}) "
+                  f"nor a path to your own FILE.npz or image FOLDER", param, ctx)
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "[" + "|".join(self.choices) + "|FILE.npz|FOLDER]"
+
+
+_DATASETS = _DatasetType(_dataset_names)
 _FORCE = click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 _OUT = click.option("-o", "--output", "out", required=True, metavar="OUT",
                     help="Checkpoint to write (.safetensors, or .pt).")
@@ -233,7 +250,9 @@ def _positive_finite(value: float | None, param: Any) -> float | None:
 
 _DATA = [
     click.option("--dataset", required=True, type=_DATASETS,
-                 help="Data set (read from --data-dir; downloaded when missing and online)."),
+                 help="Data set: a name (read from --data-dir; downloaded when missing and "
+                      "online), or your own FILE.npz (x_train, y_train, x_test, y_test) or "
+                      "image FOLDER (train/<class>/, test/<class>/)."),
     click.option("--data-dir", default=None, metavar="DIR",
                  help="Where data sets live [default: $NETMORPH_DATA, else ~/.cache/netmorph]."),
 ]

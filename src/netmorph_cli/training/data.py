@@ -20,13 +20,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
-import math
 import os
 import pickle
 import tarfile
 import urllib.request
-import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +33,9 @@ import numpy as np
 
 from ..errors import DataError
 from ..io.outputs import write_file
-from ..limits import MAX_INPUT_SIDE, check_memory, format_bytes
 from ..network.archs import CIFAR_MEAN, CIFAR_STD
+from .readers import SPLITS, Dataset, checked, read_npz_arrays
+from .user_data import read_user_data
 
 if TYPE_CHECKING:
     import torch
@@ -102,21 +100,14 @@ def dataset_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise DataError(f"unknown data set {name!r} (choose from {', '.join(DATASETS)})") \
-            from None
+        raise DataError(f"unknown data set {name!r} (choose from {', '.join(DATASETS)}, or "
+                        f"give a path: an .npz of {', '.join(SPLITS)}, or an image folder "
+                        f"with train/<class>/ and test/<class>/)") from None
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """A labelled image set as uint8 NHWC arrays."""
-
-    name: str
-    num_classes: int
-    x_train: np.ndarray  # (N, H, W, 3) uint8
-    y_train: np.ndarray  # (N,) int64
-    x_test: np.ndarray
-    y_test: np.ndarray
-    source: str  # where it came from, for messages and metrics
+def is_user_data(name: str) -> bool:
+    """``--dataset PATH``: a user's own ``.npz`` or image folder, not a registry name."""
+    return name not in DATASETS and (name.endswith(".npz") or Path(name).expanduser().is_dir())
 
 
 def data_dir(explicit: str | Path | None = None) -> Path:
@@ -128,7 +119,10 @@ def data_dir(explicit: str | Path | None = None) -> Path:
 
 def load_dataset(name: str, root: str | Path | None = None, *, download: bool = True,
                  progress: Callable[[int, int], None] | None = None) -> Dataset:
-    """Find (or fetch) data set ``name`` under ``root`` and read it."""
+    """Find (or fetch) data set ``name`` under ``root`` and read it; a path (``is_user_data``)
+    is read as the user's own ``.npz`` or image folder (``user_data.py``)."""
+    if is_user_data(name):
+        return read_user_data(Path(name).expanduser())
     spec = dataset_spec(name)
     if spec.make is not None:
         return spec.make(spec)
@@ -160,111 +154,10 @@ def _missing(spec: DatasetSpec, official: OfficialArchive, base: Path) -> DataEr
 
 # -- readers -----------------------------------------------------------------------------
 
-SPLITS = ("x_train", "y_train", "x_test", "y_test")
-
-
 def _read_npz(spec: DatasetSpec, path: Path) -> Dataset:
-    """An ``.npz`` of ``SPLITS``: every member's ``.npy`` header is read and checked (dtype,
-    shape, the bytes it declares against the member's size and the memory available) before
-    numpy allocates anything."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            headers = {k: _npy_header(z, k, path) for k in SPLITS}
-            _check_headers(headers, path)
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in SPLITS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
-            RuntimeError, NotImplementedError) as exc:  # damaged, encrypted, unsupported
-        raise DataError(f"cannot read {path}: {exc}") from None
-    except MemoryError:
-        raise DataError(f"cannot read {path}: not enough memory") from None
-    return _checked(spec.name, spec.classes, arrays, str(path))
+    """A registry set's ``.npz`` (``read_npz_arrays``), checked against its classes."""
+    return checked(spec.name, spec.classes, read_npz_arrays(path), str(path))
 
-
-def _npy_header(z: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) of member ``key.npy``, read from its header alone."""
-    try:
-        info = z.getinfo(f"{key}.npy")
-    except KeyError:
-        raise DataError(f"cannot read {path}: no array {key!r} (an .npz of "
-                        f"{', '.join(SPLITS)} is expected)") from None
-    with z.open(info) as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read(f, max_header_size=10_000)
-        except (ValueError, SyntaxError, TypeError) as exc:
-            raise DataError(f"cannot read {path}: {key} is not a .npy array ({exc})") from None
-        offset = f.tell()
-    if dtype.hasobject:
-        raise DataError(f"cannot read {path}: {key} holds Python objects ({dtype}); netmorph reads "
-                        f"numeric arrays only")
-    need = math.prod(shape) * dtype.itemsize
-    if offset + need != info.file_size:
-        held = format_bytes(max(info.file_size - offset, 0))
-        raise DataError(f"cannot read {path}: {key} declares {shape} {dtype} "
-                        f"({format_bytes(need)}) but its member holds {held}: truncated or "
-                        f"corrupt")
-    return tuple(shape), dtype
-
-
-def _check_headers(h: dict[str, tuple[tuple[int, ...], np.dtype]], path: Path) -> None:
-    """What can be refused from the headers: image dtype and shape, label shape and kind,
-    the same image size in both splits, and the memory all four arrays need."""
-    for split in ("train", "test"):
-        (xs, xd), (ys, yd) = h[f"x_{split}"], h[f"y_{split}"]
-        if xd != np.uint8 or len(xs) != 4 or xs[-1] != 3:
-            raise DataError(f"{path}: x_{split} must be uint8 (N, H, W, 3), got {xd} {xs}")
-        if max(xs[1:3]) > MAX_INPUT_SIDE:
-            raise DataError(f"{path}: x_{split} images are {xs[1]}×{xs[2]}, above the "
-                            f"{MAX_INPUT_SIDE}-pixel limit")
-        _check_labels_header(ys, yd, xs[0], split, path)
-    if h["x_train"][0][1:] != h["x_test"][0][1:]:
-        raise DataError(f"{path}: training images are {_hw(h['x_train'][0])} and test images "
-                        f"{_hw(h['x_test'][0])}: both splits must have one image size")
-    need = sum(math.prod(s) * d.itemsize for s, d in h.values())
-    # read once, then normalized to float32 for training: 4 bytes per pixel on top
-    pixels = sum(math.prod(h[k][0]) for k in ("x_train", "x_test"))
-    check_memory(need + 4 * pixels, f"reading {path}")
-
-
-def _hw(shape: tuple[int, ...]) -> str:
-    return f"{shape[1]}×{shape[2]}×{shape[3]}"
-
-
-def _check_labels_header(shape: tuple[int, ...], dtype: np.dtype, n: int, split: str,
-                         source: str | Path) -> None:
-    if len(shape) != 1:
-        raise DataError(f"{source}: y_{split} must be 1-D (one label per image), got shape "
-                        f"{shape}")
-    if dtype.kind not in "iu":
-        raise DataError(f"{source}: y_{split} must hold integer class indices, got {dtype}"
-                        + (" (float labels would be truncated)" if dtype.kind == "f" else ""))
-    if shape[0] != n:
-        raise DataError(f"{source}: {shape[0]} labels for {n} {split} images (one label per "
-                        f"image is needed)")
-
-
-def _checked(name: str, classes: int, a: dict[str, np.ndarray], source: str) -> Dataset:
-    """Every reader's data, checked alike: uint8 (N, H, W, 3) images of one size in both
-    splits, 1-D integer labels (one per image) in 0..classes-1, images in both splits."""
-    for split in ("train", "test"):
-        x, y = a[f"x_{split}"], a[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            raise DataError(f"{source}: x_{split} must be uint8 (N, H, W, 3), got {x.dtype} "
-                            f"{x.shape}")
-        _check_labels_header(y.shape, y.dtype, len(x), split, source)
-        if len(x) == 0:
-            raise DataError(f"{source}: the {split} split has no images")
-        if y.min() < 0 or y.max() >= classes:
-            raise DataError(f"{source}: labels of {split} outside 0..{classes - 1} "
-                            f"(found {y.min()}..{y.max()})")
-    if a["x_train"].shape[1:] != a["x_test"].shape[1:]:
-        raise DataError(f"{source}: training images are {_hw(a['x_train'].shape)} and test "
-                        f"images {_hw(a['x_test'].shape)}: both splits must have one image size")
-    return Dataset(name, classes, a["x_train"], a["y_train"].astype(np.int64),
-                   a["x_test"], a["y_test"].astype(np.int64), source)
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -340,7 +233,7 @@ def _read_official(spec: DatasetSpec, official: OfficialArchive, path: Path) -> 
 
     x_train, y_train = split(list(official.train))
     x_test, y_test = split([official.test])
-    return _checked(spec.name, spec.classes, {"x_train": x_train, "y_train": y_train,
+    return checked(spec.name, spec.classes, {"x_train": x_train, "y_train": y_train,
                                               "x_test": x_test, "y_test": y_test}, str(path))
 
 
