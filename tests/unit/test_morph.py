@@ -37,6 +37,7 @@ from netmorph_cli.morph.morphs import (
 from netmorph_cli.network import zoo
 from netmorph_cli.network.description import FORMAT, Network, node
 from netmorph_cli.network.flops import count_flops
+from netmorph_cli.solver.budget import SolveLimits
 from netmorph_cli.solver.feasibility import width_advice
 from netmorph_cli.solver.solve import ResourceLimitError, SolverTimeout, module_widths
 from netmorph_cli.spec.parse import load_spec, spec_from_dict
@@ -413,7 +414,7 @@ def test_morph_at_checks_memory_before_solving_and_leaves_the_parent(parent64):
         morph_at(parent64, huge, "layer1.1.conv1")
     with pytest.raises(ResourceLimitError, match=r"above the limit of 64 KiB"):
         morph_at(parent64, load_spec(MODULES / "A.json"), "layer1.1.conv1",
-                 max_memory=64 * 2**10)
+                 limits=SolveLimits(max_memory=64 * 2**10))
     assert parent64.description == before
 
 
@@ -421,12 +422,40 @@ def test_morph_at_passes_the_time_limit_and_progress(parent64, monkeypatch):
     from netmorph_cli.solver import budget
 
     with pytest.raises(SolverTimeout, match="time limit of 0.001 s"):
-        morph_at(parent64, load_spec(MODULES / "D.json"), "layer1.1.conv1", max_seconds=1e-3)
+        morph_at(parent64, load_spec(MODULES / "D.json"), "layer1.1.conv1",
+                 limits=SolveLimits(max_seconds=1e-3))
     monkeypatch.setattr(budget, "PROGRESS_EVERY", 0.0)
     seen = []
     morph_network(parent64, load_spec(MODULES / "D.json"), at="layer1.1.conv1",
-                  progress=seen.append, max_sweeps=60, max_seconds=600)
+                  progress=seen.append, limits=SolveLimits(max_sweeps=60, max_seconds=600))
     assert seen and seen[-1].max_seconds == 600
+
+
+def test_solve_limits_travel_whole_and_refuse_nonsense(parent64, monkeypatch):
+    """One record from the API to the solver: every field of the limits morph_network is
+    given reaches ``morph_filter``; bad limits are refused when the record is made."""
+    from netmorph_cli.morph import insertion
+
+    seen = []
+    real = insertion.morph_filter
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs[k] for k in ("tol", "max_sweeps", "method", "max_seconds",
+                                            "max_memory")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(insertion, "morph_filter", spy)
+    limits = SolveLimits(max_seconds=300, max_sweeps=7, max_memory=2**30, tol=1e-9,
+                         method="reduce")
+    morph_network(parent64, load_spec(MODULES / "C.json"), at="layer1.1.conv1", limits=limits)
+    assert seen == [{"tol": 1e-9, "max_sweeps": 7, "method": "reduce", "max_seconds": 300,
+                     "max_memory": 2**30}]
+    for bad, match in [({"method": "magic"}, "unknown method 'magic'"),
+                       ({"max_sweeps": 0}, "max_sweeps must be ≥ 1"),
+                       ({"tol": float("nan")}, "tol must be a finite number > 0"),
+                       ({"max_seconds": 0.0}, "max_seconds must be > 0")]:
+        with pytest.raises(ValueError, match=match):
+            SolveLimits(**bad)
 
 
 # refusals -----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from netmorph_cli.morph.verify import verify
 from netmorph_cli.network.description import FORMAT, Network, node
 from netmorph_cli.solver import budget, splits
 from netmorph_cli.solver.algebra import compose, support
+from netmorph_cli.solver.budget import SolveLimits
 from netmorph_cli.solver.lsq import dense_matrix
 from netmorph_cli.solver.rng import SeededRng
 from netmorph_cli.solver.solve import morph_filter
@@ -168,7 +169,7 @@ def parent() -> Network:
 @pytest.mark.parametrize("layer", ["wide", "narrow"])
 @pytest.mark.parametrize("name", SIMPLE)
 def test_simple_module_at_a_widening_and_a_narrowing_conv(parent, name, layer):
-    child = morph_at(parent, spec(name), layer, seed=1, max_seconds=30)
+    child = morph_at(parent, spec(name), layer, seed=1, limits=SolveLimits(max_seconds=30))
     assert child.history[-1]["residual"] <= F64
     assert f"{layer}.F1.weight" in child.tensors
     r64 = verify(parent, child, dtype=torch.float64, samples=8)

@@ -223,13 +223,15 @@ def morph(parent: str, module: str, at: str | None, after: str | None, out: str,
     net = load(parent)
     target = _module_arg(module)
     images = _calibration_images(net, calibrate_on, data_dir, calibrate_batches, seed)
+    from ..solver.budget import SolveLimits
     from .report import calibration_progress
 
     child, report = morph_network(
         net, target, at=at, after=after, seed=seed, check=not no_check, prelu=prelu_all,
         bn=not no_bn, act=act, exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
-        calibrate=images, parent_sha256=file_sha256(parent), max_seconds=max_seconds,
-        max_sweeps=max_sweeps, max_memory=_gib(max_memory), progress=_solve_progress,
+        calibrate=images, parent_sha256=file_sha256(parent),
+        limits=SolveLimits(max_seconds=max_seconds, max_sweeps=max_sweeps,
+                           max_memory=_gib(max_memory)), progress=_solve_progress,
         calibrate_progress=calibration_progress(lambda line: click.echo(line, err=True)))
     sha = save(child, out, force=force, protect=[parent])
     _show_morph(out, sha, child, report, as_json)

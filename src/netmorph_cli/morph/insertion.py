@@ -33,6 +33,7 @@ from ..errors import MorphError
 from ..network.description import Network, as_pair, node, validate_description
 from ..network.history import MorphRecord
 from ..network.presets import BlobLayers
+from ..solver.budget import ProgressFn, SolveLimits
 from ..solver.groups import solve_groups
 from ..solver.rng import SeededRng
 from ..solver.solve import SolveResult, morph_filter
@@ -80,13 +81,13 @@ class Site:
 
 class Edit:
     """One morph in progress: copies of the parent's description and tensors (less those
-    named ``drop…``), the seeded stream every solve of the morph draws from, and the
-    solver's limits (``morph_filter``'s ``tol``, ``max_sweeps``, ``max_seconds``,
-    ``max_memory``, ``progress``)."""
+    named ``drop…``), the seeded stream every solve of the morph draws from, the solver's
+    ``limits`` (a ``SolveLimits``, passed whole to ``morph_filter``) and its ``progress``."""
 
-    def __init__(self, net: Network, seed: int, exact_bn: bool, limits: dict[str, Any],
-                 drop: str | None = None) -> None:
-        self.net, self.seed, self.exact_bn, self.limits = net, seed, exact_bn, limits
+    def __init__(self, net: Network, seed: int, exact_bn: bool, limits: SolveLimits,
+                 progress: ProgressFn | None = None, drop: str | None = None) -> None:
+        self.net, self.seed, self.exact_bn = net, seed, exact_bn
+        self.limits, self.progress = limits, progress
         self.desc = copy.deepcopy(net.description)
         self.tensors = {k: v for k, v in net.tensors.items()
                         if drop is None or not k.startswith(drop)}
@@ -98,12 +99,16 @@ class Edit:
         dtype) and put the module's nodes, named ``prefix.…``, in its place. Returns the
         (parent, child) nodes to compare, the solve and the module's output node."""
         g = site.weight.detach().to(torch.float64)
+        lim = self.limits
         if site.groups > 1:
             result = solve_groups(g, site.groups, spec, inner_width=inner_width,
-                                  seed=self.seed, rng=self.rng, **self.limits)
+                                  seed=self.seed, rng=self.rng, limits=lim,
+                                  progress=self.progress)
         else:
             result = morph_filter(g, spec, inner_width=inner_width, seed=self.seed,
-                                  rng=self.rng, **self.limits)
+                                  rng=self.rng, tol=lim.tol, max_sweeps=lim.max_sweeps,
+                                  method=lim.method, max_seconds=lim.max_seconds,
+                                  max_memory=lim.max_memory, progress=self.progress)
         nodes, out = module_nodes(spec, result.filters, site, prefix, layers, self.tensors,
                                   self.net.dtype, self.exact_bn)
         taken = index_of(self.desc)

@@ -44,7 +44,7 @@ from ..network.presets import (
     Preset,
 )
 from ..solver.algebra import pad_to
-from ..solver.budget import ProgressFn
+from ..solver.budget import ProgressFn, SolveLimits
 from ..spec.graph import ModuleGraph
 from .insertion import (
     Edit,
@@ -88,12 +88,6 @@ def arch_name(arch: str, *, preset: str | None = None, module: str | None = None
 _ARCH_UNSAFE = re.compile(r"[+\s]+")  # '+' separates the parts of an arch name
 
 
-def _limits(tol: float, max_sweeps: int, max_seconds: float | None, max_memory: int | None,
-            progress: ProgressFn | None) -> dict[str, Any]:
-    return {"tol": tol, "max_sweeps": max_sweeps, "max_seconds": max_seconds,
-            "max_memory": max_memory, "progress": progress}
-
-
 # -- presets: a branch module at a share of each placed block's shortcut ----------------------
 
 def resnet_blocks(desc: dict[str, Any]) -> list[tuple[int, int]]:
@@ -107,8 +101,7 @@ def resnet_blocks(desc: dict[str, Any]) -> list[tuple[int, int]]:
 
 
 def morph_preset(net: Network, preset: Preset, *, seed: int = 0, exact_bn: bool = True,
-                 tol: float = 1e-10, max_sweeps: int = 60, max_seconds: float | None = None,
-                 max_memory: int | None = None, progress: ProgressFn | None = None
+                 limits: SolveLimits | None = None, progress: ProgressFn | None = None
                  ) -> Network:
     """Apply ``preset`` (see ``presets.py``) to a ResNet: in every block it places itself
     in, the identity shortcut splits into 0.5·I + 0.5·I and one half (both with
@@ -121,8 +114,7 @@ def morph_preset(net: Network, preset: Preset, *, seed: int = 0, exact_bn: bool 
                          "beyond the first block of each stage")
     spec = preset.spec
     _refuse_module_branches(net.description, blocks, preset.name, spec, preset.branches)
-    edit = Edit(net, seed, exact_bn, _limits(tol, max_sweeps, max_seconds, max_memory,
-                                             progress))
+    edit = Edit(net, seed, exact_bn, limits or SolveLimits(), progress)
     shapes = validate_description(edit.desc)
     worst, cond = 0.0, 0.0
     for block in blocks:
@@ -232,27 +224,26 @@ def prelu_all(net: Network) -> Network:
 
 def morph_at(net: Network, spec: ModuleGraph, layer: str, *, seed: int = 0, bn: bool = True,
              act: str = "prelu", inner_width: int | None = None, exact_bn: bool = True,
-             tol: float = 1e-10, max_sweeps: int = 60, max_seconds: float | None = None,
-             max_memory: int | None = None, progress: ProgressFn | None = None) -> Network:
+             limits: SolveLimits | None = None, progress: ProgressFn | None = None
+             ) -> Network:
     """Replace the stride-1 conv (or identity shortcut) ``layer`` by the module ``spec``.
 
     The filters are solved in float64 (``solve.morph_filter``) and stored in the network's
     dtype. Each inner blob gets BN → PReLU (identity at insertion) unless ``bn=False`` /
-    ``act="none"``. ``max_sweeps``, ``max_seconds``, ``max_memory`` (bytes) and
-    ``progress`` are the solve's limits (see ``morph_filter``): the memory estimate is
-    checked before anything is allocated, and nothing is changed when the solve fails.
+    ``act="none"``. ``limits`` (a ``SolveLimits``: time, sweeps, memory, tolerance, route)
+    bound the solve and ``progress`` receives its heartbeat (see ``morph_filter``): the
+    memory estimate is checked before anything is allocated, and nothing is changed when
+    the solve fails.
     """
     _check_module_args(spec, act)
-    edit = Edit(net, seed, exact_bn, _limits(tol, max_sweeps, max_seconds, max_memory,
-                                             progress), drop=f"{layer}.")
+    edit = Edit(net, seed, exact_bn, limits or SolveLimits(), progress, drop=f"{layer}.")
     return _insert_module(edit, site_at(net, layer), spec, layer, {"at": layer}, bn, act,
                           inner_width)
 
 
 def morph_after(net: Network, spec: ModuleGraph, name: str, *, seed: int = 0,
                 bn: bool = True, act: str = "prelu", inner_width: int | None = None,
-                exact_bn: bool = True, tol: float = 1e-10, max_sweeps: int = 60,
-                max_seconds: float | None = None, max_memory: int | None = None,
+                exact_bn: bool = True, limits: SolveLimits | None = None,
                 progress: ProgressFn | None = None) -> Network:
     """Insert the module ``spec`` where there is no layer: the identity at node ``name``'s
     output (a C×C 1×1 identity filter; C the channels of its (C, H, W) output, ``input``
@@ -265,8 +256,7 @@ def morph_after(net: Network, spec: ModuleGraph, name: str, *, seed: int = 0,
     """
     _check_module_args(spec, act)
     site = site_after(net, name)
-    edit = Edit(net, seed, exact_bn, _limits(tol, max_sweeps, max_seconds, max_memory,
-                                             progress))
+    edit = Edit(net, seed, exact_bn, limits or SolveLimits(), progress)
     return _insert_module(edit, site, spec, after_prefix(edit.desc, name), {"after": name},
                           bn, act, inner_width)
 
@@ -310,8 +300,7 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
                   prelu: bool = False, bn: bool = True, act: str = "prelu",
                   exact_bn: bool = True, dtype: torch.dtype | None = None,
                   calibrate: tuple[str, Sequence[torch.Tensor]] | None = None,
-                  parent_sha256: str | None = None, max_sweeps: int = 60,
-                  max_seconds: float | None = None, max_memory: int | None = None,
+                  parent_sha256: str | None = None, limits: SolveLimits | None = None,
                   progress: ProgressFn | None = None,
                   calibrate_progress: Callable[[int, int], None] | None = None
                   ) -> tuple[Network, VerifyReport | None]:
@@ -326,8 +315,8 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
     lineage (parent's arch, FLOPs, ``parent_sha256``) goes to ``meta``. ``check``: compare
     child and parent on 4 random inputs in the child's dtype and raise
     ``VerificationError`` (exit code 1) if they differ; skipped (report None) with
-    ``exact_bn=False``, whose paper BN is approximate by design. The solver
-    limits are ``morph_at``'s.
+    ``exact_bn=False``, whose paper BN is approximate by design. ``limits`` and
+    ``progress`` are ``morph_at``'s.
     """
     if not isinstance(module, Preset | ModuleGraph):  # names are resolved by the caller
         raise TypeError(f"module must be a Preset or a ModuleGraph (Preset.parse(name), "
@@ -345,17 +334,17 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
     net = parent.to(dtype) if dtype is not None else parent
     if prelu:
         net = prelu_all(net)
-    limits: dict[str, Any] = {"max_sweeps": max_sweeps, "max_seconds": max_seconds,
-                              "max_memory": max_memory, "progress": progress}
+    limits = limits or SolveLimits()
     if isinstance(module, Preset):
-        child = morph_preset(net, module, seed=seed, exact_bn=exact_bn, **limits)
+        child = morph_preset(net, module, seed=seed, exact_bn=exact_bn, limits=limits,
+                             progress=progress)
     elif after is not None:
         child = morph_after(net, module, after, seed=seed, bn=bn, act=act, exact_bn=exact_bn,
-                            **limits)
+                            limits=limits, progress=progress)
     else:
         assert at is not None
         child = morph_at(net, module, at, seed=seed, bn=bn, act=act, exact_bn=exact_bn,
-                         **limits)
+                         limits=limits, progress=progress)
     parent_ref = {"arch": parent.description.get("arch"),
                   "flops": count_flops(parent.description), "sha256": parent_sha256}
     child.meta["parent"] = parent_ref

@@ -39,6 +39,32 @@ PROGRESS_EVERY = 4.0  # seconds between progress reports (nothing silent for lon
 
 
 @dataclass(frozen=True)
+class SolveLimits:
+    """What a morph's solves may spend, passed whole from the CLI and the API to the solver
+    (``morph_filter``'s keywords): ``max_seconds`` for the whole morph (None: no limit),
+    Algorithm 2 sweeps at most, ``max_memory`` bytes (None: half the device's memory), the
+    relative residual to reach and the route (``solver.METHODS``)."""
+
+    max_seconds: float | None = None
+    max_sweeps: int = 60
+    max_memory: int | None = None
+    tol: float = 1e-10
+    method: str = "auto"
+
+    def __post_init__(self) -> None:
+        from . import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r} (one of {', '.join(METHODS)})")
+        if self.max_sweeps < 1:
+            raise ValueError(f"max_sweeps must be ≥ 1, not {self.max_sweeps}")
+        if not (self.tol > 0 and math.isfinite(self.tol)):
+            raise ValueError(f"tol must be a finite number > 0, not {self.tol}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, not {self.max_seconds}")
+
+
+@dataclass(frozen=True)
 class SolveProgress:
     """A heartbeat of a running solve, at most every ``PROGRESS_EVERY`` seconds."""
 

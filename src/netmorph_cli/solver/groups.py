@@ -13,34 +13,34 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
 
 import torch
 
 from ..errors import SolverError
 from ..spec.graph import ModuleGraph
-from .budget import Budget, ProgressFn, current_budget, running
+from .budget import Budget, ProgressFn, SolveLimits, current_budget, running
 from .rng import SeededRng
 from .solve import SolveResult, morph_filter
 
 
 def solve_groups(g: torch.Tensor, groups: int, graph: ModuleGraph, *,
                  inner_width: int | None = None, seed: int = 0, rng: SeededRng | None = None,
-                 max_seconds: float | None = None, progress: ProgressFn | None = None,
-                 **limits: Any) -> SolveResult:
+                 limits: SolveLimits | None = None, progress: ProgressFn | None = None
+                 ) -> SolveResult:
     """Filters for every edge of ``graph`` whose grouped module equals the grouped conv G
     ((C_out, C_in/groups, kh, kw), PyTorch's layout) exactly: each edge's filter is
     (groups·w_dst, w_src, k', k'), group i's rows the solve of G's rows
-    [i·C_out/groups, (i+1)·C_out/groups). ``max_seconds`` bounds all the groups together;
-    ``limits`` are ``morph_filter``'s (``tol``, ``max_sweeps``, ``max_memory``, ``method``).
+    [i·C_out/groups, (i+1)·C_out/groups). ``limits`` (a ``SolveLimits``) are every group's
+    solve's, its ``max_seconds`` all the groups' together.
     The residual is the whole filter's (‖module − G̃‖ / ‖G̃‖ over every group), the condition
     number each edge's block-diagonal operator's."""
     c_out = g.shape[0]
     if groups < 1 or c_out % groups:
         raise ValueError(f"{c_out} output channels do not split into {groups} groups")
     per = c_out // groups
+    lim = limits or SolveLimits()
     t0 = time.perf_counter()
-    outer = Budget(max_seconds, progress, current_budget(), phase=f"group 1 of {groups}")
+    outer = Budget(lim.max_seconds, progress, current_budget(), phase=f"group 1 of {groups}")
     parts: list[SolveResult] = []
     fixed = graph
     with running(outer):
@@ -48,7 +48,8 @@ def solve_groups(g: torch.Tensor, groups: int, graph: ModuleGraph, *,
             outer.note(phase=f"group {i + 1} of {groups}")
             try:
                 res = morph_filter(g[i * per:(i + 1) * per], fixed, inner_width=inner_width,
-                                   seed=seed, rng=rng, **limits)
+                                   seed=seed, rng=rng, tol=lim.tol, max_sweeps=lim.max_sweeps,
+                                   method=lim.method, max_memory=lim.max_memory)
             except SolverError as exc:  # its "layer a→b" is one group's: say so
                 raise type(exc)(f"group {i + 1} of {groups} of a grouped conv (each group a "
                                 f"{g.shape[1]}→{per} layer; a spec's widths are per group): "
