@@ -273,10 +273,13 @@ class TrainProgress:
         from ..training.train import TrainHooks
 
         return TrainHooks(on_step=self._step, on_epoch=self._epoch, on_start=self._start,
-                          on_warning=self._warning,
+                          on_warning=self._warning, on_groups=self._groups,
                           on_calibrate=None if self.quiet else calibration_progress(self._line),
                           on_test=None if self.quiet else heartbeat(
                               self._line, "testing", "test images"))
+
+    def _groups(self, line: str) -> None:  # said when training starts, as the header
+        self.header = line
 
     def _line(self, text: str) -> None:
         self.console.print(text, soft_wrap=True)

@@ -152,8 +152,7 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
     from ..io.checkpoint import load
     from ..morph.calibrate import uncalibrated_layers
     from ..runtime import default_device, parse_milestones, resolve_device
-    from ..training.runfiles import read_parent_state
-    from ..training.train import check_run_files, init_distributed, recipe_config, train
+    from ..training.train import init_distributed, recipe_config, train
     from .report import TrainProgress
 
     if no_amp and precision != "auto":
@@ -169,41 +168,19 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
                         schedule_start=schedule_start, schedule_epochs=schedule_epochs)
     dev = resolve_device(device) if device else default_device()
     metrics = metrics or f"{out}.metrics.jsonl"
-    check_run_files(out, cfg, source=ckpt, metrics=metrics, resume=resume, force=force)
     net = load(ckpt)
     pending = uncalibrated_layers(net) if cfg.calibrate else []
-    if from_state and not resume:
-        read_parent_state(from_state)  # refused before anything is printed
     dist = init_distributed(dev)
-    header = _groups_line(net, cfg)  # a network with nothing new is refused here
-    with TrainProgress(_console(), quiet=quiet or not dist.main, header=header) as progress:
+    shas: list[str] = []
+    with TrainProgress(_console(), quiet=quiet or not dist.main) as progress:
         trained, history = train(net, cfg, out, data_dir=data_dir, device=dev, resume=resume,
                                  metrics=metrics, hooks=progress.hooks(), source=ckpt,
-                                 force=force, from_state=from_state)
+                                 force=force, from_state=from_state,
+                                 finish=lambda t: shas.append(_save_trained(t, out, ckpt,
+                                                                            force)))
     if dist.main:
-        sha = _save_trained(trained, out, ckpt, force)
         _train_summary(trained, history, calibrated=len(pending))
-        _wrote(out, sha, trained.description["arch"])
-
-
-def _groups_line(net: Any, cfg: Any) -> str:
-    """What the optimizer groups will be, said before training starts."""
-    from ..training.growth import new_parameter_names
-    from ..training.train import new_groups
-
-    model = net.module()
-    total = sum(p.numel() for p in model.parameters())
-    if not cfg.grows:
-        return f"optimizer: one group, {total:,} parameters at lr {cfg.lr:g}"
-    new = set(new_groups(net, cfg))
-    assert new == set(new_parameter_names(net, model))
-    n_new = sum(p.numel() for k, p in model.named_parameters() if k in new)
-    wd = cfg.weight_decay if cfg.new_weight_decay is None else cfg.new_weight_decay
-    ramp = f", ramped from 0 over {cfg.new_warmup} steps" if cfg.new_warmup else ""
-    return (f"optimizer: {total - n_new:,} trained parameters at lr {cfg.lr:g} (weight decay "
-            f"{cfg.weight_decay:g}); {n_new:,} new in {len(new)} tensors at lr "
-            f"{cfg.lr * cfg.new_lr_scale:g} (×{cfg.new_lr_scale:g}{ramp}; weight decay "
-            f"{wd:g})")
+        _wrote(out, shas[0], trained.description["arch"])
 
 
 def _save_trained(trained: Any, out: str, ckpt: str, force: bool) -> str:

@@ -76,6 +76,7 @@ class TrainHooks:
     # every step's training loss: (0-based global step, loss); costs a device sync a step
     on_loss: Callable[[int, float], None] | None = None
     on_calibrate: Callable[[int, int], None] | None = None  # batches done, of total
+    on_groups: Callable[[str], None] | None = None  # the optimizer groups, in words
     on_test: Callable[[int, int], None] | None = None  # epoch's test pass: images done, of
 
 
@@ -105,7 +106,8 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
           device: torch.device | str = "cpu", resume: bool = False,
           metrics: str | Path | None = None, hooks: TrainHooks | None = None,
           dataset: Dataset | None = None, source: str | Path | None = None,
-          force: bool = False, from_state: str | Path | None = None
+          force: bool = False, from_state: str | Path | None = None,
+          finish: Callable[[Network], Any] | None = None
           ) -> tuple[Network, list[EpochStats]]:
     """Train ``net`` (read from the file ``source``, if any) with ``cfg``; write a state
     file every epoch and return the trained network (the caller saves it to ``out``). The
@@ -115,7 +117,9 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
     The parameters a morph added (``growth.new_parameter_names``) get their own optimizer
     group when ``cfg`` sets new-parameter options (``cfg.grows``); ``from_state``: a
     parent's training state whose momentum the child's trained parameters carry
-    (``growth.carry_momentum``; a resumed run has it in its own state)."""
+    (``growth.carry_momentum``; a resumed run has it in its own state). ``finish`` is called
+    with the trained network inside the run's lock, on the main rank (the CLI saves OUT
+    there, so no second run can start between the last state and the checkpoint)."""
     hooks = hooks or TrainHooks()
     device = torch.device(device)
     dist = init_distributed(device)
@@ -123,6 +127,8 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
     check_run_files(out, cfg, source=source, metrics=metrics, resume=resume, force=force,
                     source_sha256=digest)
     new = new_groups(net, cfg)
+    if hooks.on_groups is not None:
+        hooks.on_groups(groups_line(net, cfg, new))
     parent_state = read_parent_state(from_state) if from_state and not resume else None
     if parent_state is not None and cfg.momentum == 0:
         raise UsageError("--from-state carries the parent's momentum, and --momentum 0 "
@@ -135,10 +141,13 @@ def train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Pa
         if dist.main:
             if not resume:
                 state_path(out).unlink(missing_ok=True)  # --force: start again
-        return _train(net, cfg, out, data_dir=data_dir, device=device, resume=resume,
-                      metrics=metrics, hooks=hooks, dataset=dataset, dist=dist,
-                      source_sha256=digest, new=new, parent_state=parent_state,
-                      fresh=fresh)
+        trained, history = _train(net, cfg, out, data_dir=data_dir, device=device,
+                                  resume=resume, metrics=metrics, hooks=hooks, dataset=dataset,
+                                  dist=dist, source_sha256=digest, new=new,
+                                  parent_state=parent_state, fresh=fresh)
+        if finish is not None and dist.main:
+            finish(trained)
+        return trained, history
 
 def _train(net: Network, cfg: TrainConfig, out: str | Path, *, data_dir: str | Path | None,
            device: torch.device, resume: bool, metrics: str | Path | None, hooks: TrainHooks,
@@ -189,6 +198,21 @@ def new_groups(net: Network, cfg: TrainConfig) -> tuple[str, ...]:
                          "parameters a morph added since the last training, and this network "
                          "has none (no morph in its history since it was trained)")
     return new
+
+
+def groups_line(net: Network, cfg: TrainConfig, new: tuple[str, ...]) -> str:
+    """What the optimizer groups are (``new``: the new group's parameters), in words."""
+    model = net.module()
+    total = sum(p.numel() for p in model.parameters())
+    if not new:
+        return f"optimizer: one group, {total:,} parameters at lr {cfg.lr:g}"
+    n_new = sum(p.numel() for k, p in model.named_parameters() if k in set(new))
+    wd = cfg.weight_decay if cfg.new_weight_decay is None else cfg.new_weight_decay
+    ramp = f", ramped from 0 over {cfg.new_warmup} steps" if cfg.new_warmup else ""
+    return (f"optimizer: {total - n_new:,} trained parameters at lr {cfg.lr:g} (weight decay "
+            f"{cfg.weight_decay:g}); {n_new:,} new in {len(new)} tensors at lr "
+            f"{cfg.lr * cfg.new_lr_scale:g} (×{cfg.new_lr_scale:g}{ramp}; weight decay "
+            f"{wd:g})")
 
 
 class _Loaded:
