@@ -658,3 +658,22 @@ def test_child_is_rebuilt_from_its_checkpoint(parent, x64, tmp_path, suffix):
     assert rel_err(run(back, x64[:2], torch.float64),
                    run(parent, x64[:2], torch.float64)) <= F32
     assert back.meta["parent"]["arch"] == "resnet20"
+
+
+def test_morph_network_returns_what_the_cli_renders(parent64):
+    """A ``MorphResult``: the record is the child's last history entry, the FLOPs are the
+    descriptions' (counted independently here), the check is the quick check, every phase
+    is timed, and it unpacks as the (network, check) pair of before."""
+    from netmorph_cli.morph.morphs import MorphResult
+    from netmorph_cli.network.flops import count_flops
+
+    r = morph_network(parent64, load_spec(MODULES / "C.json"), at="layer2.1.conv1", seed=4)
+    assert isinstance(r, MorphResult)
+    assert r.record.to_json() == r.network.history[-1]
+    assert r.flops_before == count_flops(parent64.description) < r.flops_after == \
+        count_flops(r.network.description)
+    assert r.parent_arch == parent64.description["arch"]
+    assert r.check is not None and r.check.passed
+    assert set(r.seconds) == {"morph", "calibrate", "check"} and r.seconds["morph"] > 0
+    child, check = r
+    assert child is r.network and check is r.check and r[0] is child and r[1] is check

@@ -226,15 +226,15 @@ def morph(parent: str, module: str, at: str | None, after: str | None, out: str,
     from ..solver.budget import SolveLimits
     from .report import calibration_progress
 
-    child, report = morph_network(
+    result = morph_network(
         net, target, at=at, after=after, seed=seed, check=not no_check, prelu=prelu_all,
         bn=not no_bn, act=act, exact_bn=not paper_bn, dtype=resolve_dtype(dtype) if dtype else None,
         calibrate=images, parent_sha256=file_sha256(parent),
         limits=SolveLimits(max_seconds=max_seconds, max_sweeps=max_sweeps,
                            max_memory=_gib(max_memory)), progress=_solve_progress,
         calibrate_progress=calibration_progress(lambda line: click.echo(line, err=True)))
-    sha = save(child, out, force=force, protect=[parent])
-    _show_morph(out, sha, child, report, as_json)
+    sha = save(result.network, out, force=force, protect=[parent])
+    _show_morph(out, sha, result, as_json)
 
 
 def _module_arg(module: str) -> Any:
@@ -262,20 +262,19 @@ def _calibration_images(net: Any, dataset: str | None, data_dir: str | None, bat
     return dataset, [x for x, _ in data]
 
 
-def _show_morph(out: str, sha: str, child: Any, report: Any, as_json: bool) -> None:
-    """What ``morph`` prints: one JSON object, or the morph, calibration and check lines."""
-    from ..network.flops import count_flops, format_flops
-    from ..network.history import MorphRecord
+def _show_morph(out: str, sha: str, r: Any, as_json: bool) -> None:
+    """What ``morph`` prints of a ``MorphResult``: one JSON object, or the morph,
+    calibration and check lines."""
+    from ..network.flops import format_flops
 
-    entry, parent = MorphRecord.from_json(child.history[-1]), child.meta["parent"]
-    f0, f1 = parent["flops"], count_flops(child.description)
+    child, entry, f0, f1 = r.network, r.record, r.flops_before, r.flops_after
     if as_json:
         _emit_json({"output": out, "sha256": sha, "arch": child.description["arch"],
                     "flops": f1, "parent_flops": f0, "morph": entry.to_json(),
-                    "check": report.to_json() if report else None})
+                    "check": r.check.to_json() if r.check else None})
         return
     where = entry.where if entry.after is not None else f"at {entry.where}"
-    click.echo(f"morphed {parent['arch']} → {child.description['arch']} {where}: "
+    click.echo(f"morphed {r.parent_arch} → {child.description['arch']} {where}: "
                f"solver residual {entry.residual:.2e}, FLOPs {format_flops(f0)} → "
                f"{format_flops(f1)} ({f1 / f0:.2f}×)")
     if entry.widths:  # a module's inner widths at this layer, and how they were chosen
@@ -285,11 +284,10 @@ def _show_morph(out: str, sha: str, child: Any, report: Any, as_json: bool) -> N
     if cal:
         click.echo(f"calibrated {len(cal.layers)} new BN layers on {cal.images} "
                    f"{cal.dataset} training images (train-mode batch statistics)")
-    if report:
-        click.echo(f"check: {report.samples} random inputs in {report.dtype}, max relative "
-                   f"error {report.max_rel_err:.2e}")
+    if r.check:
+        click.echo(f"check: {r.check.samples} random inputs in {r.check.dtype}, max relative "
+                   f"error {r.check.max_rel_err:.2e}")
     _wrote(out, sha, child.description["arch"])
-
 
 
 @cli.command(name="verify")

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -295,6 +297,27 @@ def _insert_module(edit: Edit, site: Site, spec: ModuleGraph, prefix: str,
 
 # -- the library call behind `netmorph morph` -----------------------------------------------
 
+@dataclass(frozen=True)
+class MorphResult:
+    """What ``morph_network`` did: the child, its morph's history entry, the FLOPs before and
+    after, the quick check's report and the seconds each phase took. Unpacks and indexes as
+    ``(network, check)``, the pair it returned before."""
+
+    network: Network
+    record: MorphRecord  # the morph's history entry, calibration included
+    parent_arch: str
+    flops_before: int
+    flops_after: int
+    check: VerifyReport | None
+    seconds: dict[str, float]  # "morph" (solve and build), "calibrate", "check"
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.network, self.check))
+
+    def __getitem__(self, i: int) -> Any:
+        return (self.network, self.check)[i]
+
+
 def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | None = None,
                   after: str | None = None, seed: int = 0, check: bool = True,
                   prelu: bool = False, bn: bool = True, act: str = "prelu",
@@ -303,11 +326,11 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
                   parent_sha256: str | None = None, limits: SolveLimits | None = None,
                   progress: ProgressFn | None = None,
                   calibrate_progress: Callable[[int, int], None] | None = None
-                  ) -> tuple[Network, VerifyReport | None]:
+                  ) -> MorphResult:
     """Morph ``parent`` with a preset (placed by itself), a module at the layer ``at`` or a
     module inserted after the node ``after`` (``morph_after``), after casting it to
-    ``dtype`` and replacing its ReLUs by PReLUs (``prelu``) if asked; returns the child and
-    the report of its quick check.
+    ``dtype`` and replacing its ReLUs by PReLUs (``prelu``) if asked; returns a
+    ``MorphResult`` (the child, its record, FLOPs, the quick check's report, timings).
 
     ``bn``/``act`` shape a module's inner blobs (``morph_at``); ``calibrate`` = (data-set
     name, normalized training images) sets the new BN layers from data
@@ -335,6 +358,7 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
     if prelu:
         net = prelu_all(net)
     limits = limits or SolveLimits()
+    t0 = time.perf_counter()
     if isinstance(module, Preset):
         child = morph_preset(net, module, seed=seed, exact_bn=exact_bn, limits=limits,
                              progress=progress)
@@ -345,17 +369,24 @@ def morph_network(parent: Network, module: Preset | ModuleGraph, *, at: str | No
         assert at is not None
         child = morph_at(net, module, at, seed=seed, bn=bn, act=act, exact_bn=exact_bn,
                          limits=limits, progress=progress)
-    parent_ref = {"arch": parent.description.get("arch"),
-                  "flops": count_flops(parent.description), "sha256": parent_sha256}
+    seconds = {"morph": time.perf_counter() - t0}
+    flops_before = count_flops(parent.description)
+    parent_ref = {"arch": parent.description.get("arch"), "flops": flops_before,
+                  "sha256": parent_sha256}
     child.meta["parent"] = parent_ref
     child.meta.setdefault("root", parent.meta.get("root") or
                           {k: parent_ref[k] for k in ("arch", "flops")})
+    t0 = time.perf_counter()
     if calibrate is not None:
         from .calibrate import calibrate as calibrate_bn
 
         child = calibrate_bn(child, calibrate[1], dataset=calibrate[0], seed=seed,
                              progress=calibrate_progress)
+    seconds["calibrate"], t0 = time.perf_counter() - t0, time.perf_counter()
     report = verify(parent, child, dtype=child.dtype, samples=4) if check and exact_bn else None
+    seconds["check"] = time.perf_counter() - t0
     if report is not None:
         require_passed(report)
-    return child, report
+    return MorphResult(child, MorphRecord.from_json(child.history[-1]),
+                       str(parent_ref["arch"]), flops_before, count_flops(child.description),
+                       report, seconds)
