@@ -636,3 +636,44 @@ def test_augment_is_deterministic_under_its_generator_and_covers_all_offsets():
     outcomes = [_which_crop(xs, a, i, 1, fill)[0] for i in range(len(xs))]
     counts = {o: outcomes.count(o) for o in set(outcomes)}
     assert len(counts) == 18
+
+
+def test_augmentation_is_the_data_sets_and_flip_only_mirrors():
+    """``Augment`` travels with the data set: pad 0 without flip is the identity; without
+    flip the crops are the same as with it (the same numbers are drawn), and with it each
+    image is its crop or the crop mirrored."""
+    import torch
+
+    from netmorph_cli.training.data import DATASETS, augment
+    from netmorph_cli.training.readers import Augment
+
+    assert all(s.augment == Augment(4, True) for s in DATASETS.values())
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(augment(x, torch.Generator().manual_seed(1), pad=0, flip=False), x)
+    flipped = augment(x, torch.Generator().manual_seed(2), pad=2)
+    plain = augment(x, torch.Generator().manual_seed(2), pad=2, flip=False)
+    for a, b in zip(flipped, plain, strict=True):
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+    assert any(not torch.equal(a, b) for a, b in zip(flipped, plain, strict=True))
+
+
+def test_training_uses_the_data_sets_augmentation(monkeypatch, tmp_path):
+    import dataclasses
+
+    from netmorph_cli.network import zoo
+    from netmorph_cli.training import train as train_mod
+    from netmorph_cli.training.data import synthetic
+    from netmorph_cli.training.readers import Augment
+
+    seen = []
+    real = train_mod.augment
+
+    def spy(x, gen, pad=4, fill=None, flip=True):
+        seen.append((pad, flip))
+        return real(x, gen, pad=pad, fill=fill, flip=flip)
+
+    monkeypatch.setattr(train_mod, "augment", spy)
+    data = dataclasses.replace(synthetic(n_train=64, n_test=16), augment=Augment(2, False))
+    cfg = train_mod.TrainConfig(dataset="synthetic", epochs=1, batch_size=32, lr=0.01)
+    train_mod.train(zoo.create("resnet20"), cfg, tmp_path / "t.safetensors", dataset=data)
+    assert seen == [(2, False), (2, False)]

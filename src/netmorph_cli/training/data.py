@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import DataError
 from ..io.outputs import write_file
 from ..network.archs import CIFAR_MEAN, CIFAR_STD
-from .readers import SPLITS, Dataset, checked, read_npz_arrays
+from .readers import SPLITS, Augment, Dataset, checked, read_npz_arrays
 from .user_data import read_user_data
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class DatasetSpec:
     npz: str | None  # file name of its .npz in the data dir; None: not read from files
     official: OfficialArchive | None = None  # the official archive, read or downloaded
     make: Callable[[DatasetSpec], Dataset] | None = None  # made here instead (synthetic)
+    augment: Augment = Augment()  # training augmentation: pad-4 crop + flip (CIFAR's)
 
     def __post_init__(self) -> None:
         if self.npz is None and self.make is None:
@@ -156,7 +157,7 @@ def _missing(spec: DatasetSpec, official: OfficialArchive, base: Path) -> DataEr
 
 def _read_npz(spec: DatasetSpec, path: Path) -> Dataset:
     """A registry set's ``.npz`` (``read_npz_arrays``), checked against its classes."""
-    return checked(spec.name, spec.classes, read_npz_arrays(path), str(path))
+    return checked(spec.name, spec.classes, read_npz_arrays(path), str(path), spec.augment)
 
 
 
@@ -234,7 +235,8 @@ def _read_official(spec: DatasetSpec, official: OfficialArchive, path: Path) -> 
     x_train, y_train = split(list(official.train))
     x_test, y_test = split([official.test])
     return checked(spec.name, spec.classes, {"x_train": x_train, "y_train": y_train,
-                                              "x_test": x_test, "y_test": y_test}, str(path))
+                                              "x_test": x_test, "y_test": y_test}, str(path),
+                   spec.augment)
 
 
 def synthetic(n_train: int = 4096, n_test: int = 512, classes: int = 10,
@@ -325,8 +327,10 @@ def to_tensor(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4,
-            fill: torch.Tensor | None = None) -> torch.Tensor:
-    """Pad-``pad`` random crop + random horizontal flip of a whole batch, on its device.
+            fill: torch.Tensor | None = None, flip: bool = True) -> torch.Tensor:
+    """Pad-``pad`` random crop + random horizontal flip (``flip``) of a whole batch, on its
+    device (a data set's ``Augment``). The same numbers are drawn with or without ``flip``,
+    so turning it off changes only the mirroring.
 
     ``fill`` (C,) is the padding value per channel; pass the normalized value of a black
     pixel (−mean/std) to pad like torchvision's RandomCrop before normalization. Random
@@ -343,10 +347,10 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4,
     xp[:, :, pad:pad + h, pad:pad + w] = x
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
+    mirror = (torch.rand(n, generator=gen) < 0.5).to(dev) & flip
     rows = (torch.arange(h, device=dev)[None, :] + dy[:, None])  # (n, h)
     cols = torch.arange(w, device=dev)[None, :]
-    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # (n, w)
+    cols = torch.where(mirror[:, None], w - 1 - cols, cols) + dx[:, None]  # (n, w)
     idx_n = torch.arange(n, device=dev)[:, None, None, None]
     idx_c = torch.arange(x.shape[1], device=dev)[None, :, None, None]
     return xp[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]

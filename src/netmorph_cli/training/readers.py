@@ -17,6 +17,15 @@ from ..limits import MAX_INPUT_SIDE, check_memory, format_bytes
 
 
 @dataclass(frozen=True)
+class Augment:
+    """A data set's training augmentation (``data.augment``): a random crop of the image
+    padded by ``pad`` pixels (0: none) and, with ``flip``, a random horizontal mirror."""
+
+    pad: int = 4
+    flip: bool = True
+
+
+@dataclass(frozen=True)
 class Dataset:
     """A labelled image set as uint8 NHWC arrays."""
 
@@ -27,6 +36,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str  # where it came from, for messages and metrics
+    augment: Augment = Augment()  # its training augmentation
 
 
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
@@ -115,7 +125,8 @@ def _check_labels_header(shape: tuple[int, ...], dtype: np.dtype, n: int, split:
                         f"image is needed)")
 
 
-def checked(name: str, classes: int, a: dict[str, np.ndarray], source: str) -> Dataset:
+def checked(name: str, classes: int, a: dict[str, np.ndarray], source: str,
+            augment: Augment = Augment()) -> Dataset:
     """Every reader's data, checked alike: uint8 (N, H, W, 3) images of one size in both
     splits, 1-D integer labels (one per image) in 0..classes-1, images in both splits."""
     for split in ("train", "test"):
@@ -133,6 +144,6 @@ def checked(name: str, classes: int, a: dict[str, np.ndarray], source: str) -> D
         raise DataError(f"{source}: training images are {_hw(a['x_train'].shape)} and test "
                         f"images {_hw(a['x_test'].shape)}: both splits must have one image size")
     return Dataset(name, classes, a["x_train"], a["y_train"].astype(np.int64),
-                   a["x_test"], a["y_test"].astype(np.int64), source)
+                   a["x_test"], a["y_test"].astype(np.int64), source, augment)
 
 

@@ -226,6 +226,7 @@ class _Loaded:
         self.x_test = to_tensor(data.x_test, self.mean, self.std, device)
         self.y_test = torch.from_numpy(data.y_test).to(device)
         self.fill = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)])
+        self.augment = data.augment
 
 
 class _Run:
@@ -322,7 +323,7 @@ class _Run:
                         ramp if group.get("name") == NEW else 1.0)
                 idx = mine[step * b_local:(step + 1) * b_local]
                 xb = augment(data.x_train[idx], seeded(cfg.seed, epoch, step, dist.rank),
-                             fill=data.fill)
+                             pad=data.augment.pad, fill=data.fill, flip=data.augment.flip)
                 if cfg.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 yb = data.y_train[idx]
