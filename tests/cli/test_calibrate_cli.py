@@ -69,7 +69,7 @@ def test_morph_calibrate_prints_and_records_it(capsys, files):
 
 
 def test_morph_calibrate_shows_progress_per_batch(capsys, files, monkeypatch):
-    """Calibration can take minutes on a CPU: a heartbeat line on stderr (every 5 s; here
+    """Calibration can take minutes on a CPU: a heartbeat line on stderr (every 3 s; here
     every batch), counting the batches it was given."""
     from netmorph_cli.cli import report
 

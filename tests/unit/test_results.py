@@ -312,6 +312,7 @@ def test_heartbeat_throttles_and_times_each_loop_from_its_start(monkeypatch):
 
     clock = [100.0]
     monkeypatch.setattr(report.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(report, "PLAIN_PROGRESS_EVERY", 5.0)
     monkeypatch.delenv("NETMORPH_PROGRESS", raising=False)
     lines: list[str] = []
     beat = report.heartbeat(lines.append, "testing", "test images")
