@@ -205,8 +205,9 @@ def info_report(s: dict[str, Any]) -> Group:
 
 HISTORY_ROWS = 25  # a longer history shows its first and last 25 entries
 # seconds between progress lines when stdout is not a terminal (NETMORPH_PROGRESS=off: none,
-# for output compared word for word, as tools/readme_check.py does)
-PLAIN_PROGRESS_EVERY = 3.0  # with a command's start-up, no gap over 10 s (make demo with CIFAR-10: 8.5 s)
+# for output compared word for word, as tools/readme_check.py does); with a command's
+# start-up, no silence over 10 s (make demo with CIFAR-10: 8.5 s at most)
+PLAIN_PROGRESS_EVERY = 3.0
 
 
 def heartbeat(echo: Callable[[str], None], what: str, unit: str
