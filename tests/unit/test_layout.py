@@ -119,3 +119,25 @@ def test_exports_written_before_the_layout_still_import():
     for path in ("netmorph_cli.network.OpModule", "netmorph_cli.network.description.OpModule"):
         assert is_op_module(SimpleNamespace(module_type=path))
     assert not is_op_module(SimpleNamespace(module_type="torch.nn.modules.conv.Conv2d"))
+
+
+def test_old_import_paths_keep_working():
+    """``netmorph_cli.errors`` stayed; ``.network``, ``.spec``, ``.morph`` were modules and
+    are packages now that hand out their old module's names (the same objects)."""
+    import netmorph_cli.network as old_network
+    from netmorph_cli.errors import NetmorphError
+    from netmorph_cli.morph import morph_network
+    from netmorph_cli.morph.morphs import morph_network as new_morph_network
+    from netmorph_cli.network import Network
+    from netmorph_cli.network.description import Network as NewNetwork
+    from netmorph_cli.spec import load_spec
+    from netmorph_cli.spec.parse import load_spec as new_load_spec
+
+    assert Network is NewNetwork and load_spec is new_load_spec
+    assert morph_network is new_morph_network and issubclass(NetmorphError, Exception)
+    try:
+        old_network.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no attribute 'no_such_name'" in str(exc)
+    else:
+        raise AssertionError("an unknown name must be an AttributeError")
