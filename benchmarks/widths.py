@@ -51,8 +51,8 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
-from netmorph_cli.io import checkpoint  # noqa: E402
 from netmorph_cli.errors import NetmorphError  # noqa: E402
+from netmorph_cli.io import checkpoint  # noqa: E402
 from netmorph_cli.network.description import FORMAT, Network, node  # noqa: E402
 from netmorph_cli.network.zoo import init_tensors  # noqa: E402
 from netmorph_cli.solver.algebra import module_function, pad_to  # noqa: E402

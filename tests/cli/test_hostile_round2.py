@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from netmorph_cli import limits
+from netmorph_cli.base import limits
 from netmorph_cli.errors import ResourceLimitError
 from netmorph_cli.io import checkpoint
 from netmorph_cli.network import zoo

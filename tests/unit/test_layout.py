@@ -141,3 +141,8 @@ def test_old_import_paths_keep_working():
         assert "no attribute 'no_such_name'" in str(exc)
     else:
         raise AssertionError("an unknown name must be an AttributeError")
+
+
+def test_only_errors_lives_outside_a_stage_package():
+    top = {p.name for p in PKG.glob("*.py")}
+    assert top == {"__init__.py", "__main__.py", "errors.py"}, top

@@ -20,11 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from netmorph_cli import limits
-from netmorph_cli.errors import CheckpointError, MorphError, NetworkError, SpecError
-from netmorph_cli.io import checkpoint as ck
-from netmorph_cli.io import importers
-from netmorph_cli.limits import (
+from netmorph_cli.base import limits
+from netmorph_cli.base.limits import (
     MAX_INPUT_ELEMENTS,
     MAX_INPUT_SIDE,
     MAX_JSON_DEPTH,
@@ -36,6 +33,9 @@ from netmorph_cli.limits import (
     parse_json,
     read_capped,
 )
+from netmorph_cli.errors import CheckpointError, MorphError, NetworkError, SpecError
+from netmorph_cli.io import checkpoint as ck
+from netmorph_cli.io import importers
 from netmorph_cli.morph.morphs import Preset
 from netmorph_cli.network import zoo
 from netmorph_cli.network.description import (

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 import zoo_models
+from netmorph_cli.base.limits import MAX_JSON_DEPTH
 from netmorph_cli.errors import CheckpointError
 from netmorph_cli.io import importers, program
-from netmorph_cli.limits import MAX_JSON_DEPTH
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

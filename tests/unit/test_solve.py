@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from conv_reference import relative_error, run_module
 
-from netmorph_cli import limits
+from netmorph_cli.base import limits
 from netmorph_cli.errors import InfeasibleError, ResourceLimitError, SolverTimeout
 from netmorph_cli.solver import budget, solve, sweeps
 from netmorph_cli.solver.algebra import (

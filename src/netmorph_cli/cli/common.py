@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..limits import MAX_INPUT_SIDE, MAX_WIDTH
+from ..base.limits import MAX_INPUT_SIDE, MAX_WIDTH
 from ..network.archs import ARCHS
 
 _DEBUG = False
@@ -218,7 +218,7 @@ def _input_size(ctx: Any, param: Any, value: str | None) -> tuple[int, int, int]
 def _kwargs(ctx: Any, param: Any, value: str | None) -> dict[str, Any]:
     if value is None:
         return {}
-    from ..limits import JSONDepthError, parse_json
+    from ..base.limits import JSONDepthError, parse_json
 
     try:
         out = parse_json(value)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..limits import MAX_BATCH, MAX_WIDTH
+from ..base.limits import MAX_BATCH, MAX_WIDTH
 from ..network.archs import ARCHS
 from .common import (
     _DATASETS,
@@ -207,9 +207,9 @@ def morph(parent: str, module: str, at: str | None, after: str | None, out: str,
       netmorph morph resnet20.safetensors --module examples/modules/morph_1c1.json \\
           --after layer1.0.relu1 -o deeper.safetensors
     """
+    from ..base.runtime import resolve_dtype
     from ..io.checkpoint import check_output, file_sha256, load, save
     from ..morph.morphs import morph_network
-    from ..runtime import resolve_dtype
 
     if calibrate_on and paper_bn:
         raise click.UsageError("--calibrate sets the new BN layers from data; --paper-bn "
@@ -336,9 +336,9 @@ def verify_cmd(parent: str, child: str, as_json: bool, dtype: str | None, sample
       netmorph verify resnet20.safetensors morph20_1c1.safetensors --dtype float64
       netmorph verify r20.safetensors c.safetensors --mode train --dataset cifar10
     """
+    from ..base.runtime import resolve_device, resolve_dtype
     from ..io.checkpoint import load
     from ..morph.verify import verify
-    from ..runtime import resolve_device, resolve_dtype
 
     if mode == "train":
         return _verify_train(parent, child, as_json, dtype, seed, tol, device, dataset,
@@ -362,9 +362,9 @@ def verify_cmd(parent: str, child: str, as_json: bool, dtype: str | None, sample
 def _verify_train(parent: str, child: str, as_json: bool, dtype: str | None, seed: int,
                   tol: float | None, device: str, dataset: str | None, data_dir: str | None,
                   batches: int, batch_size: int) -> None:
+    from ..base.runtime import resolve_device, resolve_dtype
     from ..io.checkpoint import load
     from ..morph.verify import verify_train_mode
-    from ..runtime import resolve_device, resolve_dtype
     from ..training.train import training_batches
 
     if dataset is None:
@@ -449,10 +449,10 @@ def export_cmd(ckpt: str, out: str, fmt: str | None, dtype: str | None, samples:
       netmorph export morph20_1c1.safetensors -o morph20_1c1.pt2
       netmorph export morph20_1c1.safetensors -o morph20_1c1.onnx --format onnx
     """
+    from ..base.runtime import resolve_dtype
     from ..io.checkpoint import load
     from ..io.export import export_network
     from ..io.outputs import check_outputs
-    from ..runtime import resolve_dtype
 
     fmt = fmt or ("onnx" if out.lower().endswith(".onnx") else "pt2")
     check_outputs([out], inputs=[ckpt], force=force)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..limits import MAX_KERNEL, MAX_WIDTH
+from ..base.limits import MAX_KERNEL, MAX_WIDTH
 from ..solver import METHODS
 from .common import (
     _JSON,
@@ -66,7 +66,7 @@ def reduce(spec: str, as_json: bool, solve: bool, channels: int, kernel: int, dt
     plan = reduce_module(load_spec(spec))
     result = None
     if solve:
-        from ..runtime import resolve_device, resolve_dtype
+        from ..base.runtime import resolve_device, resolve_dtype
         from ..solver.solve import solve_random
 
         if kernel % 2 == 0:

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
+from ..base.limits import MAX_BATCH
 from ..errors import NetmorphError
-from ..limits import MAX_BATCH
 from ..training.recipes import RECIPES
 from .common import (
     _FORCE,
@@ -36,8 +36,8 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
     Example:
       netmorph eval resnet20.safetensors --dataset cifar10
     """
+    from ..base.runtime import resolve_device
     from ..io.checkpoint import load
-    from ..runtime import resolve_device
     from ..training.train import evaluate
     from .report import heartbeat
 
@@ -149,9 +149,9 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
       torchrun --nproc-per-node 2 -m netmorph_cli train r20.safetensors \\
           --dataset cifar10 -o r20_trained.safetensors
     """
+    from ..base.runtime import default_device, parse_milestones, resolve_device
     from ..io.checkpoint import load
     from ..morph.calibrate import uncalibrated_layers
-    from ..runtime import default_device, parse_milestones, resolve_device
     from ..training.train import init_distributed, recipe_config, train
     from .report import TrainProgress
 

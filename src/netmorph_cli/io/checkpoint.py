@@ -33,7 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors import torch as st
 
-from .. import __version__, limits
+from .. import __version__
+from ..base import limits
 from ..errors import CheckpointError, NetworkError
 from ..network.attrs import short
 from ..network.description import FORMAT as DESCRIPTION_FORMAT

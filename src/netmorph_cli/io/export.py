@@ -24,10 +24,10 @@ from typing import IO, Any
 
 import torch
 
+from ..base.limits import MAX_BATCH
+from ..base.runtime import quiet_torch
 from ..errors import NetmorphError, UsageError, VerificationError
-from ..limits import MAX_BATCH
 from ..network.description import Network
-from ..runtime import quiet_torch
 from . import outputs
 
 FORMATS = ("pt2", "onnx")

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from ..base.limits import format_bytes
 from ..errors import OutputError, WriteError
-from ..limits import format_bytes
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
+from ..base.limits import MAX_JSON_DEPTH, MAX_SPEC_BYTES, JSONDepthError, check_memory, parse_json
+from ..base.runtime import quiet_torch
 from ..errors import CheckpointError
-from ..limits import MAX_JSON_DEPTH, MAX_SPEC_BYTES, JSONDepthError, check_memory, parse_json
-from ..runtime import quiet_torch
 
 
 @dataclass(frozen=True)

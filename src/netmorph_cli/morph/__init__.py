@@ -3,6 +3,6 @@ BN calibration and verification. May import: ``solver``, ``network``, ``spec``; 
 (files are the caller's).
 """
 
-from ..compat import old_module_names
+from ..base.compat import old_module_names
 
 __getattr__ = old_module_names(__name__, "morphs")

@@ -3,6 +3,6 @@ description and its generic module (``description``), FLOPs, the architecture re
 zoo, the paper's presets. May import: ``spec`` (presets' module graphs).
 """
 
-from ..compat import old_module_names
+from ..base.compat import old_module_names
 
 __getattr__ = old_module_names(__name__, "description")

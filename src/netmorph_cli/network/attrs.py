@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..limits import MAX_MAP_SIDE, MAX_WIDTH
+from ..base.limits import MAX_MAP_SIDE, MAX_WIDTH
 
 Node = Mapping[str, Any]
 Check = Callable[[Node, str], object]

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..base.limits import MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_MAP_SIDE, MAX_WIDTH, check_memory
 from ..errors import NetworkError
-from ..limits import MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_MAP_SIDE, MAX_WIDTH, check_memory
 from .attrs import as_pair as as_pair  # re-exported: morph.py builds nodes with it
 from .attrs import count, finite, short
 from .history import parse_history

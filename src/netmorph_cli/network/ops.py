@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..limits import MAX_KERNEL, MAX_MAP_SIDE, MAX_WIDTH
+from ..base.limits import MAX_KERNEL, MAX_MAP_SIDE, MAX_WIDTH
 from .attrs import (
     Attr,
     Node,

@@ -23,8 +23,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..base.limits import MAX_KERNEL
 from ..errors import MorphError
-from ..limits import MAX_KERNEL
 from ..spec.graph import Edge, ModuleGraph
 
 

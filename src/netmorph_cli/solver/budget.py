@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..base.limits import format_bytes
 from ..errors import ResourceLimitError, SolverError
-from ..limits import format_bytes
 from ..spec.graph import Kernel, ModuleGraph, kernel_area
 from ..spec.reduce import ReductionPlan, reduce_module
 

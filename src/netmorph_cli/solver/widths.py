@@ -24,8 +24,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..base.limits import MAX_WIDTH
 from ..errors import SpecError
-from ..limits import MAX_WIDTH
 from ..spec.graph import ModuleGraph
 from ..spec.parse import relative_width
 from ..spec.reduce import reduce_module

@@ -3,6 +3,6 @@ reduction (``reduce``). Pure: no torch I/O, no printing.
 May import: ``errors``, ``limits``.
 """
 
-from ..compat import old_module_names
+from ..base.compat import old_module_names
 
 __getattr__ = old_module_names(__name__, "parse")

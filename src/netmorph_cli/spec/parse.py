@@ -15,8 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpecError
-from ..limits import (
+from ..base.limits import (
     MAX_JSON_DEPTH,
     MAX_KERNEL,
     MAX_SPEC_BYTES,
@@ -25,6 +24,7 @@ from ..limits import (
     parse_json,
     read_capped,
 )
+from ..errors import SpecError
 from .graph import Edge, Kernel, ModuleGraph
 
 _TOP_KEYS = {"name", "source", "sink", "channels", "edges"}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.limits import MAX_INPUT_SIDE, check_memory, format_bytes
 from ..errors import DataError
-from ..limits import MAX_INPUT_SIDE, check_memory, format_bytes
 
 
 @dataclass(frozen=True)

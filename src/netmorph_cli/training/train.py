@@ -27,12 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..base.runtime import bf16_cpu_warning, cpu_has_bf16
 from ..errors import TrainingError, UsageError
 from ..io.outputs import append_line, exclusive, sha256, write_text
 from ..morph.calibrate import calibrate, uncalibrated_layers
 from ..network.description import Network, check_forward, state_of
 from ..network.history import TrainRecord
-from ..runtime import bf16_cpu_warning, cpu_has_bf16
 from .data import Dataset, augment, load_dataset, to_tensor
 from .evaluation import (
     EvalResult,

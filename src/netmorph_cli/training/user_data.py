@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..base.limits import MAX_INPUT_SIDE, check_memory
 from ..errors import DataError
-from ..limits import MAX_INPUT_SIDE, check_memory
 from .readers import Dataset, checked, read_npz_arrays
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

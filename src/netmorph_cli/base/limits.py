@@ -189,7 +189,7 @@ def check_memory(need: int, what: str, *, cap: int | None = None, device: Any = 
     else:
         have = available_memory() if cap is None else min(cap, available_memory())
     if need > have:
-        from .errors import ResourceLimitError
+        from ..errors import ResourceLimitError
 
         raise ResourceLimitError(f"{what} needs about {format_bytes(need)} of memory and "
                                  f"{format_bytes(have)} is available: refused before "

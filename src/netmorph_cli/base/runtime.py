@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["DTYPES", "UsageError", "default_device", "parse_milestones", "resolve_device",
            "resolve_dtype"]
