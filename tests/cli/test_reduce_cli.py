@@ -73,25 +73,17 @@ def test_json_is_one_compact_line_unless_pretty(capsys):
 
 
 # -- human report ---------------------------------------------------------------------------
-def test_report_of_complex_module():
-    result = CliRunner().invoke(cli, ["reduce", str(MODULES / "D.json")])
+@pytest.mark.parametrize("spec,present,absent", [
+    ("D", ["complex", "G = F5 ⊛ F1 + F6 ⊛ (F3 ⊛ F1 + F4 ⊛ F2) + F7 ⊛ F2", "paths s→t: 4",
+           "effective kernel: 7×7", "irreducible remainder"], []),
+    ("C", ["simple morphable", "G = F7 + (F6 ⊛ F5 + F4 ⊛ (F2 + F3)) ⊛ F1",
+           "morphing sequence"], ["irreducible remainder"]),
+])
+def test_report_of_a_complex_and_a_simple_module(spec, present, absent):
+    result = CliRunner().invoke(cli, ["reduce", str(MODULES / f"{spec}.json")])
     assert result.exit_code == 0, result.output
-    out = result.output
-    assert "complex" in out
-    assert "G = F5 ⊛ F1 + F6 ⊛ (F3 ⊛ F1 + F4 ⊛ F2) + F7 ⊛ F2" in out
-    assert "paths s→t: 4" in out
-    assert "effective kernel: 7×7" in out
-    assert "irreducible remainder" in out
-
-
-def test_report_of_simple_module():
-    result = CliRunner().invoke(cli, ["reduce", str(MODULES / "C.json")])
-    assert result.exit_code == 0, result.output
-    out = result.output
-    assert "simple morphable" in out
-    assert "G = F7 + (F6 ⊛ F5 + F4 ⊛ (F2 + F3)) ⊛ F1" in out
-    assert "morphing sequence" in out
-    assert "irreducible remainder" not in out
+    assert all(text in result.output for text in present), result.output
+    assert not any(text in result.output for text in absent), result.output
 
 
 # -- error contract -------------------------------------------------------------------------

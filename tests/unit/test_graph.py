@@ -10,37 +10,13 @@ from equation_words import expand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dag_strategies import dag_modules
 from netmorph_cli.errors import SpecError
 from netmorph_cli.spec.graph import Edge, ModuleGraph, compose_kernels, sum_kernels
 from netmorph_cli.spec.parse import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "modules"
 ODD = st.sampled_from([1, 3, 5])
-
-
-@st.composite
-def dag_modules(draw, max_blobs: int = 7) -> ModuleGraph:
-    """A random single-source single-sink DAG over blobs 0..n-1 (0 = s, n-1 = t).
-
-    Random edges i→j (i < j, parallel edges allowed), then for every blob without a
-    predecessor (successor) an edge from (to) a random earlier (later) blob, so every blob
-    lies on an s→t path. Kernels are random odd sizes, rectangular ones included.
-    """
-    n = draw(st.integers(2, max_blobs))
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    chosen = draw(st.lists(st.sampled_from(pairs), max_size=2 * n))
-    ends = list(chosen)
-    for b in range(1, n):
-        if not any(j == b for _, j in ends):
-            ends.append((draw(st.integers(0, b - 1)), b))
-    for b in range(n - 1):
-        if not any(i == b for i, _ in ends):
-            ends.append((b, draw(st.integers(b + 1, n - 1))))
-    name = {0: "s", n - 1: "t"}
-    edges = tuple(Edge(f"F{k}", name.get(i, f"v{i}"), name.get(j, f"v{j}"),
-                       (draw(ODD), draw(ODD)))
-                  for k, (i, j) in enumerate(ends))
-    return ModuleGraph("s", "t", edges).check()
 
 
 def all_paths(g: ModuleGraph) -> list[list[Edge]]:
@@ -86,27 +62,27 @@ def test_compose_and_sum_kernels():
 
 # -- brute-force properties -----------------------------------------------------------------
 @settings(max_examples=150, deadline=None)
-@given(dag_modules())
+@given(dag_modules(7))
 def test_path_count_matches_enumeration(g):
     assert g.path_count() == len(all_paths(g))
 
 
 @settings(max_examples=150, deadline=None)
-@given(dag_modules())
+@given(dag_modules(7))
 def test_effective_kernel_matches_enumeration(g):
     kernels = [path_kernel(p) for p in all_paths(g)]
     assert g.effective_kernel() == (max(k[0] for k in kernels), max(k[1] for k in kernels))
 
 
 @settings(max_examples=150, deadline=None)
-@given(dag_modules())
+@given(dag_modules(7))
 def test_equation_expands_to_exactly_the_paths(g):
     paths = Counter(tuple(e.name for e in p) for p in all_paths(g))
     assert expand(g.equation(max_chars=10**9), g) == paths
 
 
 @settings(max_examples=100, deadline=None)
-@given(dag_modules())
+@given(dag_modules(7))
 def test_blobs_are_in_topological_order(g):
     pos = {b: i for i, b in enumerate(g.blobs)}
     assert len(pos) == len(g.blobs)

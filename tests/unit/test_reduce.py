@@ -14,6 +14,7 @@ from equation_words import expand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dag_strategies import dag_modules
 from netmorph_cli.spec.graph import Edge, ModuleGraph, compose_kernels, sum_kernels
 from netmorph_cli.spec.parse import load_spec
 from netmorph_cli.spec.reduce import ReductionPlan, _RankedIds, reduce_module, replay
@@ -37,26 +38,6 @@ def sp_modules(draw, max_morphs: int = 30) -> ModuleGraph:
         else:  # TYPE-II: a parallel edge
             ends.append((u, v))
     edges = tuple(Edge(f"F{k}", u, v, draw(KERNELS)) for k, (u, v) in enumerate(ends))
-    return ModuleGraph("s", "t", edges).check()
-
-
-@st.composite
-def dag_modules(draw, max_blobs: int = 8) -> ModuleGraph:
-    """A random single-source single-sink DAG over blobs 0..n-1 (0 = s, n-1 = t): random
-    edges i→j (i < j, parallel ones allowed), then an edge into every blob without a
-    predecessor and out of every blob without a successor."""
-    n = draw(st.integers(2, max_blobs))
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    ends = list(draw(st.lists(st.sampled_from(pairs), max_size=2 * n)))
-    for b in range(1, n):
-        if not any(j == b for _, j in ends):
-            ends.append((draw(st.integers(0, b - 1)), b))
-    for b in range(n - 1):
-        if not any(i == b for i, _ in ends):
-            ends.append((b, draw(st.integers(b + 1, n - 1))))
-    name = {0: "s", n - 1: "t"}
-    edges = tuple(Edge(f"F{k}", name.get(i, f"v{i}"), name.get(j, f"v{j}"), draw(KERNELS))
-                  for k, (i, j) in enumerate(ends))
     return ModuleGraph("s", "t", edges).check()
 
 
