@@ -1,3 +1,3 @@
-"""Architecture search over exact morphs (issue 21): the search space (``space``) so far.
-May import: everything but ``cli``.
+"""Architecture search over exact morphs (issue 21): so far the search space
+(``space``) and the validation split (``validation``). May import: everything but ``cli``.
 """
