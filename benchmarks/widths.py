@@ -11,7 +11,7 @@ fixed ones as they are) and timed:
 
 - in process: ``solve.morph_filter`` (what ``morph --at`` runs: width choice, Algorithm 1's
   splits, Algorithm 2 on an irreducible rest), float64, its relative residual recomputed
-  independently by composing the solved filters (``algebra.module_function``);
+  by composing the solved filters (``solve.relative_residual``: the module function);
 - as a command (at the ``--commands`` sizes): ``netmorph morph NET --module SPEC --at conv``
   on a network of that one layer (input C_in×16×16 → conv → GAP → fc), wall time of the
   whole process (start-up, import, solve, the float32 check and the write);
@@ -55,11 +55,11 @@ from netmorph_cli.errors import NetmorphError  # noqa: E402
 from netmorph_cli.io import checkpoint  # noqa: E402
 from netmorph_cli.network.description import FORMAT, Network, node  # noqa: E402
 from netmorph_cli.network.zoo import init_tensors  # noqa: E402
-from netmorph_cli.solver.algebra import module_function, pad_to  # noqa: E402
+from netmorph_cli.solver.algebra import pad_to  # noqa: E402
 from netmorph_cli.solver.budget import Budget, OutOfTime, running  # noqa: E402
 from netmorph_cli.solver.feasibility import solve_blocks  # noqa: E402
 from netmorph_cli.solver.rng import SeededRng  # noqa: E402
-from netmorph_cli.solver.solve import morph_filter  # noqa: E402
+from netmorph_cli.solver.solve import morph_filter, relative_residual  # noqa: E402
 from netmorph_cli.solver.sweeps import algorithm2  # noqa: E402
 from netmorph_cli.solver.widths import resolve  # noqa: E402
 from netmorph_cli.spec.graph import ModuleGraph  # noqa: E402
@@ -82,12 +82,6 @@ def layers(sizes: list[int]) -> list[tuple[int, int]]:
     for c in sizes:
         out += [(c, c), (c // 2, c), (c, c // 2)] if c >= 16 else [(c, c)]
     return out
-
-
-def relative_residual(graph: ModuleGraph, filters: dict[str, torch.Tensor],
-                      g: torch.Tensor) -> float:
-    diff = module_function(graph, filters) - pad_to(g, graph.effective_kernel())
-    return float(torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(g))
 
 
 def dense_bytes(graph: ModuleGraph, widths: dict[str, int]) -> int:

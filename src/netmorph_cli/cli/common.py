@@ -163,11 +163,11 @@ class _DatasetType(_RegistryChoice):
     """``--dataset``: a registry name, or a path to a user's ``.npz`` or image folder."""
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        from pathlib import Path
-
         if not isinstance(value, str) or value in self.choices:
             return super().convert(value, param, ctx)
-        if value.endswith(".npz") or Path(value).expanduser().is_dir():
+        from ..training.data import is_user_data  # at parse time: --help stays light
+
+        if is_user_data(value):
             return value
         self.fail(f"{value!r} is neither a data set netmorph knows ({', '.join(self.choices)}) "
                   f"nor a path to your own FILE.npz or image FOLDER", param, ctx)

@@ -313,8 +313,8 @@ def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torc
     cuts = [b for b in solve_blocks(graph) if b.kind != "edge"]
     for r in range(rounds):
         if budget is not None:  # not Algorithm 2's sweeps: its progress lines must not say so
-            budget.note(phase=f"probing the sink and source cuts (dense), round {r + 1}")
-            budget.note(residual=rel)
+            budget.note(phase=f"probing the sink and source cuts (dense), round {r + 1}",
+                        residual=rel)
         for block in cuts:
             suf = suffix_filters(graph, filters, widths[graph.sink]) if block.kind != "sink" \
                 else {}

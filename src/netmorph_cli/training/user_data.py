@@ -40,12 +40,10 @@ def read_user_data(path: Path) -> Dataset:
 
 
 def _classes(arrays: dict[str, np.ndarray], path: Path) -> int:
-    """K = the largest label + 1; each of 0..K-1 must have training images."""
+    """K = the largest label + 1; each of 0..K-1 must have training images. (1-D integer
+    labels, one per image, are ``read_npz_arrays``' header checks.)"""
     y_train, y_test = arrays["y_train"], arrays["y_test"]
     for split, y in (("train", y_train), ("test", y_test)):
-        if y.ndim != 1 or y.dtype.kind not in "iu":
-            raise DataError(f"{path}: y_{split} must be 1-D integer class indices, got "
-                            f"{y.dtype} {y.shape}")
         if len(y) and y.min() < 0:
             raise DataError(f"{path}: y_{split} has negative labels (class indices are ≥ 0)")
     if len(y_train) == 0:
