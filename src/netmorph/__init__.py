@@ -35,7 +35,8 @@ from netmorph_cli.network.presets import Preset
 from netmorph_cli.spec.graph import ModuleGraph
 
 __all__ = ["GraphNet", "NetmorphError", "VerifyReport", "__version__", "export", "load",
-           "morph", "new_parameters", "param_groups", "save", "to_network", "verify"]
+           "morph", "new_parameters", "param_groups", "save", "search", "search_step",
+           "to_network", "verify"]
 
 
 def to_network(model: nn.Module, example_input: torch.Tensor | None = None) -> Network:
@@ -161,6 +162,39 @@ def param_groups(child: nn.Module, lr: float, weight_decay: float, *,
 
     return groups(child, new_parameters(child), lr, weight_decay, new_lr_scale=new_lr_scale,
                   new_weight_decay=new_weight_decay)
+
+
+def search(parent: str | Path | nn.Module, space: str | Path, run_dir: str | Path, *,
+           dataset: str, data_dir: str | Path | None = None, device: str = "cpu",
+           **config: Any) -> Any:
+    """``netmorph search``: hill climbing over exact morphs from ``parent`` (a checkpoint
+    file, or a module netmorph returned or loaded) over the search space file ``space``,
+    written to ``run_dir`` (new or empty; an existing search there is continued instead).
+    ``config``: ``SearchConfig``'s fields (steps, children, epochs, recipe, seed, max_flops,
+    max_params, budget_s, …). Returns a ``SearchResult`` (best checkpoint, lineage,
+    validation and test error)::
+
+        result = netmorph.search("r20.safetensors", "space.json", "run", dataset="cifar10",
+                                 steps=3, children=3, epochs=1)
+    """
+    from netmorph_cli.search.climb import resume, start
+    from netmorph_cli.search.rundir import RunDir, SearchConfig
+
+    if RunDir(Path(run_dir)).config_file.is_file():
+        return resume(run_dir, data_dir=data_dir, device=device)
+    net = parent if isinstance(parent, (str, Path)) else to_network(parent)
+    return start(net, space, run_dir, SearchConfig(dataset=dataset, **config),
+                 data_dir=data_dir, device=device)
+
+
+def search_step(run_dir: str | Path, *, data_dir: str | Path | None = None,
+                device: str = "cpu") -> dict[str, Any] | None:
+    """One more step of the search in ``run_dir`` (started by ``search`` or the CLI; a step
+    a kill interrupted is finished): its selection record, or None once every step is
+    done (``search`` on the same run then measures the final test error)."""
+    from netmorph_cli.search.climb import search_step as step
+
+    return step(run_dir, data_dir=data_dir, device=device)
 
 
 def _path(model: nn.Module, where: str | nn.Module | None, what: str) -> str | None:

@@ -13,7 +13,13 @@ import sys
 import click
 
 from ..errors import NetmorphError
-from . import common, networks, solving, training  # noqa: F401 (they register the commands)
+from . import (  # noqa: F401 (they register the commands)
+    common,
+    networks,
+    searching,
+    solving,
+    training,
+)
 from .common import cli
 
 __all__ = ["cli", "main"]

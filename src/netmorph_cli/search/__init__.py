@@ -1,3 +1,4 @@
-"""Architecture search over exact morphs (issue 21): so far the search space
-(``space``) and the validation split (``validation``). May import: everything but ``cli``.
+"""Architecture search by hill climbing over exact morphs: the space, the validation split,
+the run directory (``rundir``), the climb (``climb``) and its report (``report``).
+May import: everything but ``cli``.
 """

@@ -13,9 +13,10 @@ A space file is JSON::
 Each move names a preset or a module spec file (relative paths are read from the space
 file's folder first), and for a spec the sites it may go to: ``at`` (convs or identity
 shortcuts it replaces) or ``after`` (nodes it is inserted after). ``weight`` (default 1) is
-the move's share of the draws. ``load_space`` refuses, with one message naming the move, an
-empty space, an unknown module, a site the network does not have (or one a module cannot
-go to), and weights that are negative, not finite or all zero.
+the move's share of the draws; ``name`` (default: the module as given) names it in reports.
+``load_space`` refuses, with one message naming the move, an empty space, an unknown module,
+a site the network does not have (or one a module cannot go to), and weights that are
+negative, not finite or all zero.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ class Move:
     at: str | None = None
     after: str | None = None
     weight: float = 1.0
+    name: str | None = None  # in reports (None: the module as given)
 
     @property
     def label(self) -> str:
         where = f"@{self.at}" if self.at else f"@after:{self.after}" if self.after else ""
-        return f"{self.module}{where}"
+        return f"{self.name or self.module}{where}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,19 @@ class SearchSpace:
     def weights(self) -> list[float]:
         total = sum(m.weight for m in self.moves)
         return [m.weight / total for m in self.moves]
+
+
+def applies(move: Move, net: Network) -> bool:
+    """Whether ``move``'s site is still in ``net`` (a later step's network: a module that
+    replaced a conv took that site away); a preset decides when it is morphed."""
+    try:
+        if move.at is not None:
+            site_at(net, move.at)
+        elif move.after is not None:
+            site_after(net, move.after)
+    except MorphError:
+        return False
+    return True
 
 
 def load_space(path: str | Path, net: Network) -> SearchSpace:
@@ -85,10 +100,13 @@ def _moves(entry: Any, i: int, path: Path, net: Network) -> list[Move]:
     where = f"{path}: move {i + 1}"
     if not isinstance(entry, dict) or not isinstance(entry.get("module"), str):
         raise UsageError(f"{where} must be an object with a \"module\" (a preset or a spec file)")
-    unknown = set(entry) - {"module", "at", "after", "weight"}
+    unknown = set(entry) - {"module", "at", "after", "weight", "name"}
     if unknown:
         raise UsageError(f"{where}: unknown field {sorted(unknown)[0]!r} (module, at, after, "
-                         "weight)")
+                         "weight, name)")
+    label = entry.get("name")
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        raise UsageError(f"{where}: name must be a non-empty string, not {label!r}")
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) \
             or not math.isfinite(weight) or weight < 0:
@@ -99,7 +117,7 @@ def _moves(entry: Any, i: int, path: Path, net: Network) -> list[Move]:
         if "at" in entry or "after" in entry:
             raise UsageError(f"{where}: preset {name!r} places itself; 'at'/'after' apply to "
                              "spec files")
-        return [Move(name, graph, weight=float(weight))]
+        return [Move(name, graph, weight=float(weight), name=label)]
     sites = [(k, s) for k in ("at", "after") for s in _site_list(entry.get(k), k, where)]
     if not sites:
         raise UsageError(f"{where}: module {name!r} needs the sites it may go to ('at' or "
@@ -110,7 +128,7 @@ def _moves(entry: Any, i: int, path: Path, net: Network) -> list[Move]:
             (site_at if kind == "at" else site_after)(net, site)
         except MorphError as exc:
             raise UsageError(f"{where}: {kind} {site!r}: {exc}") from None
-        out.append(Move(name, graph, **{kind: site}, weight=float(weight)))
+        out.append(Move(name, graph, **{kind: site}, weight=float(weight), name=label))
     return out
 
 

@@ -218,7 +218,15 @@ def plot(runs: list[Run], out: str | Path, *, train: bool = False,
     ``force``, never one of ``inputs``."""
     out = Path(out)
     check_outputs([out], inputs=inputs, force=force)
-    fig = figure(runs, train=train, title=title)
+    return write_figure(figure(runs, train=train, title=title), out, force=force,
+                        inputs=inputs)
+
+
+def write_figure(fig: Any, out: str | Path, *, force: bool = False,
+                 inputs: Iterable[str | Path] = ()) -> Path:
+    """Write a matplotlib figure to ``out`` in the format its suffix names (PNG without
+    one), atomically under the write policy, and close it."""
+    out = Path(out)
     import matplotlib.pyplot as plt
 
     try:

@@ -1,0 +1,99 @@
+"""`netmorph search` and `search-report` (issue 21): a tiny search end to end, and every bad
+input as one Error line before any training starts, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_one_error_line, run_main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+MODULES = Path(__file__).resolve().parents[2] / "examples" / "modules"
+
+
+def search_args(parent: Path, space: Path, run: Path, data_dir: Path, *extra: str) -> list[str]:
+    return ["search", str(parent), "--space", str(space), "--dataset", "cifar10-mini",
+            "--data-dir", str(data_dir), "-o", str(run), "--batch-size", "64",
+            "--device", "cpu", *extra]
+
+
+def write_space(tmp_path: Path, moves) -> Path:
+    p = tmp_path / "space.json"
+    p.write_text(json.dumps({"moves": moves}))
+    return p
+
+
+def test_a_search_and_its_report(capsys, tmp_path, parent, data_dir):
+    space = write_space(tmp_path, [{"module": "1c1"}])
+    run = tmp_path / "run"
+    code, out, err = run_main(capsys, *search_args(parent, space, run, data_dir, "--steps",
+                                                   "1", "--children", "1", "--quiet"))
+    assert code == 0, err
+    result = json.loads((run / "result.json").read_text())
+    summary = out.splitlines()[-1]
+    assert summary.startswith("search finished after 1 step(s): best ")
+    assert f"test error {100 * result['test_error']:.2f}%" in summary
+    code, again, err = run_main(capsys, "search", "--resume", str(run), "--quiet",
+                                "--data-dir", str(data_dir))
+    assert code == 0, err
+    assert again.splitlines()[-1] == summary  # a finished search reads back its result
+    md, png = tmp_path / "r.md", tmp_path / "r.png"
+    code, out, err = run_main(capsys, "search-report", str(run), "--markdown", str(md),
+                              "--plot", str(png))
+    assert code == 0, err
+    assert "◀ best" in out and out.splitlines()[0].startswith("resnet20 (start: ")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![best validation error against training compute](r.png)" in md.read_text()
+    code, out, _ = run_main(capsys, "search-report", str(run), "--json")
+    assert json.loads(out)["result"]["test_error"] == result["test_error"]
+
+
+@pytest.mark.parametrize("moves,needle", [
+    ([], "the search space is empty"),
+    ([{"module": "9c9x"}], "unknown module '9c9x'"),
+    ([{"module": str(MODULES / "C.json"), "at": ["layer9.9.conv1"]}],
+     "at 'layer9.9.conv1': no layer"),
+    ([{"module": "1c1", "weight": -1}], "weight must be a finite number ≥ 0"),
+])
+def test_a_bad_space_is_one_error_before_anything_is_written(capsys, tmp_path, parent,
+                                                             data_dir, moves, needle):
+    run = tmp_path / "run"
+    code, out, err = run_main(capsys, *search_args(parent, write_space(tmp_path, moves), run,
+                                                   data_dir))
+    assert_one_error_line(code, out, err, needle)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--budget", "3x"], "must be a positive duration"),
+    (["--max-flops", "-1"], "must be a positive count"),
+    (["--max-params", "lots"], "must be a positive count"),
+    (["--recipe", "nope"], "'nope' is not one of"),
+])
+def test_bad_options_are_one_error(capsys, tmp_path, parent, data_dir, extra, needle):
+    space = write_space(tmp_path, [{"module": "1c1"}])
+    code, out, err = run_main(capsys, *search_args(parent, space, tmp_path / "run", data_dir,
+                                                   *extra))
+    assert_one_error_line(code, out, err, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_takes_no_search_options_and_needs_a_run(capsys, tmp_path):
+    code, out, err = run_main(capsys, "search", "--resume", str(tmp_path), "--steps", "4")
+    assert_one_error_line(code, out, err, "--steps cannot be given with it")
+    code, out, err = run_main(capsys, "search", "--resume", str(tmp_path))
+    assert_one_error_line(code, out, err, "is not a search run directory")
+    code, out, err = run_main(capsys, "search", "--dataset", "cifar10")
+    assert_one_error_line(code, out, err, "a new search needs PARENT, --space, -o/--output")
+
+
+def test_a_run_directory_with_files_is_refused(capsys, tmp_path, parent, data_dir):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "x").write_text("")
+    space = write_space(tmp_path, [{"module": "1c1"}])
+    code, out, err = run_main(capsys, *search_args(parent, space, run, data_dir))
+    assert_one_error_line(code, out, err, "not an empty folder")
+    assert [p.name for p in run.iterdir()] == ["x"]
