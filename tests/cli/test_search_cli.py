@@ -97,3 +97,36 @@ def test_a_run_directory_with_files_is_refused(capsys, tmp_path, parent, data_di
     code, out, err = run_main(capsys, *search_args(parent, space, run, data_dir))
     assert_one_error_line(code, out, err, "not an empty folder")
     assert [p.name for p in run.iterdir()] == ["x"]
+
+
+def test_on_a_terminal_the_progress_is_a_live_table_of_the_candidates():
+    import io
+
+    from rich.console import Console
+
+    from netmorph_cli.cli.searching import SearchProgress
+    from netmorph_cli.search.rundir import SearchConfig
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=120)
+    with SearchProgress(console) as progress:
+        hooks = progress.hooks()
+        hooks.emit("start", {"config": SearchConfig(steps=2, children=1), "done": [],
+                             "record": {"validation": {"size": 10, "seed": 0}}})
+        hooks.emit("step", {"step": 1, "current": "start.safetensors"})
+        hooks.emit("draw", {"index": 1, "move": "1c1", "status": "ok", "flops": 44_000_000,
+                            "tries": [{"move": "1c1"}]})
+        hooks.emit("train", {"step": 1, "index": 1, "move": "1c1", "epochs": 2,
+                             "resumed": False})
+        hooks.on_train_step(1, 1, 0, 3, 6)
+        row = progress.rows[1]
+        assert row["state"] == "epoch 1, step 3/6" and row["eta"].endswith(" s")
+        hooks.emit("epoch", {"step": 1, "index": 1, "epoch": 1, "val_error": 0.25})
+        hooks.emit("trained", {"step": 1, "index": 1, "move": "1c1", "val_error": 0.2,
+                               "val_errors": [0.25, 0.2], "flops": 44_000_000,
+                               "seconds": 3.0})
+        hooks.emit("selected", {"step": 1, "best": 1, "move": "1c1", "val_error": 0.2})
+    text = buf.getvalue()
+    for needle in ("step 1/2", "cand", "FLOPs", "val error", "1c1", "44.0M", "25.00% 20.00%",
+                   "best ◀"):
+        assert needle in text, needle

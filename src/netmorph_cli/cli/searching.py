@@ -108,55 +108,77 @@ def search_cmd(parent: str | None, space: str | None, dataset: str | None,
           --steps 3 --children 3 --epochs 1 -o run
       netmorph search --resume run
     """
-    from click.core import ParameterSource
-
     from ..base.runtime import default_device, resolve_device
-    from ..search.climb import resume, start
-    from ..search.rundir import SearchConfig
 
-    DEFAULT = ParameterSource.DEFAULT  # noqa: N806
     dev = resolve_device(device) if device else default_device()
-    progress = SearchProgress(_console(), quiet=quiet)
-    if resume_dir is not None:
-        ctx = click.get_current_context()
-        given = [f"--{p.name.replace('_', '-')}" if p.name != "parent" else "PARENT"
-                 for p in ctx.command.params
-                 if p.name not in ("resume_dir", "data_dir", "device", "quiet")
-                 and ctx.get_parameter_source(p.name) not in (None, DEFAULT)]
-        if given:
-            raise click.UsageError(f"--resume continues a search with its own settings; "
-                                   f"{', '.join(given)} cannot be given with it")
-        result = resume(resume_dir, data_dir=data_dir, device=dev, hooks=progress.hooks())
-    else:
-        missing = [n for n, v in (("PARENT", parent), ("--space", space),
-                                  ("--dataset", dataset), ("-o/--output", out)) if v is None]
-        if missing:
-            raise click.UsageError(f"a new search needs {', '.join(missing)} (or --resume "
-                                   "RUN_DIR to continue one)")
-        assert parent and space and dataset and out
-        cfg = SearchConfig(steps=steps, children=children, epochs=epochs, recipe=recipe,
-                           parent_recipe=parent_recipe, dataset=dataset, seed=seed,
-                           val_fraction=val_fraction, max_flops=max_flops,
-                           max_params=max_params, budget_s=budget, batch_size=batch_size,
-                           precision=precision)
-        result = start(parent, space, out, cfg, data_dir=data_dir, device=dev,
-                       hooks=progress.hooks())
+    with SearchProgress(_console(), quiet=quiet) as progress:
+        result = _search(progress, parent, space, dataset, data_dir, out, resume_dir, dev,
+                         dict(steps=steps, children=children, epochs=epochs, recipe=recipe,
+                              parent_recipe=parent_recipe, seed=seed,
+                              val_fraction=val_fraction, max_flops=max_flops,
+                              max_params=max_params, budget_s=budget, batch_size=batch_size,
+                              precision=precision))
     moves = " → ".join(result.lineage) or "none"
     click.echo(f"search {'finished' if result.stopped == 'steps' else 'stopped: budget spent'}"
                f" after {result.steps} step(s): best {result.best} ({moves}), validation "
                f"error {100 * result.val_error:.2f}%, test error {100 * result.test_error:.2f}%")
 
 
+def _search(progress: SearchProgress, parent: str | None, space: str | None,
+            dataset: str | None, data_dir: str | None, out: str | None,
+            resume_dir: str | None, dev: Any, options: dict[str, Any]) -> Any:
+    from click.core import ParameterSource
+
+    from ..search.climb import resume, start
+    from ..search.rundir import SearchConfig
+
+    if resume_dir is not None:
+        ctx = click.get_current_context()
+        given = [f"--{p.name.replace('_', '-')}" if p.name != "parent" else "PARENT"
+                 for p in ctx.command.params
+                 if p.name not in ("resume_dir", "data_dir", "device", "quiet")
+                 and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
+        if given:
+            raise click.UsageError(f"--resume continues a search with its own settings; "
+                                   f"{', '.join(given)} cannot be given with it")
+        return resume(resume_dir, data_dir=data_dir, device=dev, hooks=progress.hooks())
+    missing = [n for n, v in (("PARENT", parent), ("--space", space),
+                              ("--dataset", dataset), ("-o/--output", out)) if v is None]
+    if missing:
+        raise click.UsageError(f"a new search needs {', '.join(missing)} (or --resume "
+                               "RUN_DIR to continue one)")
+    assert parent and space and dataset and out
+    return start(parent, space, out, SearchConfig(dataset=dataset, **options),
+                 data_dir=data_dir, device=dev, hooks=progress.hooks())
+
+
 class SearchProgress:
-    """The search's progress: one line per event, and while a candidate trains a line
-    every few seconds with its place in the step and an ETA (the step's candidates are
-    the table ``search-report`` prints at the end)."""
+    """The search's progress. On a terminal, a live table of the step's candidates (move,
+    FLOPs, state, validation error per epoch so far, ETA); otherwise one line per event and,
+    while a candidate trains, a line every few seconds with its ETA."""
 
     def __init__(self, console: Any, quiet: bool = False) -> None:
         self.console, self.quiet = console, quiet
+        self.live_table = console.is_terminal and not quiet
+        self.live: Any = None
         self.last = time.monotonic()
-        self.began: dict[tuple[int, int], float] = {}
+        self.began: dict[int, float] = {}
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.step = 0
         self.total = 0
+
+    def __enter__(self) -> SearchProgress:
+        if self.live_table:
+            from rich.live import Live
+
+            self.live = Live(self._table(), console=self.console, refresh_per_second=2,
+                             transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
 
     def hooks(self) -> Any:
         from ..search.climb import SearchHooks
@@ -164,8 +186,28 @@ class SearchProgress:
         return SearchHooks(on_event=self._event, on_train_step=self._step)
 
     def _say(self, text: str) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        if self.live is not None:
+            self.live.console.print(text, soft_wrap=True, highlight=False)
+        elif not self.live_table:
             self.console.print(text, soft_wrap=True, highlight=False)
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"step {self.step}/{self.total}" if self.step else "search")
+        for col in ("cand", "move", "FLOPs", "state", "val error", "ETA"):
+            table.add_column(col)
+        for i, r in sorted(self.rows.items()):
+            errs = " ".join(f"{100 * e:.2f}%" for e in r.get("errors", []))
+            table.add_row(str(i), r["move"], f"{r['flops'] / 1e6:.1f}M" if r.get("flops")
+                          else "", r["state"], errs, r.get("eta", ""))
+        return table
+
+    def _update(self) -> None:
+        if self.live is not None:
+            self.live.update(self._table())
 
     def _event(self, kind: str, r: dict[str, Any]) -> None:
         if kind == "start":
@@ -176,6 +218,7 @@ class SearchProgress:
                       f"epoch(s), validation split {r['record']['validation']['size']} "
                       f"images (seed {r['record']['validation']['seed']}){done}")
         elif kind == "step":
+            self.step, self.rows, self.began = r["step"], {}, {}
             self._say(f"step {r['step']}/{self.total}: children of {r['current']}")
         elif kind == "draw":
             what = {"ok": "morphed, verified", "dropped": f"dropped ({r.get('reason')})",
@@ -183,35 +226,51 @@ class SearchProgress:
             tried = [t for t in r["tries"] if "refused" in t or "over_cap" in t]
             skipped = "".join(f"; skipped {t['move']}: "
                               f"{t.get('over_cap') or t.get('refused')}" for t in tried)
+            self.rows[r["index"]] = {"move": r["move"] or "-", "flops": r.get("flops"),
+                                     "state": what}
             self._say(f"  child {r['index']}: {r['move'] or '-'} — {what}"
                       + (f", {r['flops'] / 1e6:.1f}M FLOPs" if r.get("flops") else "")
                       + skipped)
         elif kind == "train":
-            self.began[r["step"], r["index"]] = time.monotonic()
+            self.began[r["index"]] = time.monotonic()
+            row = self.rows.setdefault(r["index"], {"move": r["move"]})
+            row.update(state="training", errors=[], epochs=r["epochs"])
             again = " (resumed)" if r["resumed"] else ""
             self._say(f"  training candidate {r['index']} ({r['move']}){again}")
         elif kind == "epoch":
+            self.rows.setdefault(r["index"], {"move": "?", "state": ""}).setdefault(
+                "errors", []).append(r["val_error"])
             self._say(f"    epoch {r['epoch']}: validation error {100 * r['val_error']:.2f}%")
         elif kind == "trained":
+            row = self.rows.setdefault(r["index"], {"move": r["move"]})
+            row.update(state="trained", errors=r["val_errors"], flops=r["flops"], eta="")
             self._say(f"  candidate {r['index']} ({r['move']}): validation error "
                       f"{100 * r['val_error']:.2f}%, {r['seconds']:.0f} s")
         elif kind == "selected":
+            self.rows[r["best"]]["state"] = "best ◀"
             self._say(f"step {r['step']}: best is candidate {r['best']} ({r['move']}), "
                       f"validation error {100 * r['val_error']:.2f}%")
+        self._update()
 
     def _step(self, step: int, index: int, epoch: int, batch: int, batches: int) -> None:
         from .report import PLAIN_PROGRESS_EVERY
 
         now = time.monotonic()
+        t0 = self.began.get(index, now)
+        epochs = max(self.rows.get(index, {}).get("epochs", 1), 1)
+        done = (epoch + batch / max(batches, 1)) / epochs
+        eta = f"{(now - t0) * (1 - done) / done:.0f} s" if done > 0 else ""
+        row = self.rows.setdefault(index, {"move": "?"})
+        row.update(state=f"epoch {epoch + 1}, step {batch}/{batches}", eta=eta)
+        if self.live is not None:
+            self._update()
+            return
         if (self.quiet or now - self.last < PLAIN_PROGRESS_EVERY
                 or os.environ.get("NETMORPH_PROGRESS") == "off"):
             return
         self.last = now
-        t0 = self.began.get((step, index), now)
-        frac = (batch / max(batches, 1))
-        eta = f", ETA {(now - t0) * (1 - frac) / frac:.0f} s" if frac > 0 and epoch == 0 \
-            else ""
-        self._say(f"    candidate {index}: epoch {epoch + 1}, step {batch}/{batches}{eta}")
+        self._say(f"    candidate {index}: epoch {epoch + 1}, step {batch}/{batches}"
+                  + (f", ETA {eta}" if eta else ""))
 
 
 @cli.command(name="search-report")
