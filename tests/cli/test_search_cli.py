@@ -130,3 +130,13 @@ def test_on_a_terminal_the_progress_is_a_live_table_of_the_candidates():
     for needle in ("step 1/2", "cand", "FLOPs", "val error", "1c1", "44.0M", "25.00% 20.00%",
                    "best ◀"):
         assert needle in text, needle
+
+
+@pytest.mark.parametrize("parse,text,value", [
+    ("_count", "120M", 120_000_000), ("_count", "1.5g", 1_500_000_000),
+    ("_count", "300000", 300_000), ("_duration", "3h", 10_800), ("_duration", "90m", 5_400),
+    ("_duration", "5400s", 5_400), ("_duration", "2.5", 2.5)])
+def test_caps_and_budgets_take_unit_suffixes(parse, text, value):
+    from netmorph_cli.cli import searching
+
+    assert getattr(searching, parse)(None, None, text) == value

@@ -33,7 +33,7 @@ class Killed(Exception):
 
 @pytest.fixture(scope="module")
 def data() -> data_mod.Dataset:
-    return data_mod.synthetic(n_train=192, n_test=64)
+    return data_mod.synthetic(n_train=128, n_test=32)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_a_search_killed_in_any_phase_resumes_to_the_same_result(tmp_path, files
 
 def test_resume_refuses_another_data_set(reference, data):
     run, _ = reference
-    other = data_mod.synthetic(n_train=200, n_test=64)
+    other = data_mod.synthetic(n_train=136, n_test=32)
     with pytest.raises(UsageError, match="not the one .* was searched on"):
         resume(run, data=other)
 

@@ -12,30 +12,31 @@ import click
 from ..training.recipes import RECIPES
 from .common import _DATASETS, _FORCE, _JSON, _console, _emit_json, cli
 
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNITS: dict[str, float] = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_SECONDS: dict[str, float] = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _with_unit(value: str | None, units: dict[str, float], example: str, param: Any
+               ) -> float | None:
+    """A positive number with an optional unit suffix (a key of ``units``)."""
+    if value is None:
+        return None
+    keys = "".join(k for k in units if k)
+    m = re.fullmatch(rf"\s*([0-9]*\.?[0-9]+)\s*([{keys}{keys.upper()}]?)\s*", value)
+    if not m or float(m[1]) <= 0:
+        raise click.BadParameter(f"must be a positive {example}, not {value!r}", param=param)
+    return float(m[1]) * units[m[2].lower()]
 
 
 def _count(ctx: Any, param: Any, value: str | None) -> int | None:
     """A count with an optional K/M/G/T suffix: 120M, 1.5G, 300000."""
-    if value is None:
-        return None
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)\s*", value)
-    if not m or float(m[1]) <= 0:
-        raise click.BadParameter(f"must be a positive count such as 120M or 1.5G, not "
-                                 f"{value!r}", param=param)
-    return int(float(m[1]) * _UNITS[m[2].lower()])
+    n = _with_unit(value, _UNITS, "count such as 120M or 1.5G", param)
+    return None if n is None else int(n)
 
 
 def _duration(ctx: Any, param: Any, value: str | None) -> float | None:
     """Wall-clock seconds: 3h, 90m, 5400s or 5400."""
-    if value is None:
-        return None
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", value)
-    if not m or float(m[1]) <= 0:
-        raise click.BadParameter(f"must be a positive duration such as 3h, 90m or 5400s, not "
-                                 f"{value!r}", param=param)
-    return float(m[1]) * _SECONDS[m[2]]
+    return _with_unit(value, _SECONDS, "duration such as 3h, 90m or 5400s", param)
 
 
 @cli.command(name="search")
