@@ -94,7 +94,8 @@ def test_a_run_directory_with_files_is_refused(capsys, tmp_path, parent, data_di
     run.mkdir()
     (run / "x").write_text("")
     space = write_space(tmp_path, [{"module": "1c1"}])
-    code, out, err = run_main(capsys, *search_args(parent, space, run, data_dir))
+    # refused before the data are read (this data folder does not exist)
+    code, out, err = run_main(capsys, *search_args(parent, space, run, tmp_path / "none"))
     assert_one_error_line(code, out, err, "not an empty folder")
     assert [p.name for p in run.iterdir()] == ["x"]
 

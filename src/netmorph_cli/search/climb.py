@@ -38,7 +38,7 @@ from ..training.data import Dataset, load_dataset, to_tensor
 from ..training.evaluation import normalization, top1_error, training_batches
 from ..training.recipes import recipe_config
 from ..training.train import TrainHooks, state_path, train
-from .rundir import RunDir, SearchConfig, create
+from .rundir import RunDir, SearchConfig, check_new, create
 from .space import Move, SearchSpace, applies, load_space
 from .validation import Split, validation_split
 
@@ -97,6 +97,7 @@ def start(parent_file: str | Path | Network, space_file: str | Path, run_dir: st
     and the caps are checked before anything is written."""
     from .. import __version__
 
+    check_new(run_dir)  # before the data are read
     file = None if isinstance(parent_file, Network) else Path(parent_file)
     parent = ck.load(file) if file is not None else parent_file
     assert isinstance(parent, Network)

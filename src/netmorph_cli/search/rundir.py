@@ -151,18 +151,25 @@ class RunDir:
         return SearchConfig.from_json(data["config"]), data
 
 
-def create(root: str | Path, cfg: SearchConfig, space_path: str | Path, record: dict[str, Any]
-           ) -> RunDir:
-    """A new run directory: refuses one that holds anything (a search is continued with
-    ``--resume``, never overwritten). The space file and its spec files are copied in, with
-    the spec references rewritten to the copies, so a resumed search reads the same moves
-    even if the originals changed."""
+def check_new(root: str | Path) -> RunDir:
+    """``root`` as a new run directory: refused (``UsageError``) if it holds anything or its
+    parent folder does not exist."""
     rd = RunDir(Path(root))
     if rd.root.exists() and (not rd.root.is_dir() or any(rd.root.iterdir())):
         raise UsageError(f"{rd.root} exists and is not an empty folder: continue that search "
                          f"with --resume {rd.root}, or choose another -o")
     if not rd.root.parent.is_dir():
         raise UsageError(f"output directory '{rd.root.parent}' does not exist")
+    return rd
+
+
+def create(root: str | Path, cfg: SearchConfig, space_path: str | Path, record: dict[str, Any]
+           ) -> RunDir:
+    """A new run directory: refuses one that holds anything (a search is continued with
+    ``--resume``, never overwritten). The space file and its spec files are copied in, with
+    the spec references rewritten to the copies, so a resumed search reads the same moves
+    even if the originals changed."""
+    rd = check_new(root)
     space_path = Path(space_path)
     data = parse_json(space_path.read_text())
     rd.root.mkdir(exist_ok=True)
