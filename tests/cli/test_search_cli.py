@@ -141,3 +141,48 @@ def test_caps_and_budgets_take_unit_suffixes(parse, text, value):
     from netmorph_cli.cli import searching
 
     assert getattr(searching, parse)(None, None, text) == value
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_candidate_trains_then_resume_gives_the_uninterrupted_result(
+        tmp_path, parent, data_dir):
+    """A real SIGKILL of the command (no handler runs, locks die with it) in the middle of a
+    candidate's second epoch; --resume ends where an uninterrupted search ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    space = write_space(tmp_path, [{"module": "1c1"}])
+
+    def command(run: Path) -> list[str]:
+        return [sys.executable, "-m", "netmorph_cli", *search_args(
+            parent, space, run, data_dir, "--steps", "1", "--children", "1", "--epochs", "2",
+            "--quiet")]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = tmp_path / "ref"
+    subprocess.run(command(ref), check=True, env=env, capture_output=True)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(command(run), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = run / "step-01" / "cand-1.safetensors.state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the run ended before candidate 1's first epoch was saved"
+    assert not (run / "result.json").exists()
+    subprocess.run([sys.executable, "-m", "netmorph_cli", "search", "--resume", str(run),
+                    "--data-dir", str(data_dir), "--quiet"], check=True, env=env,
+                   capture_output=True)
+    a = json.loads((run / "result.json").read_text())
+    b = json.loads((ref / "result.json").read_text())
+    for k in ("best", "lineage", "val_error", "test_error", "compute"):
+        assert a[k] == b[k], k
+    for i in (0, 1):
+        ra = json.loads((run / "step-01" / f"cand-{i}.json").read_text())
+        rb = json.loads((ref / "step-01" / f"cand-{i}.json").read_text())
+        assert ra["val_errors"] == rb["val_errors"] and ra["train_loss"] == rb["train_loss"]
