@@ -123,9 +123,10 @@ def test_a_narrow_vertex_cut_is_proven_infeasible(capsys, write_spec):
 
 @pytest.mark.parametrize("width", [60_000, 1_000_000_000])
 def test_huge_widths_are_one_error_line_exit_2(capsys, write_spec, width):
-    """60,000 channels pass the spec's per-width cap; the memory estimate refuses them with
-    the figure and the limit. 10^9 (1.1 TB before) is refused either way, exit 2."""
-    spec = with_channels(D_NARROW, {"a": width})
+    """60,000 channels in every blob pass the spec's per-width cap; the memory estimate
+    refuses them with the figure and the limit (one wide blob alone no longer needs much:
+    the cut solves are structured). 10^9 (1.1 TB before) is refused either way, exit 2."""
+    spec = with_channels(D_NARROW, {"a": width, "b": width, "c": width})
     line = assert_one_error_line(*run_main(capsys, "reduce", str(write_spec(spec)), "--solve"))
     if width == 60_000:
         assert re.search(r"needs about [0-9.]+ TiB of memory \(largest piece: .*\), above the "
@@ -212,7 +213,8 @@ def test_morph_memory_refusal_is_exit_2_and_writes_nothing(capsys, parent, tmp_p
                                                            write_spec):
     out = tmp_path / "child.safetensors"
     refused_morph(capsys, parent, out, "--module",
-                  str(write_spec(with_channels(D_NARROW, {"a": 60_000}))), "--at",
+                  str(write_spec(with_channels(D_NARROW, {"a": 60_000, "b": 60_000,
+                                                          "c": 60_000}))), "--at",
                   "layer1.1.conv1", exit_code=2, needles=("needs about", "--max-memory"))
     refused_morph(capsys, parent, out, "--module", str(MODULES / "A.json"), "--at",
                   "layer1.1.conv1", "--max-memory", "0.00001", exit_code=2,

@@ -408,7 +408,7 @@ def test_arch_names_record_module_morphs():
 
 def test_morph_at_checks_memory_before_solving_and_leaves_the_parent(parent64):
     huge = dataclasses.replace(load_spec(MODULES / "D.json"),
-                               channels={"a": 60_000, "b": 40, "c": 40})
+                               channels={"a": 60_000, "b": 60_000, "c": 60_000})
     before = copy.deepcopy(parent64.description)
     with pytest.raises(ResourceLimitError, match=r"needs about .* TiB of memory"):
         morph_at(parent64, huge, "layer1.1.conv1")

@@ -692,9 +692,9 @@ def test_progress_of_a_refused_module_names_the_cut_probe_not_sweeps(modules, mo
 
 
 def test_memory_is_estimated_and_refused_before_allocating(modules, monkeypatch):
-    """A 60,000-wide blob would need terabytes (the sink cut's dense matrix): refused with
-    the figure and the limit, before a single filter is drawn."""
-    huge = dataclasses.replace(modules["D"], channels={"a": 60_000, "b": 40, "c": 40})
+    """60,000-wide blobs would need terabytes (their filters alone): refused with the figure
+    and the limit, before a single filter is drawn."""
+    huge = dataclasses.replace(modules["D"], channels={"a": 60_000, "b": 60_000, "c": 60_000})
     monkeypatch.setattr(SeededRng, "filter", lambda *a, **k: pytest.fail("allocated"))
     g = torch.zeros(16, 16, 3, 3, dtype=torch.float64)
     with pytest.raises(ResourceLimitError, match=r"needs about [0-9.]+ TiB of memory \(largest "

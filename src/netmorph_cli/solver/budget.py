@@ -6,8 +6,10 @@ through ``tick()`` and ``current_budget()`` (a context variable), so every linea
 checks the deadline on each application and a solve stops within one operator application
 of its limit, raising ``OutOfTime``, which ``morph_filter`` turns into ``SolverTimeout``.
 ``solve_memory`` estimates the peak memory of a solve at given widths from the shapes
-alone (float64 working copies, the dense cut matrices of Algorithm 2, the TYPE-I splits'
-dense solves).
+alone (float64 working copies, the largest of Algorithm 2's structured cut solves, the
+TYPE-I splits' dense solves); a cut solve the estimate does not plan for (a fallback to
+the dense matrix, a source cut's Gram matrix) runs only in the memory it leaves
+(``memory_room``), else by LSQR.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ from ..base.limits import format_bytes
 from ..errors import ResourceLimitError, SolverError
 from ..spec.graph import Kernel, ModuleGraph, kernel_area
 from ..spec.reduce import ReductionPlan, reduce_module
+from .cutcost import (
+    compact_start,
+    planned_solves,
+    ring_cuts,
+    sink_cut,
+    source_cut,
+    sweep_overhead_flops,
+)
 
 DENSE_LIMIT = 4_000_000  # entries of a sub-problem's matrix below which it is solved densely
 # entries of a matrix that many right-hand sides share (a TYPE-I deconvolution: one per
@@ -117,6 +127,14 @@ class Budget:
         self.last = now
         self.sweep = 0
         self.residual: float | None = None
+        # bytes one cut solve may allocate: the limit less all else the checked memory
+        # estimate counts (``allow``); None: not checked (``memory_room``)
+        self.room: int | None = None
+
+    def allow(self, estimate: MemoryEstimate, limit: int) -> None:
+        """Note the memory estimate checked against ``limit``: what is left for one cut
+        solve (structured, dense or LSQR) is the limit less everything else it counts."""
+        self.room = limit - (estimate.bytes - estimate.solves)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -161,6 +179,16 @@ def running(budget: Budget) -> Iterator[Budget]:
         _CURRENT.reset(token)
 
 
+def memory_room(device: torch.device | str = "cpu") -> int:
+    """Bytes one cut solve may take (``sweeps._cut_update`` picks the structured path, the
+    dense one or LSQR by it): what the current solve's checked estimate leaves for it
+    (``Budget.allow``); half the default limit outside a checked solve."""
+    budget = _CURRENT.get()
+    if budget is not None and budget.room is not None:
+        return budget.room
+    return default_memory_limit(device) // 2
+
+
 def tick() -> None:
     """Check the current budget's deadline and send a heartbeat when one is due."""
     budget = _CURRENT.get()
@@ -199,41 +227,42 @@ def _cut_flops(graph: ModuleGraph, widths: Mapping[str, int], *, compact: bool =
                upto: str | None = None) -> float:
     """Flops of one solve of Algorithm 2's two cuts on ``graph`` (only the sink cut with
     ``upto="sink"``: the first block of a sweep, where a bound met by the sink cut ends
-    it). ``compact``: the sink cut's rows as Algorithm 2's compact start leaves them live —
-    those its in-edges reach from their blobs' own kernels (D: 5×5 of a 7×7 frame, 25·C
-    of 49·C rows; ``lsq.dense_min_norm`` leaves the others out)."""
+    it). ``compact``: from Algorithm 2's compact start, structured (``CutShape.flops``):
+    its ring corrections, then the cuts with every prefix kept to its blob's own kernel
+    (D: a 5×5 window of the 7×7 frame, 25·C of 49·C rows), and the compositions and SVDs
+    around them (``cutcost.sweep_overhead_flops``). Otherwise dense, all rows (a
+    probe of a too narrow module, whose cuts are tall or rank-deficient: the structured
+    path declines and ``lsq.dense_min_norm`` solves them)."""
     s, t = graph.source, graph.sink
     k_eff = graph.effective_kernel()
-    area = kernel_area(k_eff)
-    sink_area = area
-    if compact:
-        def own(v: str) -> tuple[int, int]:
-            ins = graph.in_edges.get(v, [])
-            return (max((e.kernel[0] for e in ins), default=1),
-                    max((e.kernel[1] for e in ins), default=1))
-        reach = [(own(e.src)[0] + e.kernel[0] - 1, own(e.src)[1] + e.kernel[1] - 1)
-                 for e in graph.in_edges[t]]
-        sink_area = kernel_area((min(k_eff[0], max(r[0] for r in reach)),
-                                 min(k_eff[1], max(r[1] for r in reach))))
-    flops = 0.0
-    cuts = [("sink", graph.in_edges[t], widths[s] * sink_area)]
+    if not compact:
+        flops = 0.0
+        cuts = [("sink", graph.in_edges[t], widths[s])]
+        if upto != "sink":
+            cuts.append(("source", graph.out_edges[s], widths[t]))
+        for kind, edges, c in cuts:
+            cols = sum(widths[e.src if kind == "sink" else e.dst] * kernel_area(e.kernel)
+                       for e in edges)
+            flops += _dense_flops(c * kernel_area(k_eff), cols)
+        return flops
+    kp, _ = compact_start(graph)
+    flops = sweep_overhead_flops(graph, widths)
+    flops += sum(ring.flops() for ring in ring_cuts(graph, widths))
+    flops += sink_cut(graph, widths, kp).flops()
     if upto != "sink":
-        cuts.append(("source", graph.out_edges[s], widths[t] * area))
-    for kind, edges, rows in cuts:
-        cols = sum(widths[e.src if kind == "sink" else e.dst] * kernel_area(e.kernel)
-                   for e in edges)
-        flops += _dense_flops(rows, cols)
+        flops += source_cut(graph, widths).flops()
     return flops
 
 
 def solve_seconds(graph: ModuleGraph, widths: Mapping[str, int], *, whole: bool = False,
                   plan: ReductionPlan | None = None, device: torch.device | str = "cpu",
                   cuts_only: bool = False, upto: str | None = None) -> float:
-    """A rough time, in seconds on this machine's CPU, of the dense solves of one
+    """A rough time, in seconds on this machine's CPU, of the big solves of one
     ``morph_filter`` call whose Algorithm 2 part ends within one sweep (what a solve at
     widths with some slack takes; more sweeps take longer): one solve of each cut of the
     irreducible remainder (of the whole module with ``whole``; only the sink cut with
-    ``upto="sink"``) from the compact start, and the TYPE-I splits' shared solves.
+    ``upto="sink"``) from the compact start, with the compositions around them, and the
+    TYPE-I splits' shared solves.
     ``cuts_only``: the cuts of ``graph`` itself, once each, all rows (a probe round).
     0 off the CPU (no rate is measured there)."""
     if torch.device(device).type != "cpu":
@@ -288,7 +317,8 @@ class MemoryEstimate:
     """Peak bytes of a solve (float64 working copies), and its largest single piece."""
 
     bytes: int
-    largest: str  # what the largest piece is, e.g. "the sink cut's dense matrix (784 × 810)"
+    largest: str  # what the largest piece is, e.g. "the Gram matrix of the sink cut (400 rows)"
+    solves: int = 0  # bytes of the largest cut solve (freed before any fallback of it)
 
     def check(self, limit: int, what: str) -> None:
         if self.bytes > limit:
@@ -298,8 +328,10 @@ class MemoryEstimate:
                 f"inner blobs or a smaller layer, or raise the limit with --max-memory GiB")
 
 
-def _algorithm2_memory(graph: ModuleGraph, widths: Mapping[str, int]) -> list[tuple[int, str]]:
-    """(entries, what) of the big arrays of Algorithm 2 on ``graph`` (see ``solve_memory``)."""
+def _algorithm2_memory(graph: ModuleGraph, widths: Mapping[str, int]
+                       ) -> tuple[list[tuple[int, str]], int]:
+    """(entries, what) of the big arrays of Algorithm 2 on ``graph`` (see ``solve_memory``),
+    and the entries of its largest cut solve (one of them: they run one after another)."""
     s, t = graph.source, graph.sink
     k_eff = graph.effective_kernel()
     kp, kq = graph.kernel_reach(), graph.kernel_reach(to_sink=True)
@@ -310,15 +342,8 @@ def _algorithm2_memory(graph: ModuleGraph, widths: Mapping[str, int]) -> list[tu
     pieces = [(6 * n_f, f"the module's filters ({n_f:,} entries, 6 working copies)"),
               (2 * n_pq, "the prefix and suffix filters of every blob"),
               (8 * ct * cs * area, "the target and residual filters")]
-    for kind, edges, rows in (("sink", graph.in_edges[t], cs * area),
-                              ("source", graph.out_edges[s], ct * area)):
-        cols = sum(widths[e.src if kind == "sink" else e.dst] * kernel_area(e.kernel)
-                   for e in edges)
-        c = ct if kind == "sink" else cs
-        # matrix in its dtype and float64, the identity it is built from, A·Aᵀ and its
-        # Cholesky factor, right-hand sides and solutions
-        n = 3 * rows * cols + cols * cols + 2 * rows * rows + 2 * c * (rows + cols)
-        pieces.append((n, f"the {kind} cut's dense matrix ({rows:,} × {cols:,})"))
+    solves, what = planned_solves(graph, widths)  # one at a time: the largest
+    pieces.append((solves, what))
     for e in graph.edges:
         if e.src == s or e.dst == t:
             continue
@@ -326,29 +351,33 @@ def _algorithm2_memory(graph: ModuleGraph, widths: Mapping[str, int]) -> list[tu
         rows = ct * cs * area
         if rows * n_e <= DENSE_LIMIT:  # dense: the matrix and the identity it is built from
             pieces.append((3 * rows * n_e + n_e * n_e, f"edge {e.name!r}'s dense matrix"))
-    return pieces
+    return pieces, solves
 
 
 def solve_memory(graph: ModuleGraph, widths: Mapping[str, int], *, kernel: Kernel,
                  whole: bool = False, plan: ReductionPlan | None = None) -> MemoryEstimate:
     """Peak memory of ``morph_filter`` at these widths (float64: 8 bytes an entry): the
     filters of every edge in several working copies, the blobs' prefix and suffix filters
-    and the dense cut matrices of Algorithm 2 (with ``whole``, on the whole module; else on
-    the irreducible remainder after Algorithm 1, plus the TYPE-I splits' dense solves)."""
+    and the largest cut solve of Algorithm 2 (``cutcost.planned_solves``; with
+    ``whole``, on the whole module; else on the irreducible remainder after Algorithm 1,
+    plus the TYPE-I splits' dense solves)."""
     cs, ct = widths[graph.source], widths[graph.sink]
     pieces = [(2 * ct * cs * kernel_area(kernel), "the layer's filter")]
+    solves = 0
     if whole:
-        pieces += _algorithm2_memory(graph, widths)
+        more, solves = _algorithm2_memory(graph, widths)
+        pieces += more
     else:
         plan = reduce_module(graph) if plan is None else plan
         n_f = sum(widths[e.dst] * widths[e.src] * kernel_area(e.kernel) for e in graph.edges)
         pieces.append((4 * n_f, f"the module's filters ({n_f:,} entries, 4 working copies)"))
         if not plan.simple:
-            pieces += _algorithm2_memory(plan.remainder, widths)
+            more, solves = _algorithm2_memory(plan.remainder, widths)
+            pieces += more
         for blob, rows, cols in _dense_type1_systems(plan, widths):
             # the matrix, A·Aᵀ, its factor, lstsq copies
             pieces.append((3 * rows * cols + 2 * rows * rows,
                            f"the TYPE-I split at blob {blob!r}"))
     total = sum(n for n, _ in pieces) * 8
     largest = max(pieces, key=lambda p: p[0])[1]
-    return MemoryEstimate(total, largest)
+    return MemoryEstimate(total, largest, 8 * solves)

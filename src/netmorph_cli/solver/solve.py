@@ -225,8 +225,11 @@ def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, seed: int, tol: float,
     name = f"module {graph.name!r}" if graph.name else "the module"
     what = f"morphing a {c_out}×{c_in} filter into {name}"
     plan = reduce_module(graph) if method != "algorithm2" else None
-    solve_memory(graph, widths, kernel=kernel_of(g), whole=plan is None, plan=plan
-                 ).check(limit, what)
+    estimate = solve_memory(graph, widths, kernel=kernel_of(g), whole=plan is None, plan=plan)
+    estimate.check(limit, what)
+    budget = current_budget()
+    if budget is not None:  # what a fallback of a cut solve may take
+        budget.allow(estimate, limit)
     gk = support(g)
     if not fits(gk, k_eff):
         raise InfeasibleError(f"the module's effective kernel {k_eff[0]}×{k_eff[1]} is smaller "
@@ -237,7 +240,6 @@ def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, seed: int, tol: float,
     rng = SeededRng(seed, g.dtype, g.device) if rng is None else rng
     target = resize(g, k_eff)
     history: list[float] = []
-    budget = current_budget()
     if method == "algorithm2":
         if budget is not None:
             budget.note(phase="Algorithm 2")
@@ -257,6 +259,7 @@ def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, seed: int, tol: float,
             if whole.bytes > limit:
                 raise first from None  # the fallback would not fit: say why the route failed
             if budget is not None:
+                budget.allow(whole, limit)
                 budget.note(phase="Algorithm 2 on the whole module")
             try:
                 filters, history = algorithm2(graph, target, widths,

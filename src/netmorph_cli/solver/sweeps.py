@@ -4,8 +4,10 @@ The module function is affine in any set of edges that no s→t path crosses twi
 only in one filter. Two such sets are special: the edges into t (the "sink cut") and the
 edges out of s (the "source cut"). On the sink cut, G̃'s output channels decouple — row j
 of G̃ is Σ_e F_e[j] ⊛ P(u_e) — so the cut is solved as C_out small systems sharing one
-matrix; on the source cut the input channels decouple likewise. Those are dense and
-exact; an edge between two inner blobs couples everything and is solved matrix-free.
+matrix; on the source cut the input channels decouple likewise. Those are solved exactly,
+through the shared matrix's Gram matrix built from the cut's structure (``cutgram``;
+the dense matrix or LSQR where that fails); an edge between two inner blobs couples
+everything and is solved matrix-free.
 The blocks themselves, and the rank bounds that refuse a hopeless solve before its first
 sweep, live in ``feasibility``.
 """
@@ -13,13 +15,15 @@ sweep, live in ``feasibility``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import SolverError
 from ..spec.graph import Edge, Kernel, ModuleGraph, fits
 from .algebra import (
+    add,
     compose,
     crop_to,
     identity_filter,
@@ -30,7 +34,16 @@ from .algebra import (
     suffix_filters,
     support,
 )
-from .budget import DENSE_LIMIT, PROBE_SECONDS, OutOfTime, current_budget, solve_seconds, tick
+from .budget import (
+    DENSE_LIMIT,
+    PROBE_SECONDS,
+    OutOfTime,
+    current_budget,
+    memory_room,
+    solve_seconds,
+    tick,
+)
+from .cutgram import Cut, lsqr_cut, make_cut, solve_cut
 from .feasibility import Block, Narrow, polynomial_rank, solve_blocks, too_narrow
 from .lsq import LinearMap, dense_lstsq, dense_min_norm, lsqr
 from .rng import SeededRng
@@ -54,16 +67,77 @@ def solve_linear(op: LinearMap, b: torch.Tensor, like: torch.Tensor, *, rtol: fl
     return lsqr(op, b, like, rtol=rtol, max_iter=max_iter).x
 
 
+@dataclass(frozen=True)
+class CutUpdate:
+    """Minimum-norm corrections of a cut's filters (``_cut_update``)."""
+
+    deltas: dict[str, torch.Tensor]  # edge → correction of its filter, float64
+    fit: torch.Tensor | None  # the change they make on the cut's window (structured path)
+    window: Kernel  # the centred part of the frame ``fit`` covers
+
+
 def _cut_update(block: Block, filters: Mapping[str, torch.Tensor], residual: torch.Tensor,
                 pre: Mapping[str, torch.Tensor], suf: Mapping[str, torch.Tensor],
-                kernel: Kernel, *, rows: torch.Tensor | None = None, exact: bool = False
-                ) -> dict[str, torch.Tensor] | None:
-    """Minimum-norm corrections of a sink or source cut, one shared dense matrix (float64).
+                kernel: Kernel, *, taps: torch.Tensor | None = None, exact: bool = False,
+                fit: bool = False) -> CutUpdate | None:
+    """Minimum-norm corrections of a sink or source cut: C small systems sharing one matrix,
+    solved through its Gram matrix built from the cut's structure (``cutgram``, float64;
+    where that fits in the memory left, ``budget.memory_room``); where it does not fit or
+    has no reliable Cholesky factor, ``_fallback_update``.
 
     A "sink" block may be the in-edges of any blob (``residual`` then lives at that blob).
-    ``rows`` keeps only those entries of each output row / input column (a boolean mask
-    over its C·kh·kw taps); with ``exact``, None unless the corrections meet them exactly
-    (relative 1e-9 in float64)."""
+    ``taps`` keeps only those taps of the ``kernel`` frame (a (kh, kw) boolean mask); with
+    ``exact``, None unless the corrections meet them exactly (relative 1e-9); with ``fit``
+    (a sink block), the change they make on the cut's window where the structured path
+    gave them."""
+    sink = block.kind == "sink"
+    ends = [pre[e.src] if sink else suf[e.dst].transpose(0, 1) for e in block.edges]
+    rhs = residual if sink else residual.transpose(0, 1)  # (C_out or C_in, C_other, *kernel)
+    cut = make_cut(ends, [e.kernel for e in block.edges], kernel, taps=taps)
+    room = memory_room(residual.device)
+    shape = cut.shape(rhs.shape[0])
+    sol = solve_cut(cut, rhs, fit=fit and sink) if 8 * shape.structured() <= room else None
+    if sol is None:
+        return _fallback_update(block, cut, ends, filters, residual, pre, suf, exact=exact)
+    if exact and sol.residual > 1e-9 * max(sol.rhs, 1e-300):
+        return None
+    deltas = {e.name: x if sink else x.transpose(0, 1)
+              for e, x in zip(block.edges, sol.x, strict=True)}
+    return CutUpdate(deltas, sol.fit if sink else None, cut.window)
+
+
+def _fallback_update(block: Block, cut: Cut, ends: list[torch.Tensor],
+                     filters: Mapping[str, torch.Tensor], residual: torch.Tensor,
+                     pre: Mapping[str, torch.Tensor], suf: Mapping[str, torch.Tensor], *,
+                     exact: bool) -> CutUpdate | None:
+    """A cut's update where its Gram matrix has no reliable Cholesky factor (rank-deficient
+    or tall) or does not fit: dense and rank-revealing (``lsq.dense_min_norm``) where its
+    matrices fit in the memory left to the solve (``budget.memory_room``), else LSQR on the
+    cut with its ``ends`` uncropped (relative 1e-12); None where ``exact`` and the residual
+    is over 1e-9 relative."""
+    nrhs = residual.shape[0 if block.kind == "sink" else 1]
+    if 8 * cut.shape(nrhs).dense() <= memory_room(residual.device):
+        flat = cut.taps.expand(cut.channels, *cut.frame).reshape(-1)
+        deltas = _dense_cut_update(block, filters, residual, pre, suf, cut.frame,
+                                   rows=None if bool(cut.taps.all()) else flat, exact=exact)
+        return None if deltas is None else CutUpdate(deltas, None, cut.frame)
+    whole = make_cut(ends, cut.kernels, cut.frame, taps=cut.taps, crop=False)
+    b = residual if block.kind == "sink" else residual.transpose(0, 1)
+    xs, res, bnorm = lsqr_cut(whole, b.to(torch.float64))
+    if exact and res > 1e-9 * max(bnorm, 1e-300):
+        return None
+    sink = block.kind == "sink"
+    return CutUpdate({e.name: x if sink else x.transpose(0, 1)
+                      for e, x in zip(block.edges, xs, strict=True)}, None, cut.frame)
+
+
+def _dense_cut_update(block: Block, filters: Mapping[str, torch.Tensor],
+                      residual: torch.Tensor, pre: Mapping[str, torch.Tensor],
+                      suf: Mapping[str, torch.Tensor], kernel: Kernel, *,
+                      rows: torch.Tensor | None = None, exact: bool = False
+                      ) -> dict[str, torch.Tensor] | None:
+    """``_cut_update`` with the dense matrix (``_cut_matrix``) and ``lsq.dense_min_norm``;
+    ``rows``: a boolean mask over each output row's / input column's C·kh·kw entries."""
     sink = block.kind == "sink"
     c_out, c_in = residual.shape[:2]
     # one output row (sink) / input column (source) of every filter in the cut
@@ -182,9 +256,9 @@ def algorithm2(graph: ModuleGraph, target: torch.Tensor, widths: Mapping[str, in
 def compact_prefixes(graph: ModuleGraph, filters: Mapping[str, torch.Tensor], source_channels: int,
                      needed: Kernel) -> dict[str, torch.Tensor] | None:
     """A start for Algorithm 2 in which every inner blob's prefix P(v) keeps to the kernel
-    of v's own in-edges (the smallest correction of its in-edge filters, one dense
-    minimum-norm solve per blob), or None where that changes nothing or would leave the
-    module unable to reach the ``needed`` support.
+    of v's own in-edges (the smallest correction of its in-edge filters, one minimum-norm
+    cut solve per blob, ``_cut_update``), or None where that changes nothing or would
+    leave the module unable to reach the ``needed`` support.
 
     Why: from random filters, P(v) spans the sum of its paths' kernels, and whatever G̃
     does not have there must cancel. For module D (G̃ a 3×3 filter in a 7×7 frame) the ring
@@ -205,24 +279,27 @@ def compact_prefixes(graph: ModuleGraph, filters: Mapping[str, torch.Tensor], so
                 return None
             return out
         if not fits(full, own):
-            deltas = _ring_correction(ins, out, pre, own, full)
-            if deltas is None:
+            corrected = _ring_correction(ins, out, pre, own, full)
+            if corrected is None:
                 return None
+            deltas, pre[v] = corrected
             for name, d in deltas.items():
                 out[name] = out[name] + d.to(out[name].dtype)
             changed = True
+            continue
         acc = torch.zeros((), dtype=ref.dtype, device=ref.device)
         for e in ins:
             acc = acc + pad_to(compose(out[e.name], pre[e.src]), full)
-        pre[v] = crop_to(acc, own)  # exact: zero outside ``own`` (or ``full`` is ``own``)
+        pre[v] = acc  # (``full`` is ``own`` here)
     raise AssertionError("the sink is the last blob")
 
 
 def _ring_correction(ins: list[Edge], filters: Mapping[str, torch.Tensor],
                      pre: Mapping[str, torch.Tensor], own: Kernel, full: Kernel
-                     ) -> dict[str, torch.Tensor] | None:
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
     """Minimum-norm corrections of the in-edge filters of one blob that zero its prefix
-    outside the centred ``own`` kernel; None when no exact correction exists."""
+    outside the centred ``own`` kernel (relative 1e-9), and the prefix they leave, cropped
+    to ``own``; None when no exact correction exists."""
     ref = filters[ins[0].name]
     current = torch.zeros((), dtype=ref.dtype, device=ref.device)
     for e in ins:
@@ -230,9 +307,19 @@ def _ring_correction(ins: list[Edge], filters: Mapping[str, torch.Tensor],
     ring = torch.ones(full, dtype=torch.bool, device=ref.device)
     dh, dw = (full[0] - own[0]) // 2, (full[1] - own[1]) // 2
     ring[dh:dh + own[0], dw:dw + own[1]] = False
-    rows = ring.expand(current.shape[1], *full).reshape(-1)
-    return _cut_update(Block("sink", tuple(ins)), filters, -current, pre, {}, full,
-                       rows=rows, exact=True)
+    update = _cut_update(Block("sink", tuple(ins)), filters, -current, pre, {}, full,
+                         taps=ring, exact=True, fit=True)
+    if update is None:
+        return None
+    if update.fit is not None and fits(own, update.window):  # the new prefix: P + A·δ
+        prefix = crop_to(current, own) + crop_to(update.fit, own).to(current.dtype)
+    else:
+        prefix = torch.zeros((), dtype=ref.dtype, device=ref.device)
+        for e in ins:
+            f = filters[e.name] + update.deltas[e.name].to(ref.dtype)
+            prefix = prefix + pad_to(compose(f, pre[e.src]), full)
+        prefix = crop_to(prefix, own)  # exact: zero outside ``own``
+    return update.deltas, prefix
 
 
 def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
@@ -266,9 +353,9 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
             else:
                 cut = _cut_update(block, filters, residual, pre, suf, k_eff)
                 assert cut is not None  # only an ``exact`` update can decline
-                deltas = cut
+                deltas = cut.deltas
             trial, new_residual, new_rel, trial_pre = _tried(graph, target, filters, deltas,
-                                                             tnorm, widths[graph.source])
+                                                             tnorm, pre)
             if new_rel > rel:  # an exact solve never increases it; rounding can
                 continue
             filters, residual, rel, pre = trial, new_residual, new_rel, trial_pre
@@ -286,15 +373,39 @@ def _sweeps(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.T
 
 
 def _tried(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
-           deltas: Mapping[str, torch.Tensor], tnorm: float, source_channels: int
+           deltas: Mapping[str, torch.Tensor], tnorm: float, pre: Mapping[str, torch.Tensor]
            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, float, dict[str, torch.Tensor]]:
     """``filters`` plus ``deltas``, the residual they leave, its size relative to the
-    target's (``tnorm``) and their prefix filters: a sweep's trial step, kept or dropped
+    target's (``tnorm``) and their prefix filters (``pre``, those of ``filters``, with the
+    blobs downstream of a changed edge recomputed): a sweep's trial step, kept or dropped
     by the caller."""
     trial = {k: f + deltas[k].to(f.dtype) if k in deltas else f for k, f in filters.items()}
-    pre = prefix_filters(graph, trial, source_channels)
-    residual = target - pad_to(pre[graph.sink], graph.effective_kernel())
-    return trial, residual, float(torch.linalg.vector_norm(residual)) / tnorm, pre
+    new_pre = _prefixes_after(graph, trial, pre, deltas.keys())
+    residual = target - pad_to(new_pre[graph.sink], graph.effective_kernel())
+    return trial, residual, float(torch.linalg.vector_norm(residual)) / tnorm, new_pre
+
+
+def _prefixes_after(graph: ModuleGraph, filters: Mapping[str, torch.Tensor],
+                    pre: Mapping[str, torch.Tensor], changed: Collection[str]
+                    ) -> dict[str, torch.Tensor]:
+    """``prefix_filters`` of ``filters`` where ``pre`` holds them for filters that differ
+    only on the ``changed`` edges: the blobs downstream of those recomputed the same way
+    (bit for bit), the others kept (after a sink-cut step, only P(t) is new)."""
+    out = dict(pre)
+    stale = set()
+    for b in graph.blobs[1:]:
+        ins = graph.in_edges[b]
+        if not any(e.name in changed or e.src in stale for e in ins):
+            continue
+        tick()
+        stale.add(b)
+        acc: torch.Tensor | None = None
+        for e in ins:
+            term = compose(filters[e.name], out[e.src])
+            acc = term if acc is None else add(acc, term)
+        assert acc is not None
+        out[b] = acc
+    return out
 
 
 def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torch.Tensor],
@@ -318,10 +429,10 @@ def _cut_probe(graph: ModuleGraph, target: torch.Tensor, filters: dict[str, torc
         for block in cuts:
             suf = suffix_filters(graph, filters, widths[graph.sink]) if block.kind != "sink" \
                 else {}
-            deltas = _cut_update(block, filters, residual, pre, suf, k_eff)
-            assert deltas is not None
-            trial, new_residual, new_rel, trial_pre = _tried(graph, target, filters, deltas,
-                                                             tnorm, widths[graph.source])
+            cut = _cut_update(block, filters, residual, pre, suf, k_eff)
+            assert cut is not None
+            trial, new_residual, new_rel, trial_pre = _tried(graph, target, filters,
+                                                             cut.deltas, tnorm, pre)
             if new_rel <= rel:
                 filters, residual, rel, pre = trial, new_residual, new_rel, trial_pre
             if budget is not None:
