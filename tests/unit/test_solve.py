@@ -823,3 +823,19 @@ def test_dense_min_norm_matches_pinv_even_when_rank_deficient():
     # float32 inputs are solved in float64 with a float32 cutoff for the null space
     x32 = dense_min_norm(a.float(), b.float())
     assert relative_error(x32, torch.linalg.pinv(a) @ b) <= 1e-4
+
+
+@pytest.mark.parametrize("shape,decades", [((16, 16, 3, 3), 0), ((64, 16, 3, 3), 0),
+                                           ((8, 200, 1, 1), 0), ((20, 20, 1, 1), 3),
+                                           ((20, 20, 1, 1), 7)])
+def test_conditioning_is_the_singular_value_ratio(shape, decades):
+    """The Gram-eigenvalue route (and its SVD fallback past cond ~6.7e4) against svdvals."""
+    from netmorph_cli.solver.solve import conditioning
+
+    gen = torch.Generator().manual_seed(1)
+    f = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    if decades:  # singular values spread over ``decades`` decades
+        u = torch.linalg.qr(torch.randn(20, 20, generator=gen, dtype=torch.float64))[0]
+        f = ((u * torch.logspace(0, -decades, 20, dtype=torch.float64)) @ u.T).reshape(shape)
+    s = torch.linalg.svdvals(f.reshape(shape[0], -1))
+    assert conditioning(f) == pytest.approx(float(s[0] / s[-1]), rel=1e-9)

@@ -86,8 +86,19 @@ def _finite(v: float) -> float | None:
 
 
 def conditioning(f: torch.Tensor) -> float:
-    """Condition number of a filter as a (C_out, C_in·kh·kw) matrix (inf when rank deficient)."""
-    s = torch.linalg.svdvals(f.detach().reshape(f.shape[0], -1).to(torch.float64).cpu())
+    """Condition number of a filter as a (C_out, C_in·kh·kw) matrix (inf when rank deficient).
+
+    From the eigenvalues of its smaller Gram matrix (float64): λ_min is accurate to about
+    eps·λ_max, so the condition number √(λ_max/λ_min) to a relative eps·cond²; where that
+    could exceed 1e-6 (cond ≳ 6.7e4, or rank deficient) the singular values are computed
+    instead. At 512 channels the Gram route is several times cheaper than an SVD."""
+    m = f.detach().reshape(f.shape[0], -1).to(torch.float64).cpu()
+    gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    lam = torch.linalg.eigvalsh(gram)
+    lo, hi = float(lam[0]), float(lam[-1])
+    if hi > 0 and lo > 0 and torch.finfo(torch.float64).eps * hi / lo <= 1e-6:
+        return math.sqrt(hi / lo)
+    s = torch.linalg.svdvals(m)
     return float(s[0] / s[-1]) if s[-1] > 0 else math.inf
 
 
