@@ -572,13 +572,25 @@ def test_the_unknowns_count_is_necessary_not_sufficient():
     assert cut_rank(graph, widths, "source") < need - 100
 
 
+def test_advice_widens_once_more_where_the_bound_plus_margin_grinds():
+    """M82 at fixed widths 8 → 8: its sweeps at the source cut's bound + 10% (a = b = 29)
+    grind, so the advice is the second try, 1.5× that (44), verified by its re-solve —
+    where a single re-solve at the bound used to prove no advice at all."""
+    graph = spec("M82", M82_EDGES)
+    with pytest.raises(InfeasibleError) as info:
+        morph_filter(rng(1).filter(8, 8, (3, 3)), graph, seed=0, advice_seconds=10.0)
+    wide = advised(str(info.value))
+    assert (wide["a"], wide["b"]) == (math.ceil(1.5 * 29), math.ceil(1.5 * 29))
+    assert (wide["c"], wide["d"]) == ("1x", "1x")  # the blobs the bound did not raise
+
+
 def test_no_advice_is_printed_unless_a_re_solve_proved_it():
     """With too little time to verify any candidate, the refusal says plainly that no
     advice is proven and lists what it tried; it never prints unverified widths."""
     graph = spec("M82", M82_EDGES)
     g = rng(1).filter(8, 8, (3, 3))
     with pytest.raises(InfeasibleError) as info:
-        morph_filter(g, graph, seed=0, advice_seconds=1.0)
+        morph_filter(g, graph, seed=0, advice_seconds=0.01)  # (its second try: 0.15 s)
     msg = str(info.value)
     assert "too narrow for Algorithm 2" in msg
     assert "No width advice is proven" in msg and "tried:" in msg

@@ -297,17 +297,19 @@ def _morph_filter(g: torch.Tensor, graph: ModuleGraph, *, seed: int, tol: float,
 def _advise(exc: Narrow, g: torch.Tensor, spec: ModuleGraph, fixed: ModuleGraph, *,
             seed: int, tol: float, max_sweeps: int, method: str, max_memory: int | None,
             advice_seconds: float) -> str:
-    """``exc``'s reason, then width advice proven by one re-solve, or a plain statement
+    """``exc``'s reason, then width advice proven by a re-solve, or a plain statement
     that none is proven and why.
 
     Bound first: the cheapest candidate widening of ``exc`` (the feasibility bound of one
     block of Algorithm 2, + ``MARGIN`` where it comes from counting unknowns; a vertex
-    cut's rank or a TYPE-I split's middle width as it is), then one re-solve of ``g`` at
-    those widths (same seed) within ``advice_seconds`` and the time left. A re-solve whose
-    estimated time (``budget.solve_seconds``) is over what is left is not started: the
-    message gives the estimate instead. ``spec`` is the module as given (its
-    "channels" are shown with the widened blobs), ``fixed`` the same at this layer's
-    widths (what is solved)."""
+    cut's rank or a TYPE-I split's middle width as it is), then a re-solve of ``g`` at
+    those widths (same seed) within ``advice_seconds`` and the time left. Near a counted
+    bound the sweeps can grind, so, as open widths do (``_solve_open``), the first
+    re-solve gets 3× its estimated time + 1 s (at most a third of the time), and a second
+    one ``WIDER`` × wider the rest. A re-solve whose estimated time
+    (``budget.solve_seconds``) is over what is left is not started: the message gives the
+    estimate instead. ``spec`` is the module as given (its "channels" are shown with the
+    widened blobs), ``fixed`` the same at this layer's widths (what is solved)."""
     budget = current_budget()
     deadline = time.monotonic() + advice_seconds
     if budget is not None:
@@ -316,49 +318,79 @@ def _advise(exc: Narrow, g: torch.Tensor, spec: ModuleGraph, fixed: ModuleGraph,
         return (f"{exc.reason}. No width advice is proven: widening inner blobs cannot give "
                 "any block of Algorithm 2 enough rank (its kernels do not reach the whole "
                 "effective kernel); use larger kernels or another module")
-    cand = exc.candidates[0]
-    wide_cand = cand.with_margin()
-    order = {b: i for i, b in enumerate(spec.blobs)}
-    shown = dict(sorted({**rule_texts(spec), **wide_cand.channels}.items(),
-                        key=lambda kv: order.get(kv[0], len(order))))
-    text = channels_text(shown)
-    how = (f"the feasibility bound of {cand.what} + {MARGIN:.0%}" if cand.counted
-           else f"what {cand.what} needs")
-    wide = dataclasses.replace(fixed, channels={**fixed.channels, **wide_cand.channels})
-    c_out, c_in = g.shape[:2]
-    whole = method == "algorithm2"
-    widths = {**wide.channels, wide.source: c_in, wide.sink: c_out}
-    estimate = solve_seconds(wide, widths, whole=whole, device=g.device,
-                             upto="sink" if cand.kind == "sink" else None)
-    left = deadline - time.monotonic()
+    cand = exc.candidates[0].with_margin()
+    tries = [(cand.channels, (f"the feasibility bound of {exc.candidates[0].what} + "
+                              f"{MARGIN:.0%}" if cand.counted else
+                              f"what {cand.what} needs"))]
+    if cand.counted:  # near the bound sweeps can grind: then as auto widths do, WIDER ×
+        tries.append(({b: math.ceil(WIDER * w) for b, w in cand.channels.items()},
+                      f"{WIDER:g}× that"))
     allowed = f"the {advice_seconds:g} s allowed for checking advice"
     if budget is not None and budget.deadline < time.monotonic() + advice_seconds:
         allowed = "the time left of --max-seconds"
-    if left <= 0 or estimate > left:
-        why = (f"a re-solve there would take about {estimate:.0f} s on this machine, more "
-               f"than {allowed}, so it was not run" if left > 0 else f"no time was left "
-               f"({allowed})")
-    else:
-        if budget is not None:  # (no tick here: running out of time is handled below)
-            budget.phase, budget.sweep, budget.residual = f"verifying widths {text}", 0, None
-        try:
-            res = morph_filter(g, wide, seed=seed, tol=tol, max_sweeps=max_sweeps,
-                               method=method, max_seconds=max(left, 1e-3),
-                               max_memory=max_memory, verify_advice=False)
-        except Narrow as inner:
-            why = f"still too narrow there ({_short(inner.reason, 160)})"
-        except SolverTimeout:
-            why = f"a re-solve there did not finish within {allowed}"
-        except ResourceLimitError:
-            why = "a re-solve there is over the memory limit"
-        except SolverError as err:
-            why = ("a re-solve there stalled (the bound counts unknowns: it is necessary, not "
-                   f"sufficient): {_short(err, 160)}")
-        else:
+    tried = []
+    for k, (channels, how) in enumerate(tries):
+        last = k == len(tries) - 1
+        shown, res, why = _try_advice(g, spec, fixed, channels, deadline, last=last,
+                                      cand_kind=cand.kind, seed=seed, tol=tol,
+                                      max_sweeps=max_sweeps, method=method,
+                                      max_memory=max_memory, allowed=allowed)
+        if res is not None:
             return _advice_text(exc.reason, spec, shown, seed, res)
-    return (f"{exc.reason}. No width advice is proven (tried: {text}, {how}: {why}); give "
+        tried.append(f"{channels_text(shown)}, {how}: {why}")
+        if why.startswith(OVER_MEMORY) or why.startswith(NO_TIME):
+            break  # wider needs more memory; no time is no time
+    return (f"{exc.reason}. No width advice is proven (tried: {'; '.join(tried)}); give "
             "wider fixed widths, or leave these blobs \"auto\" to have them chosen for each "
             "layer")
+
+
+NO_TIME = "no time was left"  # why a try of advice was not made
+OVER_MEMORY = "a re-solve there is over the memory limit"
+
+
+def _try_advice(g: torch.Tensor, spec: ModuleGraph, fixed: ModuleGraph,
+                channels: Mapping[str, int], deadline: float, *, last: bool, cand_kind: str,
+                seed: int, tol: float, max_sweeps: int, method: str, max_memory: int | None,
+                allowed: str) -> tuple[dict[str, int | str], SolveResult | None, str]:
+    """One re-solve of ``g`` at the inner ``channels`` (the spec's channels shown with
+    them): within what is left before ``deadline`` (``last``) or, for a first try, within
+    3× its estimated time + 1 s and at most a third of it. Returns the shown channels and
+    the solve, or None and why not."""
+    budget = current_budget()
+    order = {b: i for i, b in enumerate(spec.blobs)}
+    shown = dict(sorted({**rule_texts(spec), **channels}.items(),
+                        key=lambda kv: order.get(kv[0], len(order))))
+    wide = dataclasses.replace(fixed, channels={**fixed.channels, **channels})
+    c_out, c_in = g.shape[:2]
+    widths = {**wide.channels, wide.source: c_in, wide.sink: c_out}
+    estimate = solve_seconds(wide, widths, whole=method == "algorithm2", device=g.device,
+                             upto="sink" if cand_kind == "sink" else None)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return shown, None, f"{NO_TIME} ({allowed})"
+    if estimate > left:
+        return shown, None, (f"a re-solve there would take about {estimate:.0f} s on this "
+                             f"machine, more than {allowed}, so it was not run")
+    share = left if last else min(3 * estimate + 1.0, left / 3)
+    if budget is not None:  # (no tick here: running out of time is handled below)
+        budget.phase, budget.sweep, budget.residual = (f"verifying widths "
+                                                       f"{channels_text(shown)}", 0, None)
+    try:
+        res = morph_filter(g, wide, seed=seed, tol=tol, max_sweeps=max_sweeps, method=method,
+                           max_seconds=max(share, 1e-3), max_memory=max_memory,
+                           verify_advice=False)
+    except Narrow as inner:
+        return shown, None, f"still too narrow there ({_short(inner.reason, 160)})"
+    except SolverTimeout:
+        within = allowed if share >= left else f"{share:.2g} s of {allowed}"
+        return shown, None, f"a re-solve there did not finish within {within}"
+    except ResourceLimitError:
+        return shown, None, OVER_MEMORY
+    except SolverError as err:
+        return shown, None, ("a re-solve there stalled (the bound counts unknowns: it is "
+                             f"necessary, not sufficient): {_short(err, 160)}")
+    return shown, res, ""
 
 
 def _advice_text(reason: str, spec: ModuleGraph, channels: Mapping[str, int | str],
