@@ -66,6 +66,20 @@ def arm_flags(arm: str, state: Path | None) -> list[str]:
     return flags
 
 
+def grow_flags(arm: str) -> list[str]:
+    """B's training: ``--recipe grow``, which must be the decided arm (its peak lr and its
+    new-parameter options; an arm that carries the parent's momentum is no recipe)."""
+    from netmorph_cli.training.recipes import RECIPES
+
+    lr, opts, carry = recipes.arm_options(arm)
+    grow = RECIPES["grow"]
+    mine = {k: v for k, v in grow.items() if k.startswith("new_")}
+    if grow["lr"] != lr or grow["schedule"] != "cosine" or mine != opts or carry:
+        sys.exit(f"Error: --recipe grow ({grow}) is not the decided child arm {arm!r} "
+                 f"(lr {lr}, {opts}, carry {carry}): make the recipe the decision first")
+    return ["--recipe", "grow"]
+
+
 def chosen_child(results: list[dict], arm: str) -> str:
     """PLAN.md: the child whose mean last-50 loss gap to the control is smaller under the
     chosen recipe."""
@@ -144,7 +158,7 @@ def e1(args: argparse.Namespace, out: Path, runs: Runs) -> dict:
         child = work / f"E1_{child_name}_s{seed}_init.safetensors"
         runs.morph(parent, child, child_name, seed)
         b = work / f"E1_B_s{seed}.safetensors"
-        runs.train(child, b, args.epochs, arm_flags(child_arm, state), seed)
+        runs.train(child, b, args.epochs, grow_flags(child_arm), seed)
         curves["A"].append(errors(a, runs.evaluate(parent)))
         curves["B"].append(errors(b, runs.evaluate(child)))
     netmorph("plot", *[str(work / f"E1_{k}_s{s}.safetensors") for k in "AB" for s in seeds],

@@ -126,3 +126,23 @@ def test_a_child_goes_on_with_its_parents_schedule(capsys, tmp_path, child, data
     assert_one_error_line(code, stdout, err, "--epochs 3 from --schedule-start 2 runs past "
                                              "the end of --schedule-epochs 4")
     assert not bad.exists() and not Path(f"{bad}.metrics.jsonl").exists()
+
+
+def test_recipe_grow_trains_what_the_morph_added_at_a_tenth_of_the_lr(capsys, tmp_path,
+                                                                        child, parent,
+                                                                        data_dir):
+    out = tmp_path / "t.safetensors"
+    code, stdout, err = run_main(capsys, *train_args(child, out, data_dir, "--recipe", "grow",
+                                                     "--epochs", "1"))
+    assert code == 0, err
+    line = stdout.splitlines()[0]
+    assert " trained parameters at lr 0.02 (weight decay 0.0001); " in line
+    assert " at lr 0.002 (×0.1, ramped from 0 over 200 steps; weight decay 0.0001)" in line
+    config = ck.load(out).history[-1]["config"]
+    assert (config["new_lr_scale"], config["new_warmup"], config["lr"],
+            config["schedule"]) == (0.1, 200, 0.02, "cosine")
+    code, stdout, err = run_main(capsys, *train_args(parent, tmp_path / "p.safetensors",
+                                                     data_dir, "--recipe", "grow"))
+    assert_one_error_line(code, stdout, err, "--recipe grow", "this network has none",
+                          "train it with --recipe continue")
+    assert not (tmp_path / "p.safetensors").exists()

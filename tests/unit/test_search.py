@@ -231,6 +231,7 @@ def test_a_run_directory_that_holds_files_is_not_overwritten(tmp_path, files, da
     ({"val_fraction": 1.0}, "validation fraction"),
     ({"max_flops": -5}, "max_flops must be > 0"),
     ({"recipe": "nope"}, "unknown recipe 'nope'"),
+    ({"parent_recipe": "grow"}, "its recipe cannot be 'grow'; use continue"),
 ])
 def test_bad_search_settings_are_one_usage_error(kw, match):
     with pytest.raises(UsageError, match=match):

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..training.recipes import RECIPES
+from ..training.recipes import GROWING, RECIPES
 from .common import _DATASETS, _FORCE, _JSON, _console, _emit_json, cli
 
 _UNITS: dict[str, float] = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -58,10 +58,11 @@ def _duration(ctx: Any, param: Any, value: str | None) -> float | None:
               help="Children drawn per step (the current best competes as one more).")
 @click.option("--epochs", type=click.IntRange(min=1, max=10**4), default=1, show_default=True,
               help="Training epochs of every candidate per step.")
-@click.option("--recipe", type=click.Choice(list(RECIPES)), default="continue",
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default="grow",
               show_default=True,
               help="The children's training recipe (train's --recipe).")
-@click.option("--parent-recipe", type=click.Choice(list(RECIPES)), default="continue",
+@click.option("--parent-recipe", type=click.Choice([r for r in RECIPES if r not in GROWING]),
+              default="continue",
               show_default=True, help="The current best's, trained on beside its children.")
 @click.option("--val-fraction", type=click.FloatRange(min=0, max=1, min_open=True,
                                                       max_open=True),

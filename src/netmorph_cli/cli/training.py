@@ -58,12 +58,15 @@ def eval_cmd(ckpt: str, dataset: str, data_dir: str | None, device: str, as_json
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default="paper",
               show_default=True,
               help="paper: from scratch, 164 epochs, lr 0.1 ÷10 at 50%/75%; continue: a "
-                   "trained or morphed network, 10 epochs, cosine from lr 0.02 to 0. "
-                   "Options below override the recipe's values.")
+                   "trained network, 10 epochs, cosine from lr 0.02 to 0; grow: a morphed "
+                   "child, continue with the parameters the morph added at lr ×0.1, ramped "
+                   "in over 200 steps (README, 'Growth'). Options below override the "
+                   "recipe's values.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs [recipe: 164 paper, 10 continue].")
+              help="Epochs [recipe: 164 paper, 10 continue and grow].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate per global batch [recipe: 0.1 paper, 0.02 continue].")
+              help="Peak learning rate per global batch [recipe: 0.1 paper, 0.02 continue "
+                   "and grow].")
 @click.option("--schedule", type=click.Choice(["step", "cosine"]), default=None,
               help="step: lr ÷10 at --milestones; cosine: from --lr to 0 [recipe's].")
 @click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH), default=128,
@@ -134,8 +137,11 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
     SGD (momentum 0.9, weight decay 1e-4), batch 128, pad-4 random crop + flip, a fresh
     optimizer. --recipe paper (default) is the paper's CIFAR schedule for training from
     scratch: 164 epochs, lr 0.1 divided by 10 at 50% and 75%. --recipe continue is for a
-    trained parent or a morphed child: 10 epochs of cosine annealing from lr 0.02 to 0
-    (restarting at 0.1 throws away much of what the network knew). A child morphed without
+    trained parent: 10 epochs of cosine annealing from lr 0.02 to 0 (restarting at 0.1
+    throws away much of what the network knew). --recipe grow is for a morphed child:
+    continue's schedule, with the parameters the morph added at lr ×0.1, ramped in from 0
+    over 200 steps, so that the child does not leave its parent's basin in its first steps
+    (README, "Growth": the recipe comparison it was chosen from). A child morphed without
     --calibrate has its new BN layers set from 32 batches of training images first (as
     morph --calibrate does), so it starts training from its parent's function; --no-calibrate
     trains it as it is. Writes OUT at the end,
@@ -144,7 +150,7 @@ def train_cmd(ckpt: str, dataset: str, data_dir: str | None, out: str, recipe: s
 
     \b
     Examples:
-      netmorph train morph20_1c1.safetensors --dataset cifar10 --recipe continue \\
+      netmorph train morph20_1c1.safetensors --dataset cifar10 --recipe grow \\
           -o trained.safetensors
       torchrun --nproc-per-node 2 -m netmorph_cli train r20.safetensors \\
           --dataset cifar10 -o r20_trained.safetensors

@@ -41,7 +41,7 @@ class SearchConfig:
     steps: int = 3
     children: int = 3  # drawn per step; the current best competes as one more candidate
     epochs: int = 1  # of training per candidate per step
-    recipe: str = "continue"  # the children's training recipe (training/recipes.py)
+    recipe: str = "grow"  # the children's training recipe (training/recipes.py)
     parent_recipe: str = "continue"  # the current best's, trained on beside its children
     dataset: str = "cifar10"
     seed: int = 0  # draws, morph filters, batch order, the validation split
@@ -60,12 +60,15 @@ class SearchConfig:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise UsageError(f"search {name} must be a whole number ≥ 1, not {value!r}")
-        from ..training.recipes import RECIPES
+        from ..training.recipes import GROWING, RECIPES
 
         for name in ("recipe", "parent_recipe"):
             if getattr(self, name) not in RECIPES:
                 raise UsageError(f"unknown {name.replace('_', ' ')} {getattr(self, name)!r} "
                                  f"(choose from {', '.join(RECIPES)})")
+        if self.parent_recipe in GROWING:
+            raise UsageError(f"the current best has no new parameters (it was trained): its "
+                             f"recipe cannot be {self.parent_recipe!r}; use continue")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"the validation fraction must be in (0, 1), not "
                              f"{self.val_fraction}")

@@ -114,12 +114,19 @@ SCHEDULES = ("step", "cosine")
 
 # Named recipes: the TrainConfig fields each sets (the CLI's --recipe; options given on the
 # command line override them). "paper": training from scratch (He et al. 2015, the paper's
-# phases); "continue": a trained parent or a morphed child for a short budget, cosine from a
-# moderate lr to 0 as NASH does after each morph (lr 0.02: README, "Training").
+# phases); "continue": a trained parent for a short budget, cosine from a moderate lr to 0
+# as NASH does after each morph (lr 0.02: README, "Training"); "grow": a morphed child,
+# continue's schedule with the parameters the morph added at lr × 0.1, ramped in from 0
+# over 200 steps — the arm of the side-by-side comparison (examples/grow/results/recipes.md,
+# README "Growth") chosen by its pre-registered rule (lowest train-mode loss over the last
+# 50 steps, 1c1 and D × 2 seeds; within 1% of it, the lower loss over steps 1–50).
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"schedule": "step", "lr": 0.1, "epochs": 164, "milestones": (0.5, 0.75)},
     "continue": {"schedule": "cosine", "lr": 0.02, "epochs": 10},
+    "grow": {"schedule": "cosine", "lr": 0.02, "epochs": 10, "new_lr_scale": 0.1,
+             "new_warmup": 200},
 }
+GROWING = {k for k, v in RECIPES.items() if any(f.startswith("new_") for f in v)}
 
 
 def recipe_config(recipe: str, *, epochs: int | None = None, lr: float | None = None,

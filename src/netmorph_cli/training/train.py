@@ -194,9 +194,10 @@ def new_groups(net: Network, cfg: TrainConfig) -> tuple[str, ...]:
         return ()
     new = new_parameter_names(net)
     if not new:
-        raise UsageError("--new-lr-scale, --new-warmup and --new-weight-decay apply to the "
-                         "parameters a morph added since the last training, and this network "
-                         "has none (no morph in its history since it was trained)")
+        raise UsageError("--recipe grow, --new-lr-scale, --new-warmup and --new-weight-decay "
+                         "apply to the parameters a morph added since the last training, and "
+                         "this network has none (no morph in its history since it was "
+                         "trained): train it with --recipe continue")
     return new
 
 
