@@ -169,7 +169,8 @@ def search(parent: str | Path | nn.Module, space: str | Path, run_dir: str | Pat
            **config: Any) -> Any:
     """``netmorph search``: hill climbing over exact morphs from ``parent`` (a checkpoint
     file, or a module netmorph returned or loaded) over the search space file ``space``,
-    written to ``run_dir`` (new or empty; an existing search there is continued instead).
+    written to ``run_dir`` (new or empty; a search already there is continued, and any
+    setting given that differs from its own is a ``UsageError``).
     ``config``: ``SearchConfig``'s fields (steps, children, epochs, recipe, seed, max_flops,
     max_params, budget_s, …). Returns a ``SearchResult`` (best checkpoint, lineage,
     validation and test error)::
@@ -180,7 +181,17 @@ def search(parent: str | Path | nn.Module, space: str | Path, run_dir: str | Pat
     from netmorph_cli.search.climb import resume, start
     from netmorph_cli.search.rundir import RunDir, SearchConfig
 
-    if RunDir(Path(run_dir)).config_file.is_file():
+    rd = RunDir(Path(run_dir))
+    if rd.config_file.is_file():  # continue it: with the settings it was started with
+        stored, _ = rd.config()
+        given = {"dataset": dataset, **config}
+        differ = [k for k, v in given.items() if getattr(stored, k, v) != v]
+        if differ:
+            from netmorph_cli.errors import UsageError
+
+            raise UsageError(f"{run_dir} holds a search with other settings ({', '.join(differ)}"
+                             f"); continue it as it is (netmorph.search(parent, space, run_dir, "
+                             f"dataset={stored.dataset!r})) or choose another run_dir")
         return resume(run_dir, data_dir=data_dir, device=device)
     net = parent if isinstance(parent, (str, Path)) else to_network(parent)
     return start(net, space, run_dir, SearchConfig(dataset=dataset, **config),

@@ -71,6 +71,8 @@ def test_a_bad_space_is_one_error_before_anything_is_written(capsys, tmp_path, p
     (["--max-flops", "-1"], "must be a positive count"),
     (["--max-params", "lots"], "must be a positive count"),
     (["--recipe", "nope"], "'nope' is not one of"),
+    (["--parent-recipe", "grow"], "'grow' is not one of"),
+    (["--seed", "-1"], "-1 is not in the range x>=0"),
 ])
 def test_bad_options_are_one_error(capsys, tmp_path, parent, data_dir, extra, needle):
     space = write_space(tmp_path, [{"module": "1c1"}])

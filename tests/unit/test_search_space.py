@@ -58,6 +58,8 @@ def test_a_space_becomes_one_move_per_site_with_its_share(tmp_path, net):
     ({"moves": [{"module": "1c1", "at": ["layer1.1.conv1"]}]}, "places itself"),
     ({"moves": [{"module": "1c1", "weight": -1}]}, r"weight must be a finite number ≥ 0"),
     ({"moves": [{"module": "1c1", "weight": "2"}]}, r"weight must be a finite number ≥ 0"),
+    ({"moves": [{"module": "1c1"}, {"module": "1c1"}]}, r"the move '1c1' names two moves"),
+    ({"moves": [{"module": "1c1", "name": "parent"}]}, r"'parent' is the name of the current"),
     ({"moves": [{"module": "1c1", "weight": 0}]}, "every move has weight 0"),
     ({"moves": [{"module": "1c1", "wieght": 1}]}, "unknown field 'wieght'"),
     ({"moves": [{"module": str(MODULES / "C.json"), "at": []}]}, "non-empty list"),

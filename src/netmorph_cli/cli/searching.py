@@ -73,9 +73,10 @@ def _duration(ctx: Any, param: Any, value: str | None) -> float | None:
 @click.option("--max-params", callback=_count, default=None, metavar="N",
               help="A child above this many parameters is not drawn (e.g. 1M).")
 @click.option("--budget", callback=_duration, default=None, metavar="TIME",
-              help="Wall-clock budget of the whole search, over all sessions (3h, 90m): a "
-                   "step that would run past it is not started.")
-@click.option("--seed", type=int, default=0, show_default=True,
+              help="Time budget of the whole search, over all sessions (3h, 90m): the "
+                   "seconds its draws and trainings took; a step that would run past it (by "
+                   "the last step's time) is not started.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the draws, the morphs, the batch order and the validation split.")
 @click.option("--batch-size", type=click.IntRange(min=1, max=4096), default=128,
               show_default=True, help="Training batch size.")
@@ -170,13 +171,15 @@ class SearchProgress:
         self.total = 0
 
     def __enter__(self) -> SearchProgress:
-        if self.live_table:
+        return self  # the live table starts with the search (after its inputs are checked)
+
+    def _start_live(self) -> None:
+        if self.live_table and self.live is None:
             from rich.live import Live
 
             self.live = Live(self._table(), console=self.console, refresh_per_second=2,
                              transient=False)
             self.live.__enter__()
-        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
@@ -213,6 +216,7 @@ class SearchProgress:
 
     def _event(self, kind: str, r: dict[str, Any]) -> None:
         if kind == "start":
+            self._start_live()
             cfg = r["config"]
             self.total = cfg.steps
             done = f", {len(r['done'])} step(s) done before" if r["done"] else ""

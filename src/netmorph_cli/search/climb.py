@@ -9,14 +9,16 @@ Every draw is seeded by (seed, step, child), so a resumed search draws what the 
 drew; the files of ``rundir.py`` record each phase as it ends, and every network is read back
 from its file before it is used, so an uninterrupted run and a resumed one compute on the same
 bits. Within a step the moves are drawn without replacement; a move whose morph is refused, or
-whose child is above a cap (FLOPs, parameters), is recorded and another is drawn. A wall-clock
-budget is checked before each step: a step that would run past it (by the last step's time) is
-not started, and a started step always finishes (its selection does not depend on timing).
+whose child is above a cap (FLOPs, parameters), is recorded and another is drawn. A time
+budget (the recorded seconds of the draws and trainings, over all sessions) is checked before
+each step: a step that would run past it (by the last step's time) is not started, and a
+started step always finishes (its selection does not depend on timing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -106,16 +108,26 @@ def start(parent_file: str | Path | Network, space_file: str | Path, run_dir: st
     data = data or load_dataset(cfg.dataset, data_dir)
     split = validation_split(data, cfg.val_fraction, cfg.seed)
     device = torch.device(device)
+    if cfg.precision == "auto":  # fixed for the whole run: a resume on another device
+        cfg = dataclasses.replace(cfg, precision="bf16" if device.type == "cuda" else "fp32")
     record = {"parent": {"file": None if file is None else str(file),
                          "sha256": None if file is None else ck.file_sha256(file),
                          "arch": parent.description.get("arch")},
-              "validation": split.record(), "data": {"name": data.name, "source": data.source},
+              "validation": split.record(),
+              "data": {"name": data.name, "source": data.source, "sha256": data_digest(data)},
               "start_val_error": _val_error(parent, split, device),
               "start_flops": count_flops(parent.description),
               "start_params": count_params(parent.description), "netmorph": __version__}
-    rd = create(run_dir, cfg, space_file, record)
-    ck.save(parent, rd.start, force=True)
+    rd = create(run_dir, cfg, space_file, record, lambda path: ck.save(parent, path))
     return resume(rd.root, data=data, device=device, hooks=hooks)
+
+
+def data_digest(data: Dataset) -> str:
+    """sha256 of a data set's training images and labels (what a resume must see again)."""
+    h = hashlib.sha256()
+    for a in (data.x_train, data.y_train):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def resume(run_dir: str | Path, *, data_dir: str | Path | None = None,
@@ -135,9 +147,11 @@ def search_step(run_dir: str | Path, *, data_dir: str | Path | None = None,
     error is left to ``resume``, which measures it once every step is done."""
     with _opened(run_dir, data_dir, data, device, hooks) as ctx:
         done = ctx.rd.steps_done()
-        if len(done) >= ctx.cfg.steps:
-            return None
-        return _step(ctx, len(done) + 1)
+        step = len(done) + 1
+        if ctx.rd.result_file.is_file() or step > ctx.cfg.steps or (
+                not ctx.rd.step(step).exists() and _over_budget(ctx.rd, ctx.cfg)):
+            return None  # finished, or stopped by its budget
+        return _step(ctx, step)
 
 
 @contextlib.contextmanager
@@ -152,10 +166,11 @@ def _opened(run_dir: str | Path, data_dir: str | Path | None, data: Dataset | No
         space = load_space(rd.space_file, start_net)
         data = data or load_dataset(cfg.dataset, data_dir)
         split = validation_split(data, cfg.val_fraction, cfg.seed)
-        if split.record() != record["validation"]:
-            raise UsageError(f"the validation split of {cfg.dataset} here ({split.record()}) "
-                             f"is not the one {rd.root} was searched on "
-                             f"({record['validation']}): another data set?")
+        if split.record() != record["validation"] or \
+                data_digest(data) != record["data"].get("sha256"):
+            raise UsageError(f"the training images of {cfg.dataset} here are not the ones "
+                             f"{rd.root} was searched on (validation split {split.record()}, "
+                             f"recorded {record['validation']}): another data set?")
         hooks.emit("start", {"config": cfg, "record": record, "done": rd.steps_done()})
         yield _Context(rd, cfg, space, data, split, torch.device(device), hooks)
 
@@ -182,13 +197,10 @@ def _finish(ctx: _Context, stopped: str) -> SearchResult:
         best = _current_file(rd, len(done) + 1)
         net = ck.load(best)
         sel = rd.read(rd.selection(done[-1])) if done else None
-        mean, std = normalization(net)
-        x = to_tensor(ctx.data.x_test, mean, std, ctx.device)
-        y = torch.from_numpy(ctx.data.y_test).to(ctx.device)
-        test = top1_error(net.module(torch.float32, ctx.device), x, y)
+        test = _error(net, ctx.data, ctx.device)
         res = {"best": str(best.relative_to(rd.root)), "lineage": lineage(rd),
                "val_error": sel["val_error"] if sel else rd.read(rd.config_file)[
-                   "start_val_error"], "test_error": test, "test_images": len(y),
+                   "start_val_error"], "test_error": test, "test_images": len(ctx.data.y_test),
                "steps": len(done), "stopped": stopped, "seconds": used_seconds(rd),
                "compute": sum(c["compute"] for c in candidates(rd)),
                "flops": count_flops(net.description), "params": count_params(net.description)}
@@ -279,9 +291,7 @@ def _draw_child(ctx: _Context, current: Network, step: int, i: int, taken: set[s
 
 
 def _morph(ctx: _Context, current: Network, move: Move, seed: int) -> Network:
-    images = training_batches(current, ctx.cfg.dataset, batches=ctx.cfg.calibrate_batches,
-                              seed=seed, purpose="calibrate", data=ctx.split.train,
-                              batch_size=min(128, len(ctx.split.train.y_train)))
+    images = _batches(ctx, current, ctx.cfg.calibrate_batches, seed, "calibrate")
     res = morph_network(current, move.graph, at=move.at, after=move.after, seed=seed,
                         calibrate=(ctx.split.train.name, [x for x, _ in images]))
     return res.network
@@ -291,10 +301,16 @@ def _verify(ctx: _Context, parent: Network, child: Network, seed: int) -> tuple[
     """The child against its parent: 32 random inputs in the child's dtype (eval mode), and
     ``verify_batches`` batches of training images in training mode."""
     report = verify(parent, child, dtype=child.dtype, samples=32, seed=seed)
-    batches = training_batches(parent, ctx.cfg.dataset, batches=ctx.cfg.verify_batches,
-                               seed=seed, purpose="verify", data=ctx.split.train,
-                               batch_size=min(128, len(ctx.split.train.y_train)))
+    batches = _batches(ctx, parent, ctx.cfg.verify_batches, seed, "verify")
     return report, verify_train_mode(parent, child, batches, dtype=child.dtype)
+
+
+def _batches(ctx: _Context, net: Network, n: int, seed: int, purpose: str
+             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` batches of (at most) 128 of the search's training images, never validation."""
+    return training_batches(net, ctx.cfg.dataset, batches=n, seed=seed, purpose=purpose,
+                            data=ctx.split.train,
+                            batch_size=min(128, len(ctx.split.train.y_train)))
 
 
 def _train_candidate(ctx: _Context, step: int, i: int, source: Path, recipe: str,
@@ -322,7 +338,7 @@ def _train_candidate(ctx: _Context, step: int, i: int, source: Path, recipe: str
     hooks = TrainHooks(on_step=on_step, on_epoch=lambda s: ctx.hooks.emit(
         "epoch", {"step": step, "index": i, "epoch": s.epoch, "val_error": s.test_error}))
     trained, history = train(ck.load(source), tcfg, out, dataset=ctx.split.train,
-                             device=ctx.device, resume=again, force=not again, hooks=hooks,
+                             device=ctx.device, resume=again, force=True, hooks=hooks,
                              finish=lambda t: ck.save(t, out, force=True))
     flops = count_flops(trained.description)
     images = cfg.epochs * len(ctx.split.train.y_train)
@@ -349,20 +365,37 @@ def _current_file(rd: RunDir, step: int) -> Path:
 def candidates(rd: RunDir) -> list[dict[str, Any]]:
     """Every trained candidate's record, by step and index."""
     out = []
-    for step in range(1, 1000):
-        if not rd.step(step).is_dir():
-            break
-        for p in sorted(rd.step(step).glob("cand-*.json"),
-                        key=lambda p: int(p.name.split("-")[1].split(".")[0])):
+    step = 1
+    while rd.step(step).is_dir():
+        for p in sorted(rd.step(step).glob("cand-*.json"), key=_index):
             out.append({"step": step, **rd.read(p)})
+        step += 1
     return out
 
 
+def _index(p: Path) -> int:
+    """The number in a record's name: cand-12.json, draw-3.json → 12, 3."""
+    return int(p.name.split("-")[1].split(".")[0])
+
+
+def draws(rd: RunDir, step: int) -> list[dict[str, Any]]:
+    """Step ``step``'s draw records, by child."""
+    return [rd.read(p) for p in sorted(rd.step(step).glob("draw-*.json"), key=_index)]
+
+
+def step_seconds(rd: RunDir, step: int) -> float:
+    """Seconds step ``step``'s recorded draws and trainings took."""
+    return (sum(c["seconds"] for c in candidates(rd) if c["step"] == step)
+            + sum(d["seconds"] for d in draws(rd, step)))
+
+
 def used_seconds(rd: RunDir) -> float:
-    """Wall-clock seconds the search's draws and trainings took, over all sessions."""
-    total = sum(c["seconds"] for c in candidates(rd))
-    for d in rd.root.glob("step-*/draw-*.json"):
-        total += rd.read(d)["seconds"]
+    """Seconds the search's recorded draws and trainings took, over all sessions (not
+    counted: data loading, the start's validation pass, work a kill lost)."""
+    total, step = 0.0, 1
+    while rd.step(step).is_dir():
+        total += step_seconds(rd, step)
+        step += 1
     return total
 
 
@@ -375,10 +408,7 @@ def _over_budget(rd: RunDir, cfg: SearchConfig) -> bool:
     if cfg.budget_s is None:
         return False
     done = rd.steps_done()
-    last = 0.0
-    if done:
-        last = sum(c["seconds"] for c in candidates(rd) if c["step"] == done[-1]) + sum(
-            rd.read(p)["seconds"] for p in rd.step(done[-1]).glob("draw-*.json"))
+    last = step_seconds(rd, done[-1]) if done else 0.0
     return used_seconds(rd) + last > cfg.budget_s
 
 
@@ -386,14 +416,18 @@ def _check_caps(cfg: SearchConfig, parent: Network) -> None:
     for what, value, cap in (("FLOPs", count_flops(parent.description), cfg.max_flops),
                              ("parameters", count_params(parent.description),
                               cfg.max_params)):
-        if cap is not None and value >= cap:
-            raise UsageError(f"the parent already has {value:,} {what}, at or above the cap "
-                             f"of {cap:,}: no child could be drawn")
+        if cap is not None and value > cap:
+            raise UsageError(f"the parent already has {value:,} {what}, above the cap of "
+                             f"{cap:,}: no child of it could be drawn")
 
 
 def _val_error(net: Network, split: Split, device: torch.device) -> float:
+    return _error(net, split.train, device)  # its test split is the validation set
+
+
+def _error(net: Network, data: Dataset, device: torch.device) -> float:
+    """Top-1 error of ``net`` on ``data``'s test split."""
     mean, std = normalization(net)
-    data = split.train  # its test split is the validation set
     x = to_tensor(data.x_test, mean, std, device)
     y = torch.from_numpy(data.y_test).to(device)
     return top1_error(net.module(torch.float32, device), x, y)

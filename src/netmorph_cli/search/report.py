@@ -14,7 +14,7 @@ from ..errors import DataError
 from ..io.outputs import check_outputs
 from ..network.flops import format_flops
 from ..training.results import write_figure
-from .climb import candidates
+from .climb import candidates, draws
 from .rundir import RunDir
 
 
@@ -27,9 +27,9 @@ def load_report(run_dir: str | Path) -> dict[str, Any]:
     for step in range(1, cfg.steps + 1):
         if not rd.step(step).is_dir():
             break
-        draws = [rd.read(p) for p in sorted(rd.step(step).glob("draw-*.json"))]
+        drawn = draws(rd, step)
         sel = rd.read(rd.selection(step)) if rd.selection(step).is_file() else None
-        steps.append({"step": step, "draws": draws, "selection": sel,
+        steps.append({"step": step, "draws": drawn, "selection": sel,
                       "candidates": [c for c in cands if c["step"] == step]})
     curve = [(0, record["start_val_error"])]
     compute = 0

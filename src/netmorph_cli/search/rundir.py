@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,8 @@ class SearchConfig:
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"the validation fraction must be in (0, 1), not "
                              f"{self.val_fraction}")
+        if type(self.seed) is not int or self.seed < 0:
+            raise UsageError(f"the search seed must be a whole number ≥ 0, not {self.seed!r}")
         for name in ("max_flops", "max_params", "budget_s"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -166,26 +170,39 @@ def check_new(root: str | Path) -> RunDir:
     return rd
 
 
-def create(root: str | Path, cfg: SearchConfig, space_path: str | Path, record: dict[str, Any]
-           ) -> RunDir:
+def create(root: str | Path, cfg: SearchConfig, space_path: str | Path, record: dict[str, Any],
+           save_start: Callable[[Path], Any]) -> RunDir:
     """A new run directory: refuses one that holds anything (a search is continued with
     ``--resume``, never overwritten). The space file and its spec files are copied in, with
     the spec references rewritten to the copies, so a resumed search reads the same moves
-    even if the originals changed."""
+    even if the originals changed; ``save_start(path)`` writes the start network. All of it
+    is built in a temporary folder beside ``root`` and renamed into place whole, so a kill
+    here leaves no run directory that ``--resume`` cannot read."""
     rd = check_new(root)
     space_path = Path(space_path)
     data = parse_json(space_path.read_text())
-    rd.root.mkdir(exist_ok=True)
-    modules = rd.root / "modules"
-    for k, move in enumerate(data["moves"]):
-        name = move["module"]
-        move.setdefault("name", name)  # reports name the move as the user did
-        if name.endswith(".json"):
-            src = next(p for p in (space_path.parent / name, Path(name)) if p.is_file())
-            modules.mkdir(exist_ok=True)
-            copy = modules / f"{k + 1}-{Path(name).name}"
-            shutil.copyfile(src, copy)
-            move["module"] = f"modules/{copy.name}"
-    rd.write(rd.space_file, data)
-    rd.write(rd.config_file, {"format": FORMAT, "config": asdict(cfg), **record})
+    tmp = Path(tempfile.mkdtemp(prefix=f".{rd.root.name}.", dir=rd.root.parent))
+    try:
+        part = RunDir(tmp)
+        for k, move in enumerate(data["moves"]):
+            name = move["module"]
+            move.setdefault("name", name)  # reports name the move as the user did
+            if name.endswith(".json"):
+                src = next((p for p in (space_path.parent / name, Path(name)) if p.is_file()),
+                           None)
+                if src is None:
+                    raise UsageError(f"{space_path}: the spec file {name!r} is gone")
+                (tmp / "modules").mkdir(exist_ok=True)
+                copy = tmp / "modules" / f"{k + 1}-{Path(name).name}"
+                shutil.copyfile(src, copy)
+                move["module"] = f"modules/{copy.name}"
+        part.write(part.space_file, data)
+        save_start(part.start)
+        part.write(part.config_file, {"format": FORMAT, "config": asdict(cfg), **record})
+        if rd.root.exists():
+            rd.root.rmdir()  # empty (check_new): the rename takes its place
+        tmp.rename(rd.root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return rd

@@ -58,6 +58,8 @@ class SearchSpace:
     source: str
 
     def weights(self) -> list[float]:
+        """Each move's share of a first draw (later draws of a step renormalize over the
+        moves not yet taken)."""
         total = sum(m.weight for m in self.moves)
         return [m.weight / total for m in self.moves]
 
@@ -91,6 +93,12 @@ def load_space(path: str | Path, net: Network) -> SearchSpace:
     moves: list[Move] = []
     for i, entry in enumerate(data["moves"]):
         moves += _moves(entry, i, path, net)
+    labels = [m.label for m in moves]
+    for label in labels:
+        if labels.count(label) > 1 or label == "parent":
+            why = "is the name of the current best in a search's records" if label == \
+                "parent" else "names two moves (give one a \"name\")"
+            raise UsageError(f"{path}: the move {label!r} {why}")
     if not any(m.weight > 0 for m in moves):
         raise UsageError(f"{path}: every move has weight 0, so none can be drawn")
     return SearchSpace(tuple(moves), str(path))
