@@ -276,6 +276,12 @@ def report(out: Path, growth: dict) -> str:
             f"Decision rule (PLAN.md): B wins if its mean is below A's by more than the larger "
             f"standard deviation: **{'B wins' if wins else 'B does not win'}** "
             f"({100 * (mean['B'] - mean['A']):+.2f} points).\n\n![E1](growth_E1.png)\n")
+        measured = out / "E1-cause.json"  # examples/grow/cause.py, after E1
+        if measured.exists():
+            import cause
+
+            parts.append("## E1: what the child did with its new parameters (cause.py)\n\n"
+                         + cause.table(json.loads(measured.read_text())))
     if "E2" in growth:
         g = growth["E2"]
         at = sorted({0, g["split"], min(10, g["epochs"]), g["epochs"]})
