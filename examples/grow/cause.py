@@ -54,10 +54,11 @@ def split(names: list[str], net) -> dict[str, list[str]]:
     return {"conv": conv, "other": [k for k in names if k not in set(conv)]}
 
 
-def measure(work: Path, seed: int, child: str) -> dict:
+def measure(work: Path, seed: int, child: str, arm: str = "B") -> dict:
+    """``arm``: E1's B, or a lever's name (growth.py's LEVERS), measured as B."""
     parent = load(work / "resnet20.safetensors")
     init = load(work / f"E1_{child}_s{seed}_init.safetensors")
-    a, b = (load(work / f"E1_{r}_s{seed}.safetensors") for r in "AB")
+    a, b = (load(work / f"E1_{r}_s{seed}.safetensors") for r in ("A", arm))
     params_a = [k for k, _ in parent.module().named_parameters()]
     new = list(new_parameter_names(init))
     old = [k for k, _ in init.module().named_parameters()
@@ -70,8 +71,8 @@ def measure(work: Path, seed: int, child: str) -> dict:
         movement[g] = {"all": moved(start.tensors, end.tensors, names),
                        **{p: moved(start.tensors, end.tensors, n) for p, n in parts.items()},
                        "parameters": sum(start.tensors[k].numel() for k in names)}
-    ea, eb = epochs(work / f"E1_A_s{seed}.safetensors"), epochs(work / f"E1_B_s{seed}.safetensors")
-    return {"seed": seed, "movement": movement,
+    ea, eb = (epochs(work / f"E1_{r}_s{seed}.safetensors") for r in ("A", arm))
+    return {"seed": seed, "arm": arm, "movement": movement,
             "train_loss": {"A": [e["train_loss"] for e in ea], "B": [e["train_loss"] for e in eb]},
             "train_error": {"A": [e["train_error"] for e in ea],
                             "B": [e["train_error"] for e in eb]},
@@ -86,10 +87,10 @@ def table(res: list[dict]) -> str:
     for e in show:
         mean = {q: {r: statistics.fmean(s[q][r][e - 1] for s in res) for r in "AB"}
                 for q in ("train_loss", "train_error", "test_error")}
-        rows.append(f"| {e} | {mean['train_loss']['A']:.4f} | {mean['train_loss']['B']:.4f} | "
-                    f"{mean['train_loss']['B'] / mean['train_loss']['A']:.3f} | "
-                    f"{100 * mean['train_error']['A']:.2f}% | {100 * mean['train_error']['B']:.2f}% | "
-                    f"{100 * mean['test_error']['A']:.2f}% | {100 * mean['test_error']['B']:.2f}% |")
+        loss, tr, te = mean["train_loss"], mean["train_error"], mean["test_error"]
+        rows.append(f"| {e} | {loss['A']:.4f} | {loss['B']:.4f} | {loss['B'] / loss['A']:.3f} | "
+                    f"{100 * tr['A']:.2f}% | {100 * tr['B']:.2f}% | "
+                    f"{100 * te['A']:.2f}% | {100 * te['B']:.2f}% |")
     rows += ["", "| parameters | count | moved (all) | conv weights | the rest |",
              "|---|---|---|---|---|"]
 
@@ -103,7 +104,8 @@ def table(res: list[dict]) -> str:
         rows.append(f"| {g} | {m[0]['parameters']:,} | {f(mean['all'])} | {f(mean['conv'])} | "
                     f"{f(mean['other'])} |")
     return (f"Means over seeds {', '.join(str(s['seed']) for s in res)}; moved = "
-            "‖θ_end − θ_start‖ / ‖θ_start‖ over the K epochs (B new: from the child as morphed).\n\n"
+            "‖θ_end − θ_start‖ / ‖θ_start‖ over the K epochs (B new: from the child as "
+            "morphed).\n\n"
             + "\n".join(rows) + "\n")
 
 
@@ -115,9 +117,17 @@ def main() -> None:
     args = ap.parse_args()
     out, work = Path(args.out), Path(args.work)
     e1 = json.loads((out / "growth.json").read_text())["E1"]
-    res = [measure(work, s, e1["B"]["child"]) for s in e1["seeds"]]
+    res = {"B": [measure(work, s, e1["B"]["child"]) for s in e1["seeds"]]}
+    for name, lever in e1.get("levers", {}).items():
+        res[name] = [measure(work, s, lever["child"], name) for s in e1["seeds"]]
     (out / "E1-cause.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(table(res))
+    print(tables(res))
+
+
+def tables(res: dict[str, list[dict]]) -> str:
+    """``table`` for B and for each lever (B there: the lever's run)."""
+    return "\n".join((f"B = lever {arm}:\n\n" if arm != "B" else "") + table(r)
+                     for arm, r in res.items())
 
 
 if __name__ == "__main__":

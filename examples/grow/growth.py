@@ -45,6 +45,14 @@ import recipes  # noqa: E402  (the arms' options and the parent-momentum state)
 CHILDREN = {"1c1": ["--module", "1c1"],
             "D": ["--module", str(HERE.parent / "modules" / "D.json"), "--at", "layer1.1.conv1"]}
 
+# E1's next levers (PLAN.md, "E1 levers", registered before they ran): name → (child, train
+# flags, description). Each trains the child from the same morph as B (its seed) against
+# the same A.
+LEVERS = {
+    "new-lr-0.3": ("D", ["--recipe", "grow", "--new-lr-scale", "0.3"],
+                   "grow with the new parameters at lr ×0.3 (ramped in over 200 steps)"),
+}
+
 
 def netmorph(*args: str, capture: bool = False) -> str:
     print("+ netmorph " + " ".join(args), flush=True)
@@ -161,14 +169,27 @@ def e1(args: argparse.Namespace, out: Path, runs: Runs) -> dict:
         runs.train(child, b, args.epochs, grow_flags(child_arm), seed)
         curves["A"].append(errors(a, runs.evaluate(parent)))
         curves["B"].append(errors(b, runs.evaluate(child)))
-    netmorph("plot", *[str(work / f"E1_{k}_s{s}.safetensors") for k in "AB" for s in seeds],
+    levers = {}
+    for name in args.lever:
+        lever_child, flags, describe = LEVERS[name]
+        runs_l = []
+        for seed in seeds:
+            child = work / f"E1_{lever_child}_s{seed}_init.safetensors"
+            runs.morph(parent, child, lever_child, seed)
+            ckpt = work / f"E1_{name}_s{seed}.safetensors"
+            runs.train(child, ckpt, args.epochs, flags, seed)
+            runs_l.append(errors(ckpt, runs.evaluate(child)))
+        levers[name] = {"errors": [c[-1] for c in runs_l], "curves": runs_l,
+                        "child": lever_child, "recipe": describe, "flags": flags}
+    arms = ["A", "B", *args.lever]
+    netmorph("plot", *[str(work / f"E1_{k}_s{s}.safetensors") for k in arms for s in seeds],
              "-o", str(out / "growth_E1.png"), "--force", "--title",
              f"E1: akamaster ResNet-20, {args.epochs} epochs")
     return {"A": {"errors": [c[-1] for c in curves["A"]], "curves": curves["A"],
                   "recipe": parent_arm},
             "B": {"errors": [c[-1] for c in curves["B"]], "curves": curves["B"],
                   "recipe": child_arm, "child": child_name},
-            "epochs": args.epochs, "seeds": seeds,
+            "levers": levers, "epochs": args.epochs, "seeds": seeds,
             "recipe": recipes.DESCRIBE.get(child_arm, child_arm)}
 
 
@@ -275,13 +296,24 @@ def report(out: Path, growth: dict) -> str:
             f"| {100 * mean['B']:.2f}% ± {100 * sd['B']:.2f} |\n\n"
             f"Decision rule (PLAN.md): B wins if its mean is below A's by more than the larger "
             f"standard deviation: **{'B wins' if wins else 'B does not win'}** "
-            f"({100 * (mean['B'] - mean['A']):+.2f} points).\n\n![E1](growth_E1.png)\n")
+            f"({100 * (mean['B'] - mean['A']):+.2f} points).\n")
+        for name, lever in g.get("levers", {}).items():
+            e = lever["errors"]
+            m, d = statistics.fmean(e), statistics.stdev(e) if len(e) > 1 else 0.0
+            won = mean["A"] - m > max(sd["A"], d)
+            parts.append(
+                f"Next lever **{name}** ({lever['child']}, {lever['recipe']}; PLAN.md, "
+                f"\"E1 levers\"): {', '.join(f'{100 * x:.2f}%' for x in e)}, "
+                f"{100 * m:.2f}% ± {100 * d:.2f}: "
+                f"**{'wins' if won else 'does not win'}** against A "
+                f"({100 * (m - mean['A']):+.2f} points).\n")
+        parts.append("![E1](growth_E1.png)\n")
         measured = out / "E1-cause.json"  # examples/grow/cause.py, after E1
         if measured.exists():
             import cause
 
             parts.append("## E1: what the child did with its new parameters (cause.py)\n\n"
-                         + cause.table(json.loads(measured.read_text())))
+                         + cause.tables(json.loads(measured.read_text())))
     if "E2" in growth:
         g = growth["E2"]
         at = sorted({0, g["split"], min(10, g["epochs"]), g["epochs"]})
@@ -323,6 +355,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10, help="E1's K")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--control-only", action="store_true", help="E2: run A alone")
+    ap.add_argument("--lever", action="append", default=[], choices=sorted(LEVERS),
+                    help="E1: also train this registered lever (PLAN.md), repeatable")
     ap.add_argument("--e2-epochs", type=int, default=15, help="E2's schedule (PLAN: 15)")
     ap.add_argument("--e2-split", type=int, default=5, help="E2's morph epoch (PLAN: 5)")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -331,10 +365,12 @@ def main() -> None:
     out, work = Path(args.out), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     runs = Runs(args.data_dir, work)
-    result = e1(args, out, runs) if args.experiment == "E1" else e2(args, out, runs)
-    result["machine"] = torch.backends.cpu.get_cpu_capability()
     path = out / "growth.json"
     growth = json.loads(path.read_text()) if path.exists() else {}
+    # levers already measured stay in the results (their runs are skipped, being finished)
+    args.lever = list(dict.fromkeys([*growth.get("E1", {}).get("levers", {}), *args.lever]))
+    result = e1(args, out, runs) if args.experiment == "E1" else e2(args, out, runs)
+    result["machine"] = torch.backends.cpu.get_cpu_capability()
     growth[args.experiment] = result
     path.write_text(json.dumps(growth, indent=1) + "\n")
     (out / "growth.md").write_text(report(out, growth))

@@ -76,3 +76,5 @@ def test_movement_and_losses_are_the_perturbations(tmp_path):
     text = cause.table([res])
     assert "| 2 | 0.1000 | 0.0500 | 0.500 |" in text
     assert f"| B new | {m['B new']['parameters']:,} |" in text
+    both = cause.tables({"B": [res], "new-lr-0.3": [res]})
+    assert both.startswith(text) and "B = lever new-lr-0.3:" in both
