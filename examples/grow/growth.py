@@ -24,6 +24,8 @@ CHILD``), 15 epochs. Test error at every epoch (epoch 0 included) against traini
 
     python examples/grow/growth.py --weights akamaster_resnet20-12fca82f.th --data-dir DIR
     python examples/grow/growth.py --experiment E2 --weights ... --data-dir DIR --seeds 0
+    python examples/grow/growth.py --lever new-lr-0.3 --weights ... --data-dir DIR  # E1 + L1
+    python examples/grow/cause.py && python examples/grow/growth.py --report-only
 """
 
 from __future__ import annotations
@@ -359,6 +361,8 @@ def main() -> None:
                     help="E1: also train this registered lever (PLAN.md), repeatable")
     ap.add_argument("--e2-epochs", type=int, default=15, help="E2's schedule (PLAN: 15)")
     ap.add_argument("--e2-split", type=int, default=5, help="E2's morph epoch (PLAN: 5)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only write growth.md from growth.json (and E1-cause.json)")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--work", default=str(HERE / "work"))
     args = ap.parse_args()
@@ -367,6 +371,10 @@ def main() -> None:
     runs = Runs(args.data_dir, work)
     path = out / "growth.json"
     growth = json.loads(path.read_text()) if path.exists() else {}
+    if args.report_only:
+        (out / "growth.md").write_text(report(out, growth))
+        print((out / "growth.md").read_text())
+        return
     # levers already measured stay in the results (their runs are skipped, being finished)
     args.lever = list(dict.fromkeys([*growth.get("E1", {}).get("levers", {}), *args.lever]))
     result = e1(args, out, runs) if args.experiment == "E1" else e2(args, out, runs)
