@@ -183,10 +183,6 @@ def e1(args: argparse.Namespace, out: Path, runs: Runs) -> dict:
             runs_l.append(errors(ckpt, runs.evaluate(child)))
         levers[name] = {"errors": [c[-1] for c in runs_l], "curves": runs_l,
                         "child": lever_child, "recipe": describe, "flags": flags}
-    arms = ["A", "B", *args.lever]
-    netmorph("plot", *[str(work / f"E1_{k}_s{s}.safetensors") for k in arms for s in seeds],
-             "-o", str(out / "growth_E1.png"), "--force", "--title",
-             f"E1: akamaster ResNet-20, {args.epochs} epochs")
     return {"A": {"errors": [c[-1] for c in curves["A"]], "curves": curves["A"],
                   "recipe": parent_arm},
             "B": {"errors": [c[-1] for c in curves["B"]], "curves": curves["B"],
@@ -254,6 +250,33 @@ def e2(args: argparse.Namespace, out: Path, runs: Runs) -> dict:
     return result
 
 
+def plot_e1(result: dict, path: Path) -> None:
+    """Test error against epoch, epoch 0 (before training) included: A, B and each lever,
+    one line per seed (seeds share a colour, dashed after the first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    arms = {"A": f"A: parent, {result['A']['recipe']} (continue)",
+            "B": f"B: {result['B']['child']}, --recipe grow",
+            **{n: f"{n}: {lv['child']}" for n, lv in result.get("levers", {}).items()}}
+    for i, (k, label) in enumerate(arms.items()):
+        run = result[k] if k in ("A", "B") else result["levers"][k]
+        for j, (seed, curve) in enumerate(zip(result["seeds"], run["curves"], strict=True)):
+            ax.plot(range(len(curve)), [100 * e for e in curve], marker="o", ms=3,
+                    color=f"C{i}", ls="-" if j == 0 else "--", label=f"{label} (seed {seed})")
+    ax.set_xlabel("epoch (0: before training)")
+    ax.set_ylabel("CIFAR-10 test error (%)")
+    ax.set_title(f"E1: akamaster ResNet-20 trained on, {result['epochs']} epochs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_e2(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -277,6 +300,31 @@ def plot_e2(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def e1_reading(g: dict, cause_b: list[dict]) -> str:
+    """The measured cause in words, every figure from the results (so it stays true when
+    regenerated)."""
+    start = statistics.fmean(c[0] for c in g["A"]["curves"])
+    first = statistics.fmean(c[1] for c in g["A"]["curves"])
+    end = {r: statistics.fmean(g[r]["errors"]) for r in "AB"}
+    ratios = [b / a for s in cause_b for a, b in zip(s["train_loss"]["A"], s["train_loss"]["B"],
+                                                      strict=True)]
+    moved = {k: statistics.fmean(s["movement"][k]["all"] for s in cause_b)
+             for k in ("A", "B new")}
+    return (f"Measured: the parent starts at {100 * start:.2f}% and, trained on, is at "
+            f"{100 * first:.2f}% after the first epoch (the restart at the recipe's peak lr) and "
+            f"{100 * end['A']:.2f}% at the end: at this budget the parent trained on "
+            + ("does not improve on itself" if end["A"] >= start else
+               f"improves on itself by {100 * (start - end['A']):.2f} points")
+            + f". B's train-mode loss is {min(ratios):.3f}–{max(ratios):.3f} × A's "
+            f"at every epoch of every seed, and the parameters the morph added moved "
+            f"{moved['B new']:.3f} of their norm over the {g['epochs']} epochs against "
+            f"{moved['A']:.3f} for A's"
+            + (": under this recipe the child is the parent with the replaced layer's function "
+               "nearly held at its solved value, and its added capacity is not used"
+               if moved["B new"] < moved["A"] / 4 else "")
+            + f" (B ends at {100 * end['B']:.2f}%).\n")
 
 
 def report(out: Path, growth: dict) -> str:
@@ -314,8 +362,9 @@ def report(out: Path, growth: dict) -> str:
         if measured.exists():
             import cause
 
+            res = json.loads(measured.read_text())
             parts.append("## E1: what the child did with its new parameters (cause.py)\n\n"
-                         + cause.tables(json.loads(measured.read_text())))
+                         + cause.tables(res) + "\n" + e1_reading(g, res["B"]))
     if "E2" in growth:
         g = growth["E2"]
         at = sorted({0, g["split"], min(10, g["epochs"]), g["epochs"]})
@@ -345,6 +394,15 @@ def report(out: Path, growth: dict) -> str:
                      + ("\n".join(verdicts) + "\n\n" if verdicts else
                         "B and C wait for the recipe decision.\n\n")
                      + "![E2](growth_E2.png)\n")
+    if "E1" in growth:
+        levers = "".join(f" --lever {n}" for n in growth["E1"].get("levers", {}))
+        parts.append(f"Regenerate (from a clone at a fixed commit; finished trainings are "
+                     f"skipped, an interrupted one resumes): `python examples/grow/growth.py "
+                     f"--experiment E1 --weights akamaster_resnet20-12fca82f.th --data-dir DIR "
+                     f"--epochs {growth['E1']['epochs']}{levers}`, then `python "
+                     f"examples/grow/cause.py` and `python examples/grow/growth.py "
+                     f"--report-only`. Machine: CPU capability "
+                     f"{growth['E1'].get('machine', '?')}, float32.\n")
     return "\n".join(parts)
 
 
@@ -372,6 +430,10 @@ def main() -> None:
     path = out / "growth.json"
     growth = json.loads(path.read_text()) if path.exists() else {}
     if args.report_only:
+        if "E1" in growth:
+            plot_e1(growth["E1"], out / "growth_E1.png")
+        if "E2" in growth:
+            plot_e2(growth["E2"], out / "growth_E2.png")
         (out / "growth.md").write_text(report(out, growth))
         print((out / "growth.md").read_text())
         return
@@ -379,6 +441,8 @@ def main() -> None:
     args.lever = list(dict.fromkeys([*growth.get("E1", {}).get("levers", {}), *args.lever]))
     result = e1(args, out, runs) if args.experiment == "E1" else e2(args, out, runs)
     result["machine"] = torch.backends.cpu.get_cpu_capability()
+    if args.experiment == "E1":
+        plot_e1(result, out / "growth_E1.png")
     growth[args.experiment] = result
     path.write_text(json.dumps(growth, indent=1) + "\n")
     (out / "growth.md").write_text(report(out, growth))
