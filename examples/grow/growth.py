@@ -259,7 +259,8 @@ def plot_e1(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    arms = {"A": f"A: parent, {result['A']['recipe']} (continue)",
+    parent_recipe = recipes.DESCRIBE.get(result["A"]["recipe"], result["A"]["recipe"])
+    arms = {"A": f"A: parent, {parent_recipe.split(':')[0]}",
             "B": f"B: {result['B']['child']}, --recipe grow",
             **{n: f"{n}: {lv['child']}" for n, lv in result.get("levers", {}).items()}}
     for i, (k, label) in enumerate(arms.items()):
