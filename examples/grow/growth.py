@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import recipes  # noqa: E402  (the arms' options and the parent-momentum state)
 
-CHILDREN = {"1c1": ["--module", "1c1"],
+CHILDREN = {"1c1": ["--module", "1c1"], "3c3": ["--module", "3c3"],
             "D": ["--module", str(HERE.parent / "modules" / "D.json"), "--at", "layer1.1.conv1"]}
 
 # E1's next levers (PLAN.md, "E1 levers", registered before they ran): name → (child, train
@@ -53,6 +53,7 @@ CHILDREN = {"1c1": ["--module", "1c1"],
 LEVERS = {
     "new-lr-0.3": ("D", ["--recipe", "grow", "--new-lr-scale", "0.3"],
                    "grow with the new parameters at lr ×0.3 (ramped in over 200 steps)"),
+    "3c3-grow": ("3c3", ["--recipe", "grow"], "preset 3c3 on every block, --recipe grow"),
 }
 
 
