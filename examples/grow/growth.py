@@ -98,7 +98,7 @@ def chosen_child(results: list[dict], arm: str) -> str:
             if r["network"] == "control" and r["arm"] == "a"}
     gaps = {n: statistics.fmean(r["loss_last"] - ctrl[r["seed"]] for r in results
                                 if r["network"] == n and r["arm"] == arm)
-            for n in CHILDREN}
+            for n in CHILDREN if any(r["network"] == n for r in results)}
     return min(gaps, key=gaps.__getitem__)
 
 
