@@ -366,7 +366,8 @@ def report(out: Path, growth: dict) -> str:
 
             res = json.loads(measured.read_text())
             parts.append("## E1: what the child did with its new parameters (cause.py)\n\n"
-                         + cause.tables(res) + "\n" + e1_reading(g, res["B"]))
+                         + cause.table(res["B"]) + "\n" + e1_reading(g, res["B"]) + "\n"
+                         + cause.tables({k: v for k, v in res.items() if k != "B"}))
     if "E2" in growth:
         g = growth["E2"]
         at = sorted({0, g["split"], min(10, g["epochs"]), g["epochs"]})
