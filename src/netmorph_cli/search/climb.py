@@ -367,10 +367,14 @@ def candidates(rd: RunDir) -> list[dict[str, Any]]:
     out = []
     step = 1
     while rd.step(step).is_dir():
-        for p in sorted(rd.step(step).glob("cand-*.json"), key=_index):
-            out.append({"step": step, **rd.read(p)})
+        out += [{"step": step, **c} for c in _records(rd, step, "cand")]
         step += 1
     return out
+
+
+def _records(rd: RunDir, step: int, kind: str) -> list[dict[str, Any]]:
+    """Step ``step``'s ``kind``-I.json records (cand, draw), by I."""
+    return [rd.read(p) for p in sorted(rd.step(step).glob(f"{kind}-*.json"), key=_index)]
 
 
 def _index(p: Path) -> int:
@@ -380,12 +384,12 @@ def _index(p: Path) -> int:
 
 def draws(rd: RunDir, step: int) -> list[dict[str, Any]]:
     """Step ``step``'s draw records, by child."""
-    return [rd.read(p) for p in sorted(rd.step(step).glob("draw-*.json"), key=_index)]
+    return _records(rd, step, "draw")
 
 
 def step_seconds(rd: RunDir, step: int) -> float:
     """Seconds step ``step``'s recorded draws and trainings took."""
-    return (sum(c["seconds"] for c in candidates(rd) if c["step"] == step)
+    return (sum(c["seconds"] for c in _records(rd, step, "cand"))
             + sum(d["seconds"] for d in draws(rd, step)))
 
 
