@@ -60,8 +60,9 @@ def measure(work: Path, seed: int, child: str, arm: str = "B") -> dict:
     init = load(work / f"E1_{child}_s{seed}_init.safetensors")
     a, b = (load(work / f"E1_{r}_s{seed}.safetensors") for r in ("A", arm))
     params_a = [k for k, _ in parent.module().named_parameters()]
-    new = list(new_parameter_names(init))
-    old = [k for k, _ in init.module().named_parameters()
+    model = init.module()
+    new = list(new_parameter_names(init, model))
+    old = [k for k, _ in model.named_parameters()
            if k not in set(new) and k in parent.tensors
            and parent.tensors[k].shape == init.tensors[k].shape]
     groups = {"A": (parent, a, params_a), "B old": (parent, b, old), "B new": (init, b, new)}

@@ -12,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+import cause  # beside this script: its grouping of convolutions and the rest
 import numpy as np
 import torch
 
@@ -31,10 +32,11 @@ def relative_gradients(path: Path, x: torch.Tensor, y: torch.Tensor, batches: in
         loss = torch.nn.functional.cross_entropy(model(x[i * batch:(i + 1) * batch]),
                                                  y[i * batch:(i + 1) * batch]) / batches
         loss.backward()
-    groups: dict[str, list[torch.nn.Parameter]] = {}
-    for k, p in model.named_parameters():
-        name = ("new " if k in new else "old ") + ("conv" if p.dim() == 4 else "other")
-        groups.setdefault(name, []).append(p)
+    params = dict(model.named_parameters())
+    groups = {f"{age} {part}": [params[k] for k in names]
+              for age, of_age in (("new", [k for k in params if k in new]),
+                                  ("old", [k for k in params if k not in new]))
+              for part, names in cause.split(of_age, net).items() if names}
     return {g: (sum(float(p.grad.double().pow(2).sum()) for p in ps) ** 0.5
                 / sum(float(p.detach().double().pow(2).sum()) for p in ps) ** 0.5,
                 sum(p.numel() for p in ps)) for g, ps in sorted(groups.items())}

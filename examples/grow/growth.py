@@ -64,13 +64,18 @@ def netmorph(*args: str, capture: bool = False) -> str:
     return done.stdout if capture else ""
 
 
+NEW_FLAGS = {"new_lr_scale": "--new-lr-scale", "new_warmup": "--new-warmup",
+             "new_weight_decay": "--new-weight-decay"}  # train's option of each arm field
+
+
+def new_flags(opts: dict) -> list[str]:
+    """An arm's new-parameter options as train's flags."""
+    return [x for k, v in opts.items() for x in (NEW_FLAGS[k], str(v))]
+
+
 def arm_flags(arm: str, state: Path | None) -> list[str]:
     lr, opts, carry = recipes.arm_options(arm)
-    flags = ["--recipe", "continue", "--lr", str(lr)]
-    names = {"new_lr_scale": "--new-lr-scale", "new_warmup": "--new-warmup",
-             "new_weight_decay": "--new-weight-decay"}
-    for k, v in opts.items():
-        flags += [names[k], str(v)]
+    flags = ["--recipe", "continue", "--lr", str(lr), *new_flags(opts)]
     if carry:
         assert state is not None
         flags += ["--from-state", str(state)]
@@ -113,10 +118,14 @@ class Runs:
 
     def __init__(self, data_dir: str, work: Path) -> None:
         self.data_dir, self.work = data_dir, work
+        self.errors: dict[Path, float] = {}  # a file evaluated once (A's parent, B's child)
 
     def evaluate(self, ckpt: Path) -> float:
-        return json.loads(netmorph("eval", str(ckpt), "--dataset", "cifar10", "--data-dir",
-                                   self.data_dir, "--json", capture=True))["top1_error"]
+        if ckpt not in self.errors:
+            self.errors[ckpt] = json.loads(netmorph(
+                "eval", str(ckpt), "--dataset", "cifar10", "--data-dir", self.data_dir,
+                "--json", capture=True))["top1_error"]
+        return self.errors[ckpt]
 
     def flops(self, ckpt: Path) -> int:
         return int(json.loads(netmorph("info", str(ckpt), "--json", capture=True))["flops"])
@@ -200,9 +209,7 @@ def new_parameter_flags(arm: str) -> list[str]:
     """The chosen child recipe's treatment of new parameters, without its schedule (E2 keeps
     its one cosine; the parent's momentum is carried for A and B alike)."""
     _, opts, _ = recipes.arm_options(arm)
-    names = {"new_lr_scale": "--new-lr-scale", "new_warmup": "--new-warmup",
-             "new_weight_decay": "--new-weight-decay"}
-    return [x for k, v in opts.items() for x in (names[k], str(v))]
+    return new_flags(opts)
 
 
 def e2(args: argparse.Namespace, out: Path, runs: Runs) -> dict:
